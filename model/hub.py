@@ -1,0 +1,217 @@
+"""Where checkpoint files come from: a local directory, an fsspec URL, or the Hugging Face Hub.
+
+Every ``from_pretrained`` in this package resolves its ``source`` through :func:`resolve_source`,
+then asks the returned :class:`CheckpointSource` for the files it needs. Remote files (``gs://``,
+``memory://``, ``https://`` ...) are copied once into a local cache, so safetensors can memory-map
+them and a Beam worker fetches a model from cloud storage only once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["CheckpointError", "CheckpointNotFoundError", "CheckpointSource", "resolve_source"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint exists but cannot be used (bad file, wrong shapes, unsafe format...)."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint (or no required file of it) was found at any of the places tried."""
+
+
+def cache_root() -> Path:
+    """The directory remote checkpoint files are cached in (``$CLIPBEAM_CACHE`` overrides)."""
+    env = os.environ.get("CLIPBEAM_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clipbeam"
+
+
+@dataclass
+class CheckpointSource:
+    """A resolved checkpoint location.
+
+    Attributes:
+        source: what the user passed.
+        kind: ``"local"``, ``"fsspec"`` or ``"hub"``.
+        location: the local directory, the URL, or the hub repo id.
+        revision: hub revision (``None`` for the default branch).
+    """
+
+    source: str
+    kind: str
+    location: str
+    revision: str | None = None
+    _cache: dict[str, Path | None] = field(default_factory=dict, repr=False)
+
+    def get(self, filename: str) -> Path | None:
+        """Returns a local path to ``filename`` in this checkpoint, or ``None`` if it has none."""
+        if filename not in self._cache:
+            self._cache[filename] = getattr(self, f"_get_{self.kind}")(filename)
+        return self._cache[filename]
+
+    def require(self, filename: str, *, what: str = "") -> Path:
+        """Like :meth:`get`, but a missing file raises :class:`CheckpointNotFoundError`."""
+        path = self.get(filename)
+        if path is None:
+            need = f" ({what})" if what else ""
+            raise CheckpointNotFoundError(
+                f"checkpoint {self.source!r} has no {filename}{need}; looked in {self.describe()}"
+            )
+        return path
+
+    def describe(self) -> str:
+        """Where this source reads from, for error messages."""
+        if self.kind == "hub":
+            rev = f"@{self.revision}" if self.revision else ""
+            return f"Hugging Face Hub repo {self.location}{rev}"
+        return self.location
+
+    # -- per kind -----------------------------------------------------------------------------
+
+    def _get_local(self, filename: str) -> Path | None:
+        path = Path(self.location) / filename
+        return path if path.is_file() else None
+
+    def _get_fsspec(self, filename: str) -> Path | None:
+        import fsspec
+
+        url = self.location.rstrip("/") + "/" + filename
+        fs, path = fsspec.core.url_to_fs(url)
+        if not fs.isfile(path):
+            return None
+        if fs.protocol in ("file", ("file", "local")) or "file" in _as_tuple(fs.protocol):
+            return Path(path)
+        info = fs.info(path)
+        key = hashlib.sha256(self.location.rstrip("/").encode()).hexdigest()[:20]
+        target = cache_root() / "checkpoints" / key / filename
+        stamp = str(info.get("etag") or info.get("md5Hash") or info.get("mtime") or "")
+        stamp_file = target.with_name(target.name + ".stamp")
+        if (
+            target.is_file()
+            and target.stat().st_size == info.get("size", -1)
+            and (not stamp or (stamp_file.is_file() and stamp_file.read_text() == stamp))
+        ):
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Download to a private temp name, then rename: concurrent workers never see half a file.
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        os.close(fd)
+        try:
+            fs.get_file(path, tmp)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        stamp_file.write_text(stamp)
+        return target
+
+    def _get_hub(self, filename: str) -> Path | None:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            return Path(hf_hub_download(self.location, filename, revision=self.revision))
+        except EntryNotFoundError:
+            return None
+
+
+def _as_tuple(protocol: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def resolve_source(source: str | os.PathLike, *, revision: str | None = None) -> CheckpointSource:
+    """Finds a checkpoint, trying a local directory, an fsspec URL, then the Hugging Face Hub.
+
+    Args:
+        source: a local directory, an fsspec URL (``gs://bucket/dir``, ``memory://x``,
+            ``file:///abs/dir``) or a hub repo id (``openai/clip-vit-base-patch32``).
+        revision: a hub branch, tag or commit.
+
+    Returns:
+        The resolved source. Files are fetched lazily by :meth:`CheckpointSource.get`.
+
+    Raises:
+        CheckpointNotFoundError: nothing was found; the message names every place tried.
+    """
+    text = os.fspath(source)
+    tried: list[str] = []
+
+    if _URL.match(text):
+        import fsspec
+
+        try:
+            fs, path = fsspec.core.url_to_fs(text)
+        except (ImportError, ValueError) as exc:
+            raise CheckpointNotFoundError(
+                f"cannot open checkpoint URL {text!r}: {exc}. Install the fsspec backend for "
+                "this protocol (gcsfs for gs://, s3fs for s3://) or pass a local directory."
+            ) from exc
+        if fs.isdir(path):
+            return CheckpointSource(text, "fsspec", text.rstrip("/"))
+        raise CheckpointNotFoundError(
+            f"checkpoint URL {text!r} is not a directory that exists (checked through "
+            f"fsspec {type(fs).__name__}). Point --model at the folder holding config.json."
+        )
+
+    local = Path(text).expanduser()
+    if local.is_dir():
+        return CheckpointSource(text, "local", str(local.resolve()))
+    if local.exists():
+        tried.append(f"local path {local.resolve()} exists but is a file, not a checkpoint folder")
+    else:
+        tried.append(f"local directory {local.resolve()} does not exist")
+
+    if _HUB_ID.match(text) and text.count("/") <= 1:
+        hub_error = _probe_hub(text, revision)
+        if hub_error is None:
+            return CheckpointSource(text, "hub", text, revision)
+        tried.append(f"Hugging Face Hub repo {text!r}: {hub_error}")
+    else:
+        tried.append("not a Hugging Face Hub repo id (expected 'name' or 'org/name')")
+
+    raise CheckpointNotFoundError(
+        f"checkpoint {text!r} not found. Tried:\n"
+        + "\n".join(f"  - {t}" for t in tried)
+        + "\nPass a local folder with config.json, an fsspec URL such as gs://bucket/model, "
+        "or a hub id with huggingface_hub installed and the network reachable."
+    )
+
+
+def _probe_hub(repo_id: str, revision: str | None) -> str | None:
+    """Returns ``None`` if the repo's config.json can be fetched, else why not."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError:
+        return "huggingface_hub is not installed (pip install 'clipbeam[hub]')"
+    try:
+        hf_hub_download(repo_id, "config.json", revision=revision)
+    except LocalEntryNotFoundError:
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
+        return f"not in the local hub cache and {why}"
+    except RepositoryNotFoundError:
+        return "no such repository (or it is private and no token is set)"
+    except RevisionNotFoundError:
+        return f"no revision {revision!r}"
+    except EntryNotFoundError:
+        return "the repository has no config.json"
+    except OSError as exc:  # network errors surface as OSError subclasses
+        return f"download failed: {exc}"
+    return None
