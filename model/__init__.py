@@ -36,7 +36,6 @@ _EXPORTS: dict[str, str] = {
     "CLIPTokenizerFast": "tokenization",
     "BertTokenizer": "tokenization",
     "BertTokenizerFast": "tokenization",
-    "ChineseCLIPTokenizer": "tokenization",
     # image processors
     "CLIPImageProcessor": "image_processing",
     "CLIPFeatureExtractor": "image_processing",
