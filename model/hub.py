@@ -17,6 +17,8 @@ from pathlib import Path
 
 __all__ = ["CheckpointError", "CheckpointNotFoundError", "CheckpointSource", "resolve_source"]
 
+# Small checkpoints trained on generated scenes, shipped inside the package (model/pretrained/).
+BUNDLED = ("demo-clip", "demo-chinese-clip")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
 
@@ -134,7 +136,8 @@ def resolve_source(source: str | os.PathLike, *, revision: str | None = None) ->
     """Finds a checkpoint, trying a local directory, an fsspec URL, then the Hugging Face Hub.
 
     Args:
-        source: a local directory, an fsspec URL (``gs://bucket/dir``, ``memory://x``,
+        source: a bundled checkpoint name (``demo-clip``, ``demo-chinese-clip``), a local
+            directory, an fsspec URL (``gs://bucket/dir``, ``memory://x``,
             ``file:///abs/dir``) or a hub repo id (``openai/clip-vit-base-patch32``).
         revision: a hub branch, tag or commit.
 
@@ -146,6 +149,15 @@ def resolve_source(source: str | os.PathLike, *, revision: str | None = None) ->
     """
     text = os.fspath(source)
     tried: list[str] = []
+
+    if text in BUNDLED:
+        bundled = Path(__file__).parent / "pretrained" / text
+        if not (bundled / "config.json").is_file():
+            raise CheckpointNotFoundError(
+                f"the bundled checkpoint {text!r} is missing from this installation ({bundled}); "
+                f"reinstall clipbeam, or rebuild it with `python -m pipeline.train --recipe {text}`"
+            )
+        return CheckpointSource(text, "local", str(bundled))
 
     if _URL.match(text):
         import fsspec
