@@ -1,0 +1,230 @@
+"""What a curation job computes: one frozen, picklable description shared by launcher and workers.
+
+A :class:`JobSpec` holds every option that changes the rows a job writes. The pipeline builds it
+from the command line; people who compose their own pipelines build it directly. It checks its own
+invariants on construction, so a bad combination fails at launch with a message, not on a worker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "DEVICES",
+    "DTYPES",
+    "EMBEDDING_DTYPES",
+    "IMAGE_FORMATS",
+    "KINDS",
+    "OUTPUT_DIRS",
+    "JobSpec",
+]
+
+KINDS = ("embed", "score", "filter", "classify")
+IMAGE_FORMATS = ("auto", "bytes", "hf-struct", "path")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float16", "bfloat16")
+EMBEDDING_DTYPES = ("float32", "float16")
+
+# Sub-folders of the output directory each kind writes rows to (errors/ is written by every kind).
+OUTPUT_DIRS: dict[str, tuple[str, ...]] = {
+    "embed": ("embeddings",),
+    "score": ("scores",),
+    "filter": ("kept", "rejected"),
+    "classify": ("labels",),
+}
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a job needs to turn input rows into output rows.
+
+    Attributes:
+        kind: ``"embed"``, ``"score"``, ``"filter"`` or ``"classify"``.
+        model: checkpoint source (local folder, fsspec URL or hub id), as ``load_model`` takes it.
+        output: output directory (local path or ``gs://...``).
+        image_column: column holding images, or ``None`` for a text-only dataset (embed only).
+        text_column: column holding captions, or ``None`` for an image-only dataset (embed and
+            classify only).
+        id_column: column whose values identify rows; ``None`` writes an ``id`` column holding
+            ``"<file>:<row>"`` instead.
+        image_format: how images are stored: ``"bytes"`` (binary column), ``"hf-struct"``
+            (Hugging Face ``{bytes, path}`` struct), ``"path"`` (string paths or URLs read with
+            fsspec) or ``"auto"`` (decided per column type).
+        keep_columns: input columns copied unchanged to every output row.
+        batch_size: rows per model call.
+        device: ``"auto"`` (CUDA if present, else CPU), ``"cpu"`` or ``"cuda"`` (an error without
+            a GPU; never a silent fallback).
+        dtype: dtype the model computes in.
+        embedding_dtype: dtype embeddings are stored in.
+        resume: skip work units whose output is already complete.
+        min_score: filter: reject rows whose ``clip_score`` is below this.
+        top_fraction: filter: keep only the best-scoring fraction of the whole dataset.
+        min_image_side: filter: reject images whose shorter side is below this many pixels.
+        max_aspect_ratio: filter: reject images whose long/short side ratio exceeds this.
+        min_text_chars: filter: reject captions shorter than this (after stripping whitespace).
+        reject_concepts: filter: reject images whose similarity to any of these concepts reaches
+            ``concept_threshold``.
+        concept_threshold: filter: cosine similarity at which a concept rejects an image.
+        labels: classify: the candidate labels.
+        templates: prompt templates, each with one ``{}`` for the label (classify) or the concept
+            (filter); a label's text embedding is the normalized mean over its templates.
+        top_k: classify: how many labels to keep per row.
+        http_timeout: seconds before reading one image by URL gives up.
+        options: the job's options as given (JSON-serializable), stored in output metadata.
+    """
+
+    kind: str
+    model: str
+    output: str
+    image_column: str | None = "image"
+    text_column: str | None = "text"
+    id_column: str | None = None
+    image_format: str = "auto"
+    keep_columns: tuple[str, ...] = ()
+    batch_size: int = 32
+    device: str = "auto"
+    dtype: str = "float32"
+    embedding_dtype: str = "float32"
+    resume: bool = False
+    # filter
+    min_score: float | None = None
+    top_fraction: float | None = None
+    min_image_side: int | None = None
+    max_aspect_ratio: float | None = None
+    min_text_chars: int | None = None
+    reject_concepts: tuple[str, ...] = ()
+    concept_threshold: float | None = None
+    # classify
+    labels: tuple[str, ...] = ()
+    templates: tuple[str, ...] = ("a photo of a {}.",)
+    top_k: int = 5
+    http_timeout: float = 30.0
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Lists are accepted for convenience and stored as tuples, so specs stay hashable.
+        for name in ("keep_columns", "reject_concepts", "labels", "templates"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        problems = self._problems()
+        if problems:
+            raise ValueError("invalid job options:\n" + "\n".join(f"  - {p}" for p in problems))
+
+    def _problems(self) -> list[str]:
+        p: list[str] = []
+
+        def choice(name: str, allowed: tuple[str, ...]) -> None:
+            value = getattr(self, name)
+            if value not in allowed:
+                p.append(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
+
+        choice("kind", KINDS)
+        choice("image_format", IMAGE_FORMATS)
+        choice("device", DEVICES)
+        choice("dtype", DTYPES)
+        choice("embedding_dtype", EMBEDDING_DTYPES)
+        if not self.model:
+            p.append("model is empty: pass --model with a checkpoint folder, URL or hub id")
+        if not self.output:
+            p.append("output is empty: pass --output with a directory")
+        if self.batch_size < 1:
+            p.append(f"batch_size must be at least 1 (got {self.batch_size})")
+        if self.http_timeout <= 0:
+            p.append(f"http_timeout must be positive (got {self.http_timeout})")
+
+        needs = {
+            "embed": "an image column or a text column",
+            "score": "both an image column and a text column",
+            "filter": "both an image column and a text column",
+            "classify": "an image column",
+        }.get(self.kind)
+        has_image, has_text = self.image_column is not None, self.text_column is not None
+        ok = {
+            "embed": has_image or has_text,
+            "score": has_image and has_text,
+            "filter": has_image and has_text,
+            "classify": has_image,
+        }.get(self.kind, True)
+        if not ok:
+            p.append(f"{self.kind} needs {needs}")
+
+        outputs = {"id", "error_type", "error_message", "source_file", "row_number"}
+        clash = sorted(set(self.keep_columns) & outputs)
+        if clash:
+            p.append(f"keep_columns {clash} clash with columns the job writes; rename them")
+
+        filter_fields = {
+            "min_score": self.min_score,
+            "top_fraction": self.top_fraction,
+            "min_image_side": self.min_image_side,
+            "max_aspect_ratio": self.max_aspect_ratio,
+            "min_text_chars": self.min_text_chars,
+            "concept_threshold": self.concept_threshold,
+        }
+        if self.kind != "filter":
+            given = [k for k, v in filter_fields.items() if v is not None]
+            if self.reject_concepts:
+                given.append("reject_concepts")
+            if given:
+                p.append(f"{', '.join(given)} only apply to filter, not {self.kind}")
+        else:
+            if self.min_score is not None and self.top_fraction is not None:
+                p.append("pass either min_score or top_fraction, not both")
+            if self.top_fraction is not None and not 0 < self.top_fraction <= 1:
+                p.append(f"top_fraction must be in (0, 1] (got {self.top_fraction})")
+            if self.min_score is not None and not -1 <= self.min_score <= 1:
+                p.append(f"min_score is a cosine similarity in [-1, 1] (got {self.min_score})")
+            if self.min_image_side is not None and self.min_image_side < 1:
+                p.append(f"min_image_side must be at least 1 (got {self.min_image_side})")
+            if self.max_aspect_ratio is not None and self.max_aspect_ratio < 1:
+                p.append(f"max_aspect_ratio must be at least 1 (got {self.max_aspect_ratio})")
+            if self.min_text_chars is not None and self.min_text_chars < 0:
+                p.append(f"min_text_chars must be non-negative (got {self.min_text_chars})")
+            if self.reject_concepts and self.concept_threshold is None:
+                p.append("reject_concepts needs concept_threshold (a cosine similarity)")
+            if self.concept_threshold is not None and not self.reject_concepts:
+                p.append("concept_threshold is set but reject_concepts is empty")
+            if any(not c.strip() for c in self.reject_concepts):
+                p.append(f"reject_concepts holds an empty concept: {list(self.reject_concepts)}")
+
+        if self.kind == "classify":
+            if not self.labels:
+                p.append("classify needs labels (--labels or --labels-file)")
+            if any(not label.strip() for label in self.labels):
+                p.append(f"labels holds an empty label: {list(self.labels)}")
+            if len(set(self.labels)) != len(self.labels):
+                p.append("labels holds duplicates")
+            if self.top_k < 1:
+                p.append(f"top_k must be at least 1 (got {self.top_k})")
+        elif self.labels:
+            p.append(f"labels only apply to classify, not {self.kind}")
+
+        if self.kind in ("classify", "filter"):
+            if not self.templates:
+                p.append("templates is empty: pass at least one, e.g. 'a photo of a {}.'")
+            for t in self.templates:
+                if t.count("{}") != 1:
+                    p.append(f"template {t!r} must contain exactly one '{{}}'")
+        return p
+
+    @property
+    def output_dirs(self) -> tuple[str, ...]:
+        """Sub-folders of :attr:`output` this job writes rows to (besides ``errors``)."""
+        return OUTPUT_DIRS[self.kind]
+
+    @property
+    def effective_top_k(self) -> int:
+        """``top_k`` bounded by the number of labels."""
+        return min(self.top_k, len(self.labels))
+
+    def prompts(self, names: tuple[str, ...]) -> list[str]:
+        """All template fillings for ``names``: label-major, ``len(names) * len(templates)``."""
+        return [t.replace("{}", n) for n in names for t in self.templates]
+
+    def to_json(self) -> str:
+        """The spec (without ``options``) as compact, sorted JSON: stored in output metadata."""
+        data = asdict(self)
+        data.pop("options")
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))

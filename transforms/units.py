@@ -1,0 +1,160 @@
+"""Work units: one (Parquet file, row group) each, planned on the launcher from an input pattern.
+
+A unit is the grain of parallelism, of output files and of ``--resume``: each unit is read,
+processed and written on its own, under a name derived from its file's position in the sorted
+input listing and its row group number, so a rerun over the same input names every unit the same.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from transforms import storage
+
+__all__ = ["WorkUnit", "input_root", "iter_batches", "plan_units"]
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One row group of one input Parquet file.
+
+    Attributes:
+        path: the file (local path or URL), as the input pattern matched it.
+        row_group: row group number within the file.
+        num_rows: rows in this row group.
+        file_index: position of ``path`` in the sorted list of input files.
+        row_offset: file-level number of this row group's first row.
+        source_name: ``path`` relative to the input pattern's fixed prefix; row ids without an id
+            column are ``"<source_name>:<row>"``, so they do not change when data moves between
+            disk and a bucket.
+    """
+
+    path: str
+    row_group: int
+    num_rows: int
+    file_index: int
+    row_offset: int = 0
+    source_name: str = ""
+
+    @property
+    def name(self) -> str:
+        """The unit's deterministic output stem, ``part-<file_index:05d>-<row_group:05d>``."""
+        return f"part-{self.file_index:05d}-{self.row_group:05d}"
+
+    def row_id(self, row_in_group: int) -> str:
+        """The default id of a row: ``"<source_name>:<file-level row number>"``."""
+        return f"{self.source_name or self.path}:{self.row_offset + row_in_group}"
+
+
+def input_root(pattern: str) -> str:
+    """The directory part of ``pattern`` before its first glob character, ending with ``/``."""
+    match = _GLOB.search(pattern)
+    head = pattern[: match.start()] if match else pattern
+    root = head.rsplit("/", 1)[0] + "/" if "/" in head else ""
+    return root
+
+
+def _source_name(path: str, root: str) -> str:
+    if root and path.startswith(root):
+        return path[len(root) :]
+    return posixpath.basename(path.rstrip("/"))
+
+
+def plan_units(pattern: str | Sequence[str]) -> list[WorkUnit]:
+    """Expands input patterns into work units, reading only each file's footer.
+
+    Args:
+        pattern: a Parquet file, a glob (``data/*.parquet``, ``gs://b/d/**.parquet``) or a
+            directory (all ``*.parquet`` files below it); or a list of these. Files matched by
+            several patterns are used once.
+
+    Returns:
+        Units ordered by file, then row group. Row groups with no rows are left out.
+
+    Raises:
+        FileNotFoundError: a pattern matches no file.
+        ValueError: a matched file is not a readable Parquet file.
+    """
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    if not patterns:
+        raise FileNotFoundError("no input pattern given: pass --input with a file, glob or folder")
+    named: dict[str, str] = {}
+    for pat in patterns:
+        paths = _expand(pat)
+        if not paths:
+            raise FileNotFoundError(
+                f"input pattern {pat!r} matches no file. Check the path, or quote the glob so the "
+                "shell does not expand it (e.g. --input 'data/*.parquet')."
+            )
+        root = input_root(pat) if _GLOB.search(pat) else _dir_root(pat, paths)
+        for path in paths:
+            named.setdefault(path, _source_name(path, root))
+
+    units: list[WorkUnit] = []
+    for file_index, path in enumerate(sorted(named)):
+        metadata = _footer(path)
+        offset = 0
+        for group in range(metadata.num_row_groups):
+            rows = metadata.row_group(group).num_rows
+            if rows:
+                units.append(WorkUnit(path, group, rows, file_index, offset, named[path]))
+            offset += rows
+    return units
+
+
+def _expand(pattern: str) -> list[str]:
+    if _GLOB.search(pattern):
+        return sorted(p for p in storage.match(pattern) if not _hidden(p, input_root(pattern)))
+    if not pattern.endswith(".parquet"):
+        # A folder: every Parquet file below it, skipping entries whose names start with "_" or
+        # "." (markers, temp files), as pyarrow.dataset does.
+        root = pattern.rstrip("/") + "/"
+        files = [p for p in storage.list_files(pattern) if p.endswith(".parquet")]
+        files = [p for p in files if not _hidden(p, root)]
+        if files:
+            return sorted(files)
+    return storage.match(pattern)
+
+
+def _dir_root(pattern: str, paths: list[str]) -> str:
+    if paths == [pattern]:
+        return input_root(pattern)
+    return pattern.rstrip("/") + "/"
+
+
+def _hidden(path: str, root: str) -> bool:
+    rel = path[len(root) :] if path.startswith(root) else posixpath.basename(path)
+    return any(part.startswith(("_", ".")) for part in rel.split("/"))
+
+
+def _footer(path: str) -> pq.FileMetaData:
+    try:
+        with storage.open_input(path) as f:
+            return pq.ParquetFile(f).metadata
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"cannot read input file {path} as Parquet: {exc}") from exc
+
+
+def iter_batches(
+    unit: WorkUnit, columns: Iterable[str] | None = None, batch_size: int = 1024
+) -> Iterator[pa.RecordBatch]:
+    """Streams one unit's rows as record batches of at most ``batch_size`` rows.
+
+    Only one row group is read, and only ``columns``: memory stays bounded by the batch size (and
+    Parquet's page size), whatever the file size.
+    """
+    with storage.open_input(unit.path) as f:
+        parquet = pq.ParquetFile(f)
+        yield from parquet.iter_batches(
+            batch_size=batch_size,
+            row_groups=[unit.row_group],
+            columns=None if columns is None else list(columns),
+        )
