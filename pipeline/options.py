@@ -1,0 +1,591 @@
+"""The command line of the clipbeam jobs: subcommands, their options, and what they turn into.
+
+Every clipbeam option is accepted spelled with dashes (``--image-column``) and with underscores
+(``--image_column``), so a Dataflow Flex Template, whose parameters are identifiers, can pass it.
+Arguments clipbeam does not define are Beam pipeline options (``--runner``,
+``--direct_num_workers``, ``--temp_location``...); an argument that is neither is an error, not a
+warning, so a typo such as ``--min-scor`` cannot silently change what a job keeps.
+
+Parsing never prints or exits (except ``--help``): problems raise :class:`LaunchError`, which
+:func:`pipeline.cli.main` prints as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from transforms.spec import DEVICES, DTYPES, EMBEDDING_DTYPES, IMAGE_FORMATS, KINDS, JobSpec
+
+__all__ = ["JOB_KINDS", "NONE", "LaunchError", "ParsedArgs", "build_parser", "parse_args"]
+
+JOB_KINDS: tuple[str, ...] = KINDS
+
+# The column value that means "this dataset has no such column" (text-only / image-only embed).
+NONE = "none"
+
+_DEFAULT_TEMPLATE = "a photo of a {}."
+
+_JOB_HELP = {
+    "embed": "L2-normalized image and/or text embeddings -> OUTPUT/embeddings/",
+    "score": "clip_score, the cosine similarity of each image-text pair -> OUTPUT/scores/",
+    "filter": "keep or reject pairs by score, image size, caption length and concepts "
+    "-> OUTPUT/kept/, OUTPUT/rejected/",
+    "classify": "zero-shot labels: top-k labels and probabilities per image -> OUTPUT/labels/",
+}
+
+
+class LaunchError(Exception):
+    """A problem with a job's arguments, input, model or output, found before the job runs.
+
+    Its message says what is wrong and what to do; the command line prints it without a
+    traceback and exits with status 2.
+    """
+
+
+@dataclass(frozen=True)
+class ParsedArgs:
+    """The parsed command line.
+
+    Attributes:
+        command: the subcommand (a job kind for the jobs).
+        inputs: the ``--input`` patterns, in the order given.
+        spec: the job's specification (``None`` for a non-job subcommand).
+        beam_args: the arguments left for Beam's ``PipelineOptions``.
+        labels_file: the ``--labels-file`` path, if labels were read from one.
+    """
+
+    command: str
+    inputs: tuple[str, ...]
+    spec: JobSpec | None
+    beam_args: tuple[str, ...]
+    labels_file: str | None = None
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises :class:`LaunchError` instead of printing and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise LaunchError(f"{message} (see `{self.prog} --help`)")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option once, with dashes; its underscore alias is accepted but not listed."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if action.option_strings:
+            shown = [s for s in action.option_strings if "_" not in s] or action.option_strings
+            action = argparse.Action(
+                shown,
+                action.dest,
+                nargs=action.nargs,
+                choices=action.choices,
+                metavar=action.metavar,
+                help=action.help,
+            )
+        return super()._format_action_invocation(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        # Only show a default where there is one worth showing.
+        if action.default in (None, False, [], argparse.SUPPRESS) or action.nargs == 0:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _add(group: Any, name: str, **kwargs: Any) -> None:
+    """Adds ``--name`` with both spellings; ``name`` is given with dashes."""
+    spellings = [f"--{name}"]
+    if "-" in name:
+        spellings.append(f"--{name.replace('-', '_')}")
+    group.add_argument(*spellings, dest=name.replace("-", "_"), **kwargs)
+
+
+# -- value types (their messages name the expected value; argparse adds the option name) ---------
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None, *, low_open=False):
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if too_low or (high is not None and value > high):
+            left = "(" if low_open else "["
+            bounds = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+            raise argparse.ArgumentTypeError(f"expected a value in {bounds}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid <type> value" messages
+    return parse
+
+
+def _bool(text: str) -> bool:
+    """Flex Templates pass flags as ``--resume=true``; accept the usual spellings."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _names(text: str) -> list[str]:
+    """A comma-separated list; blanks around names are dropped, empty entries rejected later."""
+    return [part.strip() for part in text.split(",")]
+
+
+def _column(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        raise argparse.ArgumentTypeError(f"expected a column name, or '{NONE}' for no column")
+    return None if text.lower() == NONE else text
+
+
+# -- the parser ----------------------------------------------------------------------------------
+
+
+def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
+    io = parser.add_argument_group("input and output")
+    _add(
+        io,
+        "input",
+        action="append",
+        required=True,
+        metavar="PATTERN",
+        help="Parquet file, glob or folder, local or gs:// (repeat for several; quote globs)",
+    )
+    _add(io, "output", required=True, metavar="DIR", help="output folder, local or gs://")
+    _add(
+        io,
+        "model",
+        required=True,
+        metavar="SOURCE",
+        help="checkpoint folder in the Hugging Face layout, fsspec URL (gs://...), hub id, or a "
+        "bundled demo model (demo-clip, demo-chinese-clip)",
+    )
+    _add(
+        io,
+        "resume",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_bool,
+        metavar="BOOL",
+        help="skip work units whose output an earlier run of the same job completed",
+    )
+
+    columns = parser.add_argument_group("columns")
+    no_column = {
+        "embed": f"; '{NONE}' for a text-only dataset",
+        "classify": "",
+    }.get(kind, "")
+    _add(
+        columns,
+        "image-column",
+        type=_column,
+        default="image",
+        metavar="NAME",
+        help=f"column holding the images{no_column}",
+    )
+    no_text = {
+        "embed": f"; '{NONE}' for an image-only dataset",
+        "classify": f"; '{NONE}' (the default) as classify reads images only",
+    }.get(kind, "")
+    _add(
+        columns,
+        "text-column",
+        type=_column,
+        default=None if kind == "classify" else "text",
+        metavar="NAME",
+        help=f"column holding the captions{no_text}",
+    )
+    _add(
+        columns,
+        "id-column",
+        type=_column,
+        default=None,
+        metavar="NAME",
+        help="column identifying rows, copied to every output; without one, an `id` column "
+        "holds '<file>:<row>'",
+    )
+    _add(
+        columns,
+        "image-format",
+        choices=IMAGE_FORMATS,
+        default="auto",
+        help="how images are stored: binary bytes, a Hugging Face {bytes, path} struct, or "
+        "string paths/URLs (local, gs://, http(s)); auto decides from the column type",
+    )
+    _add(
+        columns,
+        "keep-columns",
+        type=_names,
+        action="extend",
+        default=[],
+        metavar="A,B",
+        help="input columns copied unchanged to the output",
+    )
+
+    compute = parser.add_argument_group("model execution")
+    _add(
+        compute,
+        "batch-size",
+        type=_number(int, 1),
+        default=32,
+        metavar="N",
+        help="rows per model call",
+    )
+    _add(
+        compute,
+        "device",
+        choices=DEVICES,
+        default="auto",
+        help="auto: CUDA when the worker has a GPU, else CPU; cuda without a GPU is an error",
+    )
+    _add(compute, "dtype", choices=DTYPES, default="float32", help="dtype the model computes in")
+    _add(
+        compute,
+        "embedding-dtype",
+        choices=EMBEDDING_DTYPES,
+        default="float32",
+        help="dtype embeddings are stored in",
+    )
+    _add(
+        compute,
+        "http-timeout",
+        type=_number(float, 0, low_open=True),
+        default=30.0,
+        metavar="SECONDS",
+        help="timeout for reading one image by http(s) URL",
+    )
+
+
+def _add_filter(parser: argparse.ArgumentParser) -> None:
+    rules = parser.add_argument_group(
+        "filter rules (a row is kept when it passes every rule given)"
+    )
+    _add(
+        rules,
+        "min-score",
+        type=_number(float, -1.0, 1.0),
+        metavar="X",
+        help="reject pairs whose clip_score is below X",
+    )
+    _add(
+        rules,
+        "top-fraction",
+        type=_number(float, 0.0, 1.0, low_open=True),
+        metavar="F",
+        help="keep the best-scoring fraction F of the whole dataset (global cut from an "
+        "approximate quantile, then a second pass); not with --min-score",
+    )
+    _add(
+        rules,
+        "min-image-side",
+        type=_number(int, 1),
+        metavar="N",
+        help="reject images whose shorter side is below N pixels",
+    )
+    _add(
+        rules,
+        "max-aspect-ratio",
+        type=_number(float, 1.0),
+        metavar="R",
+        help="reject images whose long/short side ratio exceeds R",
+    )
+    _add(
+        rules,
+        "min-text-chars",
+        type=_number(int, 0),
+        metavar="N",
+        help="reject captions shorter than N characters (after stripping blanks)",
+    )
+    _add(
+        rules,
+        "reject-concepts",
+        type=_names,
+        action="extend",
+        default=[],
+        metavar="A,B",
+        help="reject images similar to any of these concepts (needs --concept-threshold)",
+    )
+    _add(
+        rules,
+        "concept-threshold",
+        type=_number(float, -1.0, 1.0),
+        metavar="T",
+        help="cosine similarity between image and concept prompt at or above which a concept "
+        "rejects an image",
+    )
+    _add_templates(rules, "concept")
+
+
+def _add_classify(parser: argparse.ArgumentParser) -> None:
+    labels = parser.add_argument_group("labels")
+    _add(
+        labels,
+        "labels",
+        type=_names,
+        action="extend",
+        default=[],
+        metavar="A,B",
+        help="candidate labels, comma-separated",
+    )
+    _add(
+        labels,
+        "labels-file",
+        metavar="FILE",
+        help="a UTF-8 text file (local or gs://) with one label per line; not with --labels",
+    )
+    _add_templates(labels, "label")
+    _add(
+        labels,
+        "top-k",
+        type=_number(int, 1),
+        default=5,
+        metavar="K",
+        help="labels kept per image (at most the number of labels)",
+    )
+
+
+def _add_templates(group: Any, what: str) -> None:
+    _add(
+        group,
+        "template",
+        action="append",
+        default=None,
+        metavar="TEMPLATE",
+        help=f"prompt template with one {{}} for the {what}; repeat to average several "
+        f"(default: {_DEFAULT_TEMPLATE!r})",
+    )
+
+
+def build_parser(prog: str = "clipbeam") -> argparse.ArgumentParser:
+    """The ``clipbeam`` argument parser, one subcommand per job.
+
+    Returns:
+        A parser whose ``parse_known_args`` leaves Beam's pipeline options as extras.
+    """
+    parser = _Parser(
+        prog=prog,
+        description="CLIP and Chinese-CLIP over image-text Parquet datasets on Apache Beam. "
+        "Any option not listed under a job is passed to Beam (--runner, --direct_num_workers, "
+        "--temp_location, --project, --region...).",
+        allow_abbrev=False,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for kind in JOB_KINDS:
+        sub = commands.add_parser(
+            kind,
+            help=_JOB_HELP[kind],
+            description=_JOB_HELP[kind]
+            + ". Options are also accepted with underscores (--image_column); options not "
+            "listed here are Beam pipeline options.",
+            formatter_class=_HelpFormatter,
+            allow_abbrev=False,
+        )
+        _add_common(sub, kind)
+        if kind == "filter":
+            _add_filter(sub)
+        elif kind == "classify":
+            _add_classify(sub)
+    return parser
+
+
+# -- from arguments to a job -----------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = None) -> ParsedArgs:
+    """Parses a clipbeam command line.
+
+    Args:
+        argv: the arguments after the program name.
+        read_text: reads a ``--labels-file`` (defaults to the storage layer, so gs:// works).
+
+    Returns:
+        The subcommand, the job's :class:`JobSpec` and the arguments left for Beam.
+
+    Raises:
+        LaunchError: unknown or malformed arguments, or options that conflict.
+    """
+    parser = build_parser()
+    namespace, extras = parser.parse_known_args(list(argv))
+    command = namespace.command
+    _check_beam_args(extras, parser, command)
+    args = vars(namespace)
+
+    labels = list(args.get("labels") or [])
+    labels_file = args.get("labels_file")
+    if command == "classify":
+        if labels and labels_file:
+            raise LaunchError("pass --labels or --labels-file, not both")
+        if labels_file:
+            labels = _read_labels(labels_file, read_text)
+        if not labels:
+            raise LaunchError(
+                "classify needs candidate labels: pass --labels 'cat,dog' or --labels-file FILE"
+            )
+    _check_names("--labels", labels)
+    _check_names("--keep-columns", args["keep_columns"])
+    _check_names("--reject-concepts", args.get("reject_concepts") or [])
+
+    if command == "filter":
+        _check_filter(args)
+
+    templates = args.get("template") or [_DEFAULT_TEMPLATE]
+    for template in templates:
+        if template.count("{}") != 1:
+            raise LaunchError(
+                f"--template {template!r} must contain exactly one '{{}}' where the "
+                f"{'label' if command == 'classify' else 'concept'} goes, "
+                f"e.g. {_DEFAULT_TEMPLATE!r}"
+            )
+
+    options = _recorded_options(args)
+    try:
+        spec = JobSpec(
+            kind=command,
+            model=args["model"],
+            output=args["output"].rstrip("/") or args["output"],
+            image_column=args["image_column"],
+            text_column=args["text_column"],
+            id_column=args["id_column"],
+            image_format=args["image_format"],
+            keep_columns=tuple(args["keep_columns"]),
+            batch_size=args["batch_size"],
+            device=args["device"],
+            dtype=args["dtype"],
+            embedding_dtype=args["embedding_dtype"],
+            resume=args["resume"],
+            min_score=args.get("min_score"),
+            top_fraction=args.get("top_fraction"),
+            min_image_side=args.get("min_image_side"),
+            max_aspect_ratio=args.get("max_aspect_ratio"),
+            min_text_chars=args.get("min_text_chars"),
+            reject_concepts=tuple(args.get("reject_concepts") or ()),
+            concept_threshold=args.get("concept_threshold"),
+            labels=tuple(labels),
+            templates=tuple(templates),
+            top_k=args.get("top_k") or 5,
+            http_timeout=args["http_timeout"],
+            options=options,
+        )
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
+    return ParsedArgs(
+        command=command,
+        inputs=tuple(args["input"]),
+        spec=spec,
+        beam_args=tuple(extras),
+        labels_file=labels_file,
+    )
+
+
+def _check_filter(args: dict[str, Any]) -> None:
+    if args["min_score"] is not None and args["top_fraction"] is not None:
+        raise LaunchError(
+            "pass --min-score or --top-fraction, not both: --min-score keeps pairs above a fixed "
+            "similarity, --top-fraction keeps the best fraction of the dataset"
+        )
+    if args["reject_concepts"] and args["concept_threshold"] is None:
+        raise LaunchError(
+            "--reject-concepts needs --concept-threshold T, the image-concept cosine similarity "
+            "at or above which an image is rejected (it depends on the model: look at the "
+            "scores of a few known images first)"
+        )
+    if args["concept_threshold"] is not None and not args["reject_concepts"]:
+        raise LaunchError("--concept-threshold is set but --reject-concepts is not")
+    if args["template"] and not args["reject_concepts"]:
+        raise LaunchError("--template only applies to --reject-concepts in filter")
+    rules = ("min_score", "top_fraction", "min_image_side", "max_aspect_ratio", "min_text_chars")
+    if all(args[r] is None for r in rules) and not args["reject_concepts"]:
+        raise LaunchError(
+            "filter needs at least one rule: --min-score, --top-fraction, --min-image-side, "
+            "--max-aspect-ratio, --min-text-chars or --reject-concepts"
+        )
+
+
+def _check_names(option: str, names: Sequence[str]) -> None:
+    if any(not name for name in names):
+        raise LaunchError(f"{option} holds an empty name: {','.join(names)!r}")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise LaunchError(f"{option} repeats {', '.join(duplicates)}")
+
+
+def _read_labels(path: str, read_text: Callable[[str], str] | None) -> list[str]:
+    if read_text is None:
+        from transforms import storage
+
+        def read_text(p: str) -> str:
+            return storage.read_bytes(p).decode("utf-8")
+
+    try:
+        text = read_text(path)
+    except FileNotFoundError:
+        raise LaunchError(f"--labels-file {path} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise LaunchError(f"--labels-file {path} is not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise LaunchError(f"cannot read --labels-file {path}: {exc}") from None
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
+    if not labels:
+        raise LaunchError(f"--labels-file {path} holds no labels (expected one per line)")
+    return labels
+
+
+def _recorded_options(args: dict[str, Any]) -> dict[str, Any]:
+    """The clipbeam options as given, JSON-serializable, for output metadata and summary.json."""
+    recorded = {}
+    for key, value in sorted(args.items()):
+        if isinstance(value, tuple):
+            value = list(value)
+        recorded[key] = value
+    return recorded
+
+
+def _check_beam_args(extras: list[str], parser: argparse.ArgumentParser, command: str) -> None:
+    """Fails on arguments that are neither clipbeam's nor Beam's (typos must not be ignored).
+
+    Beam itself only logs "Discarding unparseable args"; this collects Beam's options the way
+    ``PipelineOptions.get_all_options`` does and turns a leftover into an error with a hint.
+    """
+    if not extras:
+        return
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    beam_parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
+    # Beam may see an options class twice (e.g. re-imported in __main__); register each once.
+    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+    for cls in classes.values():
+        cls._add_argparse_args(beam_parser)
+    _, unknown = beam_parser.parse_known_args(extras)
+    if not unknown:
+        return
+    flags = [a for a in unknown if a.startswith("-")]
+    if not flags:
+        raise LaunchError(
+            f"unexpected argument {unknown[0]!r} (options take the form --name value; quote "
+            "globs so the shell does not expand them)"
+        )
+    jobs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    name = flags[0].split("=", 1)[0]
+    owners = [job for job, p in jobs.items() for a in p._actions if name in a.option_strings]
+    if owners:
+        raise LaunchError(f"{name} is an option of clipbeam {' and '.join(owners)}, not {command}")
+    known = [s for p in (beam_parser, jobs[command]) for a in p._actions for s in a.option_strings]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise LaunchError(
+        f"unknown option {name} for clipbeam {command}: it is neither a clipbeam option nor a "
+        f"Beam pipeline option{hint}"
+    )
