@@ -36,7 +36,6 @@ worker subprocesses of ``--direct_running_mode=multi_processing`` inherit them.
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
