@@ -19,6 +19,7 @@ __all__ = [
     "IMAGE_FORMATS",
     "KINDS",
     "OUTPUT_DIRS",
+    "RESULT_COLUMNS",
     "JobSpec",
 ]
 
@@ -34,6 +35,15 @@ OUTPUT_DIRS: dict[str, tuple[str, ...]] = {
     "score": ("scores",),
     "filter": ("kept", "rejected"),
     "classify": ("labels",),
+}
+
+# Columns each kind computes (besides the id column and --keep-columns). embed writes the
+# embeddings of the towers it has, and clip_score when it has both.
+RESULT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "embed": ("image_embedding", "text_embedding", "clip_score"),
+    "score": ("clip_score",),
+    "filter": ("clip_score", "image_width", "image_height", "concept_scores", "reject_reason"),
+    "classify": ("labels", "probabilities"),
 }
 
 
@@ -150,10 +160,17 @@ class JobSpec:
         if not ok:
             p.append(f"{self.kind} needs {needs}")
 
-        outputs = {"id", "error_type", "error_message", "source_file", "row_number"}
-        clash = sorted(set(self.keep_columns) & outputs)
+        written = {"source_file", "row_number", "error_type", "error_message"}
+        written |= set(RESULT_COLUMNS.get(self.kind, ()))
+        if self.id_column is None:
+            written.add("id")
+        elif self.id_column in self.keep_columns:
+            p.append(f"keep_columns holds the id column {self.id_column!r}, which is always kept")
+        clash = sorted(set(self.keep_columns) & written)
         if clash:
             p.append(f"keep_columns {clash} clash with columns the job writes; rename them")
+        if len(set(self.keep_columns)) != len(self.keep_columns):
+            p.append(f"keep_columns holds duplicates: {list(self.keep_columns)}")
 
         filter_fields = {
             "min_score": self.min_score,

@@ -1,0 +1,326 @@
+"""The model as the jobs use it: normalized embeddings in batches, loaded once per worker process.
+
+:class:`Encoder` wraps a ``model/`` model and processor. It turns PIL images and strings into
+L2-normalized float32 embeddings, batching texts by length (each batch padded to its own longest
+text, truncated to the model's context) and halving a batch that runs out of GPU memory instead of
+failing the bundle. :func:`acquire_encoder` keeps one encoder per worker process through
+``apache_beam.utils.shared.Shared``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from apache_beam.utils import shared
+from PIL import Image
+
+__all__ = [
+    "Encoder",
+    "acquire_encoder",
+    "clipbeam_version",
+    "resolve_device",
+    "weights_fingerprint",
+]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# One handle for the whole process: every DoFn of every pass shares the loaded model. The handle
+# holds only a key; the model is built on first acquire, on the worker.
+_SHARED = shared.Shared()
+
+
+def resolve_device(device: str) -> torch.device:
+    """Maps ``"auto"``, ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``) to a device that exists.
+
+    Raises:
+        RuntimeError: CUDA was asked for and is not available. There is no fallback to CPU: a
+            job sized for GPUs would run for days on CPU without anyone noticing.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"--device {device} was asked for, but torch {torch.__version__} sees no CUDA "
+                "GPU on this machine. Run on a GPU worker (with a CUDA build of torch), or pass "
+                "--device cpu (or auto) to run on CPU on purpose."
+            )
+        return torch.device(device)
+    raise ValueError(f"device must be auto, cpu or cuda (got {device!r})")
+
+
+def clipbeam_version() -> str:
+    """The installed clipbeam version, or ``"unknown"`` when running from an uninstalled tree."""
+    try:
+        return importlib.metadata.version("clipbeam")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_fingerprints: dict[str, str] = {}
+
+
+def weights_fingerprint(source: str) -> str:
+    """``"sha256:<hex>"`` over a checkpoint's weight files, in name order.
+
+    Single files and sharded checkpoints (an index plus shards) are both covered. The result is
+    cached per process, as hashing a large checkpoint takes seconds.
+    """
+    if source in _fingerprints:
+        return _fingerprints[source]
+    from model.hub import CheckpointNotFoundError, resolve_source
+
+    checkpoint = resolve_source(source)
+    names: list[str] = []
+    for index in _INDEX_FILES:
+        path = checkpoint.get(index)
+        if path is not None:
+            names = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+            break
+    else:
+        names = [n for n in _WEIGHT_FILES if checkpoint.get(n) is not None][:1]
+    if not names:
+        raise CheckpointNotFoundError(
+            f"checkpoint {source!r} has no weights ({', '.join(_WEIGHT_FILES)}, or an index)"
+        )
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.encode() + b"\0")
+        with open(checkpoint.require(name), "rb") as f:
+            while block := f.read(1 << 23):
+                digest.update(block)
+    _fingerprints[source] = f"sha256:{digest.hexdigest()}"
+    return _fingerprints[source]
+
+
+def _features(output: Any) -> torch.Tensor:
+    """``get_*_features`` returns a tensor (transformers 4) or an output whose ``pooler_output``
+    holds the projected features (transformers 5); accept both API generations."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+class Encoder:
+    """A loaded model and processor that produce L2-normalized embeddings.
+
+    Args:
+        model: a CLIP or Chinese-CLIP model from ``model/`` (anything with the Hugging Face
+            ``get_image_features`` / ``get_text_features`` / ``logit_scale`` API).
+        processor: the matching processor (``.tokenizer`` and ``.image_processor``).
+        device: where ``model`` lives.
+        source: the checkpoint source, recorded in output metadata.
+        batch_size: most rows per model call.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: Any,
+        *,
+        device: torch.device,
+        source: str = "",
+        batch_size: int = 32,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.image_processor = processor.image_processor
+        self.device = device
+        self.source = source
+        self.batch_size = batch_size
+        self.dtype = next(model.parameters()).dtype
+        self.projection_dim = int(model.config.projection_dim)
+        # Truncate to what both the tokenizer and the position table allow: Chinese-CLIP's
+        # tokenizer may claim 512 while a checkpoint was trained with a shorter context.
+        positions = int(model.config.text_config.max_position_embeddings)
+        self.context_length = min(int(self.tokenizer.model_max_length), positions)
+        self.pad_token_id = int(self.tokenizer.pad_token_id)
+        # Batch sizes shrink after an out-of-memory error and stay shrunk (per tower).
+        self._limits = {"image": batch_size, "text": batch_size}
+        self._lock = threading.Lock()
+        self._metadata: dict[str, str] | None = None
+
+    @classmethod
+    def load(
+        cls,
+        source: str,
+        *,
+        device: str = "auto",
+        dtype: str = "float32",
+        batch_size: int = 32,
+    ) -> Encoder:
+        """Loads model and processor from ``source`` onto ``device`` in ``dtype``."""
+        from model import load_model, load_processor
+
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {list(_DTYPES)} (got {dtype!r})")
+        target = resolve_device(device)
+        model = load_model(source, device=target, dtype=_DTYPES[dtype])
+        processor = load_processor(source)
+        return cls(model, processor, device=target, source=source, batch_size=batch_size)
+
+    @property
+    def family(self) -> str:
+        """``"clip"`` or ``"chinese_clip"``, from the model config."""
+        return str(self.model.config.model_type)
+
+    @property
+    def logit_scale(self) -> float:
+        """The learned temperature, ``exp(logit_scale)``, that turns cosines into logits."""
+        return float(self.model.logit_scale.detach().float().exp())
+
+    # -- images -------------------------------------------------------------------------------
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Normalized image embeddings, ``float32[len(images), projection_dim]``."""
+        return self._run("image", len(images), lambda lo, hi: self._image_batch(images[lo:hi]))
+
+    @torch.inference_mode()
+    def _image_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        pixels = self.image_processor(list(images), return_tensors="pt")["pixel_values"]
+        pixels = pixels.to(self.device, self.dtype)
+        return _features(self.model.get_image_features(pixel_values=pixels))
+
+    # -- texts --------------------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str]) -> list[dict[str, list[int]]]:
+        """Token ids (and masks) per text, truncated to the context, not padded."""
+        encoded = self.tokenizer(
+            list(texts), padding=False, truncation=True, max_length=self.context_length
+        )
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+        return [{k: list(encoded[k][i]) for k in keys} for i in range(len(texts))]
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Normalized text embeddings, ``float32[len(texts), projection_dim]``.
+
+        Texts are sorted by token count and cut into batches, each padded only to its own
+        longest text: a batch of short captions costs what short captions cost.
+        """
+        tokens = self.tokenize(texts)
+        order = sorted(range(len(tokens)), key=lambda i: len(tokens[i]["input_ids"]))
+        ordered = [tokens[i] for i in order]
+        embeddings = self._run(
+            "text", len(ordered), lambda lo, hi: self._text_batch(ordered[lo:hi])
+        )
+        result = np.empty_like(embeddings)
+        result[order] = embeddings
+        return result
+
+    @torch.inference_mode()
+    def _text_batch(self, tokens: Sequence[dict[str, list[int]]]) -> torch.Tensor:
+        longest = max(len(t["input_ids"]) for t in tokens)
+        inputs: dict[str, torch.Tensor] = {}
+        for key in tokens[0]:
+            pad = self.pad_token_id if key == "input_ids" else 0
+            rows = [t[key] + [pad] * (longest - len(t[key])) for t in tokens]
+            inputs[key] = torch.tensor(rows, dtype=torch.long, device=self.device)
+        return _features(self.model.get_text_features(**inputs))
+
+    def prompt_embeddings(self, names: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+        """One normalized embedding per name: the mean of its normalized prompt embeddings.
+
+        This is CLIP's zero-shot classifier construction: each template is filled with the name,
+        embedded and normalized; the mean over templates is normalized again.
+        """
+        prompts = [t.replace("{}", n) for n in names for t in templates]
+        embedded = self.encode_texts(prompts).reshape(len(names), len(templates), -1)
+        mean = embedded.mean(axis=1)
+        return mean / np.linalg.norm(mean, axis=1, keepdims=True)
+
+    # -- batching -----------------------------------------------------------------------------
+
+    def _run(self, tower: str, n: int, call: Callable[[int, int], torch.Tensor]) -> np.ndarray:
+        """Runs ``call`` over ``[0, n)`` in batches and returns normalized float32 rows.
+
+        A CUDA out-of-memory error halves the batch size for this tower and retries the batch
+        (down to one row, then it is raised): a few huge inputs must not fail a whole bundle.
+        """
+        out = np.empty((n, self.projection_dim), dtype=np.float32)
+        start = 0
+        while start < n:
+            size = self._limits[tower]
+            stop = min(n, start + size)
+            try:
+                features = call(start, stop)
+            except torch.cuda.OutOfMemoryError:
+                if size == 1:
+                    raise
+                with self._lock:
+                    self._limits[tower] = max(1, min(self._limits[tower], size // 2))
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            features = torch.nn.functional.normalize(features.float(), dim=-1)
+            out[start:stop] = features.cpu().numpy()
+            start = stop
+        return out
+
+    # -- provenance ---------------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, str]:
+        """Key-value metadata describing the model, for every output file (computed once)."""
+        if self._metadata is None:
+            self._metadata = self._describe()
+        return dict(self._metadata)
+
+    def _describe(self) -> dict[str, str]:
+        preprocessing = {
+            "image_processor": _public_settings(self.image_processor),
+            "text_context_length": self.context_length,
+            "text_padding": "longest_in_batch",
+        }
+        return {
+            "clipbeam.version": clipbeam_version(),
+            "clipbeam.model": self.source,
+            "clipbeam.model_family": self.family,
+            "clipbeam.model_sha256": weights_fingerprint(self.source) if self.source else "",
+            "clipbeam.projection_dim": str(self.projection_dim),
+            "clipbeam.model_dtype": str(self.dtype).removeprefix("torch."),
+            "clipbeam.logit_scale": repr(self.logit_scale),
+            "clipbeam.preprocessing": json.dumps(preprocessing, sort_keys=True, default=str),
+        }
+
+
+def _public_settings(image_processor: Any) -> dict[str, Any]:
+    """The image processor's settings (size, crop, mean, std...), JSON-friendly."""
+    if hasattr(image_processor, "to_dict"):
+        settings = image_processor.to_dict()
+    else:
+        settings = {k: v for k, v in vars(image_processor).items() if not k.startswith("_")}
+    return {k: v for k, v in sorted(settings.items()) if _jsonable(v)}
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def acquire_encoder(source: str, *, device: str, dtype: str, batch_size: int) -> Encoder:
+    """The process-wide encoder for this model, device and dtype; loaded on first use.
+
+    Beam runs many DoFn instances and threads per worker process; they all get the same model.
+    Callers keep the returned object referenced while they use it (``Shared`` holds it weakly).
+    """
+
+    def build() -> Encoder:
+        encoder = Encoder.load(source, device=device, dtype=dtype, batch_size=batch_size)
+        encoder.metadata()  # hash the weights once, here, not on the first write
+        return encoder
+
+    return _SHARED.acquire(build, tag=(source, device, dtype, batch_size))

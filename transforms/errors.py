@@ -1,0 +1,36 @@
+"""Row-level failures: a row that cannot be processed becomes a row of ``errors/``, not a crash."""
+
+from __future__ import annotations
+
+__all__ = ["ERROR_TYPES", "RowError"]
+
+# Every error_type a job writes, with what it means.
+ERROR_TYPES: dict[str, str] = {
+    "missing_image": "no image: a null cell, an empty struct, or a path/URL that does not exist",
+    "empty_image": "the image has zero bytes",
+    "corrupt_image": "the bytes are not an image any installed decoder can read",
+    "unreadable_image": "reading the image path or URL failed (permissions, timeout, network)",
+    "null_text": "the caption is null",
+    "invalid_value": "a cell holds a value of a type the job cannot use",
+}
+
+
+class RowError(Exception):
+    """One row could not be processed.
+
+    Attributes:
+        error_type: a key of :data:`ERROR_TYPES`, stored in the ``error_type`` column.
+        message: what went wrong, stored in the ``error_message`` column.
+    """
+
+    def __init__(self, error_type: str, message: str):
+        if error_type not in ERROR_TYPES:
+            raise ValueError(
+                f"unknown error_type {error_type!r}; expected one of {list(ERROR_TYPES)}"
+            )
+        super().__init__(f"{error_type}: {message}")
+        self.error_type = error_type
+        self.message = message
+
+    def __reduce__(self):  # keep both fields when Beam pickles the exception
+        return (type(self), (self.error_type, self.message))

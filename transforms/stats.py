@@ -1,0 +1,102 @@
+"""Per-unit counts: exact, additive, and stored next to each finished unit for ``--resume``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+__all__ = ["HISTOGRAM_BINS", "UnitStats", "histogram_edges", "score_histogram"]
+
+HISTOGRAM_BINS = 20
+
+
+def histogram_edges() -> list[float]:
+    """The 21 edges of the ``clip_score`` histogram: 20 equal bins over ``[-1, 1]``."""
+    return np.linspace(-1.0, 1.0, HISTOGRAM_BINS + 1).tolist()
+
+
+def score_histogram(scores: np.ndarray) -> tuple[int, ...]:
+    """Counts of ``scores`` per bin; scores outside ``[-1, 1]`` (rounding) go to the end bins."""
+    if len(scores) == 0:
+        return (0,) * HISTOGRAM_BINS
+    scaled = np.floor((np.asarray(scores, dtype=np.float64) + 1.0) / 2.0 * HISTOGRAM_BINS)
+    bins = np.clip(scaled, 0, HISTOGRAM_BINS - 1).astype(np.int64)  # 1.0 lands in the last bin
+    return tuple(int(c) for c in np.bincount(bins, minlength=HISTOGRAM_BINS))
+
+
+@dataclass(frozen=True)
+class UnitStats:
+    """What one unit (or, summed, a whole job) did.
+
+    Stats add up with ``+`` (and ``sum(stats, UnitStats())``): every field is an exact count.
+    For a two-pass filter, the first pass reports ``input_rows`` and ``error_rows`` and the second
+    ``output_rows``, ``kept``, ``rejected`` and the histogram, so that the sum over both passes is
+    the job's total.
+
+    Attributes:
+        input_rows: rows read.
+        output_rows: rows written to the kind's output (for filter: kept + rejected).
+        error_rows: rows written to ``errors/``.
+        kept: filter: rows that passed every rule.
+        rejected: filter: rows that failed at least one rule.
+        histogram: counts of ``clip_score`` in 20 equal bins over ``[-1, 1]`` (empty when the
+            job computes no scores).
+        units: work units counted.
+        resumed_units: units skipped because a previous run finished them.
+    """
+
+    input_rows: int = 0
+    output_rows: int = 0
+    error_rows: int = 0
+    kept: int = 0
+    rejected: int = 0
+    histogram: tuple[int, ...] = field(default=())
+    units: int = 0
+    resumed_units: int = 0
+
+    def __add__(self, other: UnitStats) -> UnitStats:
+        if not isinstance(other, UnitStats):
+            return NotImplemented
+        counts = {
+            f.name: getattr(self, f.name) + getattr(other, f.name)
+            for f in fields(self)
+            if f.name != "histogram"
+        }
+        return UnitStats(**counts, histogram=_add_histograms(self.histogram, other.histogram))
+
+    def __radd__(self, other: object) -> UnitStats:
+        if other == 0:  # sum() starts from 0
+            return self
+        return NotImplemented
+
+    def to_json(self) -> str:
+        """The stats as JSON (the completion marker's content)."""
+        data = asdict(self)
+        data["histogram"] = list(self.histogram)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> UnitStats:
+        """Reads stats written by :meth:`to_json`."""
+        data = json.loads(text)
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unit marker has unknown fields {sorted(unknown)}: {text[:200]}")
+        data["histogram"] = tuple(data.get("histogram", ()))
+        return cls(**data)
+
+    def as_resumed(self) -> UnitStats:
+        """The same counts, marked as coming from a finished unit of an earlier run."""
+        return UnitStats(**{**asdict(self), "histogram": self.histogram, "resumed_units": 1})
+
+
+def _add_histograms(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    if not a:
+        return b
+    if not b:
+        return a
+    if len(a) != len(b):
+        raise ValueError(f"cannot add histograms of {len(a)} and {len(b)} bins")
+    return tuple(x + y for x, y in zip(a, b, strict=True))
