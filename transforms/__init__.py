@@ -1,0 +1,48 @@
+"""The clipbeam engine as Beam building blocks: work units, transforms and a RunInference handler.
+
+Names are imported lazily (PEP 562), so ``import transforms`` loads neither torch nor Beam until a
+name that needs them is used::
+
+    from transforms import JobSpec, ProcessUnits, plan_units
+
+    spec = JobSpec(kind="score", model="path/to/clip", output="out/")
+    stats = p | beam.Create(plan_units("data/*.parquet")) | beam.Reshuffle() | ProcessUnits(spec)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "JobSpec": "spec",
+    "WorkUnit": "units",
+    "plan_units": "units",
+    "iter_batches": "units",
+    "UnitStats": "stats",
+    "RowError": "errors",
+    "Encoder": "encoder",
+    "acquire_encoder": "encoder",
+    "ProcessUnits": "process",
+    "StageScores": "process",
+    "SelectStaged": "process",
+    "UnitDoFn": "process",
+    "top_fraction_threshold": "process",
+    "ClipModelHandler": "handler",
+    "prepare_example": "handler",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'transforms' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

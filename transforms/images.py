@@ -98,21 +98,15 @@ def read_image_bytes(location: str, *, timeout: float, base: str | None = None) 
     Raises:
         RowError: ``missing_image`` if nothing is there, ``unreadable_image`` if reading fails.
     """
-    import fsspec
+    from transforms import storage
 
     if not location:
         raise RowError("missing_image", "image path is empty")
     url = location
     if base and not _URL.match(location) and not posixpath.isabs(location):
         url = posixpath.join(base, location)
-    options: dict[str, Any] = {}
-    if url.startswith(("http://", "https://")):
-        import aiohttp
-
-        options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=timeout)}
     try:
-        fs, path = fsspec.core.url_to_fs(url, **options)
-        return fs.cat_file(path)
+        return storage.read_bytes(url, timeout=timeout)
     except FileNotFoundError as exc:
         raise RowError("missing_image", f"no image at {url}") from exc
     except _read_errors() as exc:

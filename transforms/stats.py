@@ -43,8 +43,8 @@ class UnitStats:
         rejected: filter: rows that failed at least one rule.
         histogram: counts of ``clip_score`` in 20 equal bins over ``[-1, 1]`` (empty when the
             job computes no scores).
-        units: work units counted.
-        resumed_units: units skipped because a previous run finished them.
+        units: work units counted (a two-pass filter counts each unit in its first pass only).
+        resumed_units: of ``units``, those skipped because a previous run finished them.
     """
 
     input_rows: int = 0
@@ -89,7 +89,9 @@ class UnitStats:
 
     def as_resumed(self) -> UnitStats:
         """The same counts, marked as coming from a finished unit of an earlier run."""
-        return UnitStats(**{**asdict(self), "histogram": self.histogram, "resumed_units": 1})
+        return UnitStats(
+            **{**asdict(self), "histogram": self.histogram, "resumed_units": self.units}
+        )
 
 
 def _add_histograms(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:

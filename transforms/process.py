@@ -1,0 +1,366 @@
+"""The engine as Beam transforms: work units in, output files and per-unit counts out.
+
+:class:`ProcessUnits` is the whole job for a :class:`~transforms.spec.JobSpec`. A filter with
+``top_fraction`` needs the score distribution of the whole dataset before it can decide any row,
+so it runs in two passes, also offered separately for custom pipelines:
+
+1. :class:`StageScores` scores every unit, stages its rows under ``<output>/_staging/`` and emits
+   the unit's scores;
+2. :func:`top_fraction_threshold` turns all scores into one cut with
+   ``beam.ApproximateQuantiles``;
+3. :class:`SelectStaged` reads the staged rows back and writes ``kept/`` and ``rejected/`` with
+   the cut as a side input.
+
+Every unit writes ``<output>/<dir>/part-FFFFF-GGGGG.parquet`` (and its errors to
+``<output>/errors/``), then a completion marker ``<output>/_units/<pass>-part-FFFFF-GGGGG.json``
+holding its :class:`~transforms.stats.UnitStats`. With ``resume``, a unit whose marker exists is
+skipped and its stored counts are emitted again, so totals stay exact across runs.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+
+from transforms import storage
+from transforms.compute import Prompts, output_schema, result_columns, split_filtered
+from transforms.encoder import Encoder, acquire_encoder
+from transforms.images import resolve_image_format
+from transforms.rows import EncodedWindow, encode_window, error_schema, error_table, id_array
+from transforms.spec import JobSpec
+from transforms.stats import UnitStats, score_histogram
+from transforms.units import WorkUnit
+from transforms.writer import ParquetSpool, job_metadata
+
+__all__ = [
+    "METRICS_NAMESPACE",
+    "TOP_FRACTION_QUANTILES",
+    "ProcessUnits",
+    "SelectStaged",
+    "StageScores",
+    "UnitDoFn",
+    "top_fraction_threshold",
+]
+
+METRICS_NAMESPACE = "clipbeam"
+# 1001 quantiles = cuts every 0.1% of rows; Beam's sketch then guarantees a rank error below
+# 1/1001 of the row count, so --top-fraction F keeps F +- 0.1% of the scored rows (ties aside).
+TOP_FRACTION_QUANTILES = 1001
+STAGING_DIR = "_staging"
+MARKER_DIR = "_units"
+SCORES_TAG = "scores"
+
+# Rows read from Parquet per window. Texts of a window are sorted by length before batching,
+# so a window a few batches long lets short captions share batches; images are still decoded
+# only one batch at a time.
+_WINDOW_BATCHES = 4
+
+
+class UnitDoFn(beam.DoFn):
+    """Processes work units for one pass of a job.
+
+    Args:
+        spec: the job.
+        mode: ``"write"`` (the kind's output in one pass), ``"stage"`` (filter pass 1: stage
+            rows under ``_staging/`` and also emit each unit's scores to the ``scores`` output)
+            or ``"select"`` (filter pass 2: split staged rows with the threshold side input).
+    """
+
+    def __init__(self, spec: JobSpec, mode: str = "write"):
+        if mode not in ("write", "stage", "select"):
+            raise ValueError(f"mode must be write, stage or select (got {mode!r})")
+        if mode != "write" and spec.kind != "filter":
+            raise ValueError(f"mode {mode!r} is for filter jobs, not {spec.kind}")
+        self.spec = spec
+        self.mode = mode
+        self._encoder: Encoder | None = None
+        self._prompts: Prompts | None = None
+        self._counters = {
+            name: Metrics.counter(METRICS_NAMESPACE, name)
+            for name in (
+                "input_rows",
+                "output_rows",
+                "error_rows",
+                "kept",
+                "rejected",
+                "units",
+                "resumed_units",
+            )
+        }
+
+    # -- Beam entry points --------------------------------------------------------------------
+
+    def process(
+        self, unit: WorkUnit, threshold: float | None = None
+    ) -> Iterator[UnitStats | beam.pvalue.TaggedOutput]:
+        marker = self._path(MARKER_DIR, f"{self.mode}-{unit.name}.json")
+        resumed = self.spec.resume and storage.exists(marker)
+        if resumed:
+            stats = UnitStats.from_json(storage.read_bytes(marker).decode("utf-8")).as_resumed()
+            if self.mode == "stage":
+                yield beam.pvalue.TaggedOutput(SCORES_TAG, self._staged_scores(unit))
+        elif self.mode == "select":
+            stats = self._select(unit, threshold)
+        else:
+            stats, scores = self._process(unit)
+            if self.mode == "stage":
+                yield beam.pvalue.TaggedOutput(SCORES_TAG, scores)
+        if not resumed:
+            # Written last: a marker promises that every file of the unit is in place.
+            storage.write_atomic(marker, stats.to_json().encode("utf-8"))
+        self._count(stats)
+        yield stats
+
+    # -- passes -------------------------------------------------------------------------------
+
+    def _process(self, unit: WorkUnit) -> tuple[UnitStats, list[float]]:
+        spec = self.spec
+        encoder = self._acquire()
+        with storage.open_input(unit.path) as f:
+            parquet = pq.ParquetFile(f)
+            schema = parquet.schema_arrow
+            image_format = ""
+            if spec.image_column is not None:
+                image_format = resolve_image_format(
+                    spec.image_column, schema.field(spec.image_column).type, spec.image_format
+                )
+            metadata = job_metadata(spec, encoder.metadata())
+            outputs = self._open_outputs(unit, schema, encoder.projection_dim, metadata)
+            errors_path = self._path("errors", f"{unit.name}.parquet")
+            errors = ParquetSpool(errors_path, error_schema(spec, schema))
+            input_rows, scores = 0, []
+            try:
+                for batch in parquet.iter_batches(
+                    batch_size=spec.batch_size * _WINDOW_BATCHES,
+                    row_groups=[unit.row_group],
+                    columns=self._input_columns(),
+                ):
+                    window = encode_window(
+                        batch, spec, encoder, image_format, posixpath.dirname(unit.path)
+                    )
+                    errors.write(error_table(spec, unit, window, input_rows, errors.schema))
+                    table = self._result_table(unit, window, input_rows, outputs)
+                    if "clip_score" in table.column_names:
+                        scores.extend(table.column("clip_score").to_pylist())
+                    self._write_results(table, outputs)
+                    input_rows += batch.num_rows
+                for spool in outputs.values():
+                    spool.commit()
+                if errors.rows:
+                    errors.commit()
+                else:
+                    # A retry that no longer fails must not leave an older attempt's errors.
+                    errors.discard()
+                    storage.delete(errors_path, missing_ok=True)
+            finally:
+                errors.discard()
+                for spool in outputs.values():
+                    spool.discard()
+
+        if input_rows != unit.num_rows:
+            raise RuntimeError(
+                f"{unit.path} row group {unit.row_group}: read {input_rows} rows, its footer "
+                f"says {unit.num_rows}. Was the file rewritten while the job ran?"
+            )
+        written = sum(s.rows for s in outputs.values())
+        stats = UnitStats(input_rows=input_rows, error_rows=errors.rows, units=1)
+        if self.mode == "write":
+            stats = UnitStats(
+                input_rows=input_rows,
+                output_rows=written,
+                error_rows=errors.rows,
+                kept=outputs["kept"].rows if "kept" in outputs else 0,
+                rejected=outputs["rejected"].rows if "rejected" in outputs else 0,
+                histogram=score_histogram(np.asarray(scores)) if self._has_scores() else (),
+                units=1,
+            )
+        return stats, scores
+
+    def _select(self, unit: WorkUnit, threshold: float | None) -> UnitStats:
+        staged = self._path(STAGING_DIR, f"{unit.name}.parquet")
+        with storage.open_input(staged) as f:
+            parquet = pq.ParquetFile(f)
+            schema = parquet.schema_arrow
+            kept_schema = schema.remove(schema.get_field_index("reject_reason"))
+            kept = ParquetSpool(self._path("kept", f"{unit.name}.parquet"), kept_schema)
+            rejected = ParquetSpool(self._path("rejected", f"{unit.name}.parquet"), schema)
+            scores: list[float] = []
+            with kept, rejected:
+                for batch in parquet.iter_batches(batch_size=max(1024, self.spec.batch_size)):
+                    table = pa.Table.from_batches([batch])
+                    scores.extend(table.column("clip_score").to_pylist())
+                    k, r = split_filtered(table, threshold)
+                    kept.write(k)
+                    rejected.write(r)
+                kept.commit()
+                rejected.commit()
+        return UnitStats(
+            output_rows=kept.rows + rejected.rows,
+            kept=kept.rows,
+            rejected=rejected.rows,
+            histogram=score_histogram(np.asarray(scores)),
+        )
+
+    def _staged_scores(self, unit: WorkUnit) -> list[float]:
+        staged = self._path(STAGING_DIR, f"{unit.name}.parquet")
+        with storage.open_input(staged) as f:
+            return pq.read_table(f, columns=["clip_score"]).column("clip_score").to_pylist()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _acquire(self) -> Encoder:
+        if self._encoder is None:
+            spec = self.spec
+            self._encoder = acquire_encoder(
+                spec.model, device=spec.device, dtype=spec.dtype, batch_size=spec.batch_size
+            )
+            self._prompts = Prompts.build(spec, self._encoder)
+        return self._encoder
+
+    def _path(self, folder: str, name: str) -> str:
+        return storage.join(self.spec.output, folder, name)
+
+    def _input_columns(self) -> list[str]:
+        spec = self.spec
+        names = [spec.id_column, spec.image_column, spec.text_column, *spec.keep_columns]
+        return list(dict.fromkeys(n for n in names if n is not None))
+
+    def _has_scores(self) -> bool:
+        spec = self.spec
+        return spec.kind in ("score", "filter") or (
+            spec.kind == "embed" and spec.image_column is not None and spec.text_column is not None
+        )
+
+    def _open_outputs(
+        self, unit: WorkUnit, schema: pa.Schema, dim: int, metadata: dict[str, str]
+    ) -> dict[str, ParquetSpool]:
+        spec = self.spec
+        name = f"{unit.name}.parquet"
+        full = output_schema(spec, schema, dim, metadata)
+        if self.mode == "stage":
+            return {STAGING_DIR: ParquetSpool(self._path(STAGING_DIR, name), full)}
+        if spec.kind == "filter":
+            kept = output_schema(spec, schema, dim, metadata, rejected=False)
+            return {
+                "kept": ParquetSpool(self._path("kept", name), kept),
+                "rejected": ParquetSpool(self._path("rejected", name), full),
+            }
+        (folder,) = spec.output_dirs
+        return {folder: ParquetSpool(self._path(folder, name), full)}
+
+    def _result_table(
+        self, unit: WorkUnit, window: EncodedWindow, start: int, outputs: dict[str, ParquetSpool]
+    ) -> pa.Table:
+        """Id, computed and kept columns of the window's good rows, in the full schema."""
+        spool = outputs.get("rejected") or next(iter(outputs.values()))
+        if not window.good:
+            return spool.schema.empty_table()
+        take = pa.array(window.good, type=pa.int64())
+        columns = [id_array(self.spec, unit, window.batch, start, window.good)]
+        columns += result_columns(self.spec, window, self._prompts)  # type: ignore[arg-type]
+        columns += [window.batch.column(name).take(take) for name in self.spec.keep_columns]
+        return pa.Table.from_arrays(columns, schema=spool.schema)
+
+    def _write_results(self, table: pa.Table, outputs: dict[str, ParquetSpool]) -> None:
+        if "kept" in outputs:
+            kept, rejected = split_filtered(table)
+            outputs["kept"].write(kept)
+            outputs["rejected"].write(rejected)
+        else:
+            next(iter(outputs.values())).write(table)
+
+    def _count(self, stats: UnitStats) -> None:
+        for name, counter in self._counters.items():
+            value = getattr(stats, name)
+            if value:
+                counter.inc(value)
+
+
+class StageScores(beam.PTransform):
+    """Filter pass 1: scores and stages every unit.
+
+    Returns a dict of two PCollections: ``"stats"`` (one :class:`UnitStats` per unit, with
+    ``input_rows`` and ``error_rows``) and ``"scores"`` (one list of ``clip_score`` per unit).
+    """
+
+    def __init__(self, spec: JobSpec):
+        super().__init__()
+        self.spec = spec
+
+    def expand(self, units: beam.PCollection[WorkUnit]) -> dict[str, beam.PCollection]:
+        results = units | "Stage" >> beam.ParDo(UnitDoFn(self.spec, "stage")).with_outputs(
+            SCORES_TAG, main="stats"
+        )
+        return {"stats": results.stats, "scores": results[SCORES_TAG]}
+
+
+class SelectStaged(beam.PTransform):
+    """Filter pass 2: splits staged rows into ``kept/`` and ``rejected/``.
+
+    Args:
+        spec: the job.
+        threshold: a singleton side input (``beam.pvalue.AsSingleton``) holding the score cut,
+            or ``None`` for no ``top_fraction`` rule.
+    """
+
+    def __init__(self, spec: JobSpec, threshold: Any):
+        super().__init__()
+        self.spec = spec
+        self.threshold = threshold
+
+    def expand(self, units: beam.PCollection[WorkUnit]) -> beam.PCollection[UnitStats]:
+        return units | "Select" >> beam.ParDo(UnitDoFn(self.spec, "select"), self.threshold)
+
+
+def _cut(quantiles: list[float], fraction: float) -> float | None:
+    """The score at rank ``1 - fraction`` of the sketch; ``None`` when nothing was scored."""
+    if not quantiles:
+        return None
+    index = round((1.0 - fraction) * (len(quantiles) - 1))
+    return float(quantiles[index])
+
+
+def top_fraction_threshold(
+    scores: beam.PCollection[list[float]], fraction: float
+) -> beam.PCollection[float | None]:
+    """The ``clip_score`` above which ``fraction`` of all rows lie, from batched scores.
+
+    Beam's ``ApproximateQuantiles`` sketch with :data:`TOP_FRACTION_QUANTILES` cuts bounds the
+    rank error by ``1 / TOP_FRACTION_QUANTILES`` of the number of scores.
+    """
+    return (
+        scores
+        | "Quantiles"
+        >> beam.ApproximateQuantiles.Globally(TOP_FRACTION_QUANTILES, input_batched=True)
+        | "Cut" >> beam.Map(_cut, fraction)
+    )
+
+
+class ProcessUnits(beam.PTransform):
+    """The whole job: work units in, one :class:`UnitStats` per unit and pass out.
+
+    The stats add up (``beam.CombineGlobally(sum)``) to the job's totals. For a filter with
+    ``top_fraction`` this runs :class:`StageScores`, :func:`top_fraction_threshold` and
+    :class:`SelectStaged`; otherwise one pass.
+    """
+
+    def __init__(self, spec: JobSpec):
+        super().__init__()
+        self.spec = spec
+
+    def expand(self, units: beam.PCollection[WorkUnit]) -> beam.PCollection[UnitStats]:
+        spec = self.spec
+        if spec.kind != "filter" or spec.top_fraction is None:
+            return units | "Process" >> beam.ParDo(UnitDoFn(spec, "write"))
+        staged = units | "Pass1" >> StageScores(spec)
+        threshold = top_fraction_threshold(staged["scores"], spec.top_fraction)
+        # Pass 2 must only start once every unit is staged: the side input enforces that.
+        selected = units | "Pass2" >> SelectStaged(spec, beam.pvalue.AsSingleton(threshold))
+        return (staged["stats"], selected) | "AllStats" >> beam.Flatten()

@@ -1,0 +1,183 @@
+"""From a window of input rows to model outputs: validation, decoding, and error rows.
+
+:func:`encode_window` takes one record batch of a unit, sorts its rows into good rows (with their
+normalized embeddings, image sizes and captions) and error rows (with a :class:`RowError`), and
+never raises for a bad cell. Images are decoded ``batch_size`` at a time and dropped once embedded,
+so memory holds at most one batch of decoded images whatever the window size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from transforms.encoder import Encoder
+from transforms.errors import RowError
+from transforms.images import load_image
+from transforms.spec import JobSpec
+from transforms.units import WorkUnit
+
+__all__ = [
+    "ERROR_FIELDS",
+    "EncodedWindow",
+    "encode_window",
+    "error_schema",
+    "error_table",
+    "id_array",
+    "id_field",
+]
+
+
+@dataclass
+class EncodedWindow:
+    """The outcome of one window of rows.
+
+    Attributes:
+        batch: the input rows as read.
+        good: indices (into ``batch``) of rows that were processed, ascending.
+        image_embeddings: ``float32[len(good), D]`` normalized, or ``None`` without images.
+        text_embeddings: ``float32[len(good), D]`` normalized, or ``None`` without texts.
+        sizes: ``(width, height)`` of each good row's image (empty without images).
+        texts: each good row's caption (empty without texts).
+        errors: ``(index into batch, error)`` for every row that failed, ascending.
+    """
+
+    batch: pa.RecordBatch
+    good: list[int]
+    image_embeddings: np.ndarray | None
+    text_embeddings: np.ndarray | None
+    sizes: list[tuple[int, int]]
+    texts: list[str]
+    errors: list[tuple[int, RowError]]
+
+
+def encode_window(
+    batch: pa.RecordBatch, spec: JobSpec, encoder: Encoder, image_format: str, base: str
+) -> EncodedWindow:
+    """Validates, decodes and embeds one window of rows.
+
+    Args:
+        batch: the rows (with at least the image and text columns the spec names).
+        spec: the job.
+        encoder: the loaded model.
+        image_format: the image column's resolved format (``"bytes"``, ``"hf-struct"``, ``"path"``).
+        base: folder that relative image paths are resolved against (the input file's folder).
+    """
+    n = batch.num_rows
+    failed: dict[int, RowError] = {}
+
+    texts: list[str | None] = [None] * n
+    if spec.text_column is not None:
+        texts = batch.column(spec.text_column).to_pylist()
+        for i, text in enumerate(texts):
+            if text is None:
+                failed[i] = RowError("null_text", f"caption column {spec.text_column!r} is null")
+            elif not isinstance(text, str):
+                failed[i] = RowError("invalid_value", f"caption is {type(text).__name__}, not str")
+
+    image_rows: list[int] = []
+    image_chunks: list[np.ndarray] = []
+    sizes: dict[int, tuple[int, int]] = {}
+    if spec.image_column is not None:
+        cells = batch.column(spec.image_column)
+        todo = [i for i in range(n) if i not in failed]
+        for start in range(0, len(todo), spec.batch_size):
+            chunk, images = [], []
+            for i in todo[start : start + spec.batch_size]:
+                try:
+                    image = load_image(
+                        cells[i].as_py(), image_format, timeout=spec.http_timeout, base=base
+                    )
+                except RowError as exc:
+                    failed[i] = exc
+                    continue
+                chunk.append(i)
+                images.append(image)
+                sizes[i] = image.size
+            if images:
+                image_chunks.append(encoder.encode_images(images))
+                image_rows.extend(chunk)
+            del images  # decoded pixels are the big objects here: free them before the next chunk
+
+    good = [i for i in range(n) if i not in failed]
+    image_embeddings = None
+    if spec.image_column is not None:
+        embedded = dict(zip(image_rows, _rows(image_chunks, encoder), strict=True))
+        image_embeddings = _stack([embedded[i] for i in good], encoder.projection_dim)
+    text_embeddings = None
+    good_texts: list[str] = []
+    if spec.text_column is not None:
+        good_texts = [texts[i] for i in good]  # type: ignore[misc]  # nulls are in `failed`
+        if good_texts:
+            text_embeddings = encoder.encode_texts(good_texts)
+        else:
+            text_embeddings = np.empty((0, encoder.projection_dim), dtype=np.float32)
+    return EncodedWindow(
+        batch=batch,
+        good=good,
+        image_embeddings=image_embeddings,
+        text_embeddings=text_embeddings,
+        sizes=[sizes[i] for i in good] if spec.image_column is not None else [],
+        texts=good_texts,
+        errors=sorted(failed.items()),
+    )
+
+
+def _rows(chunks: list[np.ndarray], encoder: Encoder) -> np.ndarray:
+    if not chunks:
+        return np.empty((0, encoder.projection_dim), dtype=np.float32)
+    return np.concatenate(chunks)
+
+
+def _stack(rows: list[np.ndarray], dim: int) -> np.ndarray:
+    return np.stack(rows) if rows else np.empty((0, dim), dtype=np.float32)
+
+
+def id_field(spec: JobSpec, schema: pa.Schema) -> pa.Field:
+    """The id column every output carries: the input's id column, or ``id: string``."""
+    if spec.id_column is None:
+        return pa.field("id", pa.string(), nullable=False)
+    return schema.field(spec.id_column)
+
+
+def id_array(
+    spec: JobSpec, unit: WorkUnit, batch: pa.RecordBatch, start: int, indices: list[int]
+) -> pa.Array:
+    """The ids of ``indices`` (rows of ``batch``, which starts at row ``start`` of the unit)."""
+    if spec.id_column is not None:
+        return batch.column(spec.id_column).take(pa.array(indices, type=pa.int64()))
+    return pa.array([unit.row_id(start + i) for i in indices], type=pa.string())
+
+
+ERROR_FIELDS = (
+    pa.field("source_file", pa.string()),
+    pa.field("row_number", pa.int64()),
+    pa.field("error_type", pa.string()),
+    pa.field("error_message", pa.string()),
+)
+
+
+def error_schema(spec: JobSpec, input_schema: pa.Schema) -> pa.Schema:
+    """Schema of ``errors/`` files: the id column, then where and why."""
+    return pa.schema([id_field(spec, input_schema), *ERROR_FIELDS])
+
+
+def error_table(
+    spec: JobSpec,
+    unit: WorkUnit,
+    window: EncodedWindow,
+    start: int,
+    schema: pa.Schema,
+) -> pa.Table:
+    """The error rows of one window, in ``schema`` (see :func:`error_schema`)."""
+    indices = [i for i, _ in window.errors]
+    columns = [
+        id_array(spec, unit, window.batch, start, indices),
+        pa.array([unit.path] * len(indices), type=pa.string()),
+        pa.array([unit.row_offset + start + i for i in indices], type=pa.int64()),
+        pa.array([e.error_type for _, e in window.errors], type=pa.string()),
+        pa.array([e.message for _, e in window.errors], type=pa.string()),
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
