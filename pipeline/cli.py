@@ -1,0 +1,136 @@
+"""``clipbeam`` on the command line, and :func:`run` for tests and Python callers.
+
+``run`` parses the arguments, checks everything that can be checked at launch (see
+:mod:`pipeline.validate`), builds the job's pipeline and runs it. ``main`` is the console script:
+it turns a :class:`~pipeline.options.LaunchError` into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineResult
+
+from pipeline.options import LaunchError, parse_args
+from pipeline.validate import JOB_FILE, job_record, validate
+from transforms.spec import JobSpec
+
+__all__ = ["main", "run"]
+
+_log = logging.getLogger("clipbeam")
+
+
+def run(
+    argv: Sequence[str] | None = None,
+    test_pipeline: beam.Pipeline | None = None,
+    *,
+    wait: bool = True,
+) -> PipelineResult:
+    """Runs one clipbeam job.
+
+    Args:
+        argv: the command line after the program name, e.g.
+            ``["score", "--input", "data/*.parquet", "--output", "out", "--model", "ckpt"]``;
+            ``sys.argv[1:]`` when ``None``. Arguments clipbeam does not define are Beam pipeline
+            options.
+        test_pipeline: a pipeline to build the job on (e.g. a ``TestPipeline``) instead of one
+            made from the Beam options in ``argv``.
+        wait: wait for the job to finish (a Dataflow launcher may submit and return).
+
+    Returns:
+        The Beam pipeline result; the counts are also in its ``clipbeam`` metrics counters and in
+        ``OUTPUT/summary.json``.
+
+    Raises:
+        LaunchError: a problem found before the pipeline was submitted (bad arguments, input,
+            schema, model, output or device); nothing has run and nothing was written.
+    """
+    return _launch(argv, test_pipeline, wait=wait)[1]
+
+
+def _launch(
+    argv: Sequence[str] | None, test_pipeline: beam.Pipeline | None, *, wait: bool
+) -> tuple[JobSpec, PipelineResult]:
+    from pipeline.jobs import build_job
+    from transforms import storage
+
+    started_at = time.time()
+    parsed = parse_args(sys.argv[1:] if argv is None else list(argv))
+    spec = parsed.spec
+    if spec is None:
+        raise LaunchError(f"{parsed.command} is not a job")
+    options = PipelineOptions(list(parsed.beam_args))
+    pipeline = test_pipeline
+    runner_options = (pipeline.options if pipeline is not None else options).view_as(
+        StandardOptions
+    )
+    runner = runner_options.runner
+    if pipeline is not None and runner is None:
+        runner = type(pipeline.runner).__name__
+    plan = validate(spec, parsed.inputs, runner=runner if isinstance(runner, str) else None)
+    _log.info(
+        "clipbeam %s: %d rows in %d work units from %d files -> %s",
+        spec.kind,
+        plan.input_rows,
+        len(plan.units),
+        len({u.path for u in plan.units}),
+        spec.output,
+    )
+
+    # Record what this job is before anything is written, so that --resume can tell a rerun of
+    # the same job from a different job pointed at the same folder.
+    record = json.dumps(job_record(spec, parsed.inputs), indent=2, sort_keys=True) + "\n"
+    storage.makedirs(spec.output)
+    storage.write_atomic(storage.join(spec.output, JOB_FILE), record.encode("utf-8"))
+
+    if pipeline is None:
+        pipeline = beam.Pipeline(options=options)
+    build_job(pipeline, plan, parsed.inputs, started_at=started_at)
+    result = pipeline.run()
+    if wait:
+        result.wait_until_finish()
+    return spec, result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``clipbeam`` console script.
+
+    Returns:
+        0 on success, 2 for a launch error (printed as one line, no traceback), 130 when
+        interrupted.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _log.setLevel(logging.INFO)
+    try:
+        spec, _ = _launch(sys.argv[1:] if argv is None else list(argv), None, wait=True)
+    except LaunchError as exc:
+        print(f"clipbeam: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "clipbeam: interrupted; finished work units are kept, rerun the same command with "
+            "--resume to continue",
+            file=sys.stderr,
+        )
+        return 130
+    _report(spec)
+    return 0
+
+
+def _report(spec: JobSpec) -> None:
+    """Prints the summary's counts after a job run in the foreground."""
+    from pipeline.summary import SUMMARY_FILE, counter_names
+    from transforms import storage
+
+    path = storage.join(spec.output, SUMMARY_FILE)
+    if not storage.exists(path):
+        return  # submitted to a remote runner without waiting: nothing to report yet
+    summary = json.loads(storage.read_bytes(path))
+    counts = ", ".join(f"{k}={summary[k]}" for k in counter_names(spec.kind) if k in summary)
+    print(f"clipbeam {spec.kind}: {counts}; summary: {path}")

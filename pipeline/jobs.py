@@ -1,0 +1,58 @@
+"""The shape of a clipbeam job as a Beam pipeline.
+
+::
+
+    Create(units) -> Reshuffle -> ProcessUnits(spec) ----------------------> UnitStats -> summary
+    (filter --top-fraction:)
+    Create(units) -> Reshuffle -> StageScores -> scores -> ApproximateQuantiles -> threshold
+                                       |                                           | (side input)
+                                       +-> UnitStats    units -> SelectStaged <----+ -> UnitStats
+                                                                  both passes' UnitStats -> summary
+
+Work units are planned on the launcher (:mod:`pipeline.validate`); each is processed on its own,
+so ``Reshuffle`` spreads them over workers instead of leaving them in the one bundle ``Create``
+makes. The summary and the metrics counters come from the same per-unit stats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import apache_beam as beam
+
+from pipeline.summary import WriteSummary
+from pipeline.validate import LaunchPlan
+from transforms.process import ProcessUnits, SelectStaged, StageScores, top_fraction_threshold
+
+__all__ = ["build_job"]
+
+
+def build_job(
+    pipeline: beam.Pipeline, plan: LaunchPlan, inputs: Sequence[str], *, started_at: float
+) -> beam.PCollection:
+    """Adds a validated job to ``pipeline``.
+
+    Args:
+        pipeline: the pipeline to build on.
+        plan: the validated job and its work units.
+        inputs: the ``--input`` patterns (recorded in the summary).
+        started_at: launch time, seconds since the epoch (for the summary's timings).
+
+    Returns:
+        A one-element PCollection with the path of ``summary.json``, written when every unit is
+        done.
+    """
+    spec = plan.spec
+    units = pipeline | "PlanUnits" >> beam.Create(plan.units) | "SpreadUnits" >> beam.Reshuffle()
+    extras: dict[str, beam.PCollection] = {}
+    if spec.kind == "filter" and spec.top_fraction is not None:
+        # Composed here rather than through ProcessUnits so the cut lands in the summary.
+        staged = units | "ScoreAndStage" >> StageScores(spec)
+        threshold = top_fraction_threshold(staged["scores"], spec.top_fraction)
+        # The side input also orders the passes: no unit is split before every unit is staged.
+        selected = units | "SplitStaged" >> SelectStaged(spec, beam.pvalue.AsSingleton(threshold))
+        stats = (staged["stats"], selected) | "BothPasses" >> beam.Flatten()
+        extras["top_fraction_threshold"] = threshold
+    else:
+        stats = units | "Process" >> ProcessUnits(spec)
+    return stats | "Summary" >> WriteSummary(spec, inputs, started_at, extras)

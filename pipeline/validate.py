@@ -1,0 +1,308 @@
+"""Launch checks: everything that can be known wrong before a job is submitted.
+
+A job that would fail on its workers because of its arguments must fail here instead, in seconds,
+with one message that says what to fix: an input pattern that matches nothing, a missing column or
+one of an unusable type, a model that does not load, an output folder that cannot be written or
+that holds another run's results, CUDA asked for on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.options import NONE, LaunchError
+from transforms.spec import JobSpec
+from transforms.units import WorkUnit
+
+__all__ = [
+    "JOB_FILE",
+    "LOCAL_RUNNERS",
+    "LaunchPlan",
+    "check_device",
+    "check_model",
+    "check_output",
+    "check_schema",
+    "plan",
+    "validate",
+]
+
+# Written by the launcher into the output folder: what the job is, so --resume can refuse to mix
+# the output of two different jobs.
+JOB_FILE = "_job.json"
+
+# Runners that execute on this machine: a --device cuda job must find a GPU here. Other runners
+# (Dataflow, Flink, Spark...) run on workers whose GPUs the launcher cannot see; the workers
+# refuse CUDA without a GPU themselves.
+LOCAL_RUNNERS = frozenset(
+    {"DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PrismRunner"}
+)
+
+# Spec fields that do not change a job's output rows: a resumed run may change them.
+_RESUMABLE_CHANGES = frozenset({"resume", "batch_size", "device", "http_timeout"})
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """A validated job, ready to build into a pipeline.
+
+    Attributes:
+        spec: the job.
+        units: the work units, one per (Parquet file, row group) with rows.
+        image_format: the image format resolved from the first file's schema (``None`` without
+            an image column).
+        schema: the first input file's Arrow schema.
+    """
+
+    spec: JobSpec
+    units: list[WorkUnit]
+    image_format: str | None
+    schema: pa.Schema
+
+    @property
+    def input_rows(self) -> int:
+        """Rows in all units."""
+        return sum(u.num_rows for u in self.units)
+
+
+def plan(inputs: Sequence[str]) -> list[WorkUnit]:
+    """Expands the input patterns into work units.
+
+    Raises:
+        LaunchError: a pattern matches no file, or a file is not Parquet.
+    """
+    from transforms.units import plan_units
+
+    try:
+        units = plan_units(list(inputs))
+    except (FileNotFoundError, ValueError) as exc:
+        raise LaunchError(str(exc)) from None
+    except OSError as exc:
+        raise LaunchError(f"cannot list --input {', '.join(inputs)}: {exc}") from None
+    if not units:
+        raise LaunchError(
+            f"--input {', '.join(inputs)} matches only Parquet files without rows; nothing to do"
+        )
+    return units
+
+
+def _read_schema(path: str) -> pa.Schema:
+    from transforms import storage
+
+    try:
+        with storage.open_input(path) as f:
+            return pq.ParquetFile(f).schema_arrow
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise LaunchError(f"cannot read the schema of input file {path}: {exc}") from None
+
+
+def _describe(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name} ({f.type})" for f in schema)
+
+
+def _is_text(arrow_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_string(arrow_type)
+        or pa.types.is_large_string(arrow_type)
+        or pa.types.is_string_view(arrow_type)
+    )
+
+
+def check_schema(spec: JobSpec, schema: pa.Schema, path: str) -> str | None:
+    """Checks that the columns the job reads exist in ``schema`` with usable types.
+
+    Args:
+        spec: the job.
+        schema: an input file's Arrow schema.
+        path: that file, for messages.
+
+    Returns:
+        The image format resolved from the image column's type (``None`` without images).
+
+    Raises:
+        LaunchError: a column is missing or has a type the job cannot read.
+    """
+    from transforms.images import resolve_image_format
+
+    names = set(schema.names)
+    columns = f"{path} has columns: {_describe(schema)}"
+
+    def missing(option: str, column: str, hint: str = "") -> LaunchError:
+        return LaunchError(f"--{option} {column!r} is not a column of the input; {columns}{hint}")
+
+    image_format = None
+    if spec.image_column is not None:
+        if spec.image_column not in names:
+            hint = ""
+            if spec.kind == "embed" and spec.text_column is not None:
+                hint = f". Pass --image-column NAME, or --image-column {NONE} to embed texts only"
+            raise missing("image-column", spec.image_column, hint)
+        try:
+            image_format = resolve_image_format(
+                spec.image_column, schema.field(spec.image_column).type, spec.image_format
+            )
+        except ValueError as exc:
+            raise LaunchError(f"{exc} ({columns})") from None
+
+    if spec.text_column is not None:
+        if spec.text_column not in names:
+            hint = ""
+            if spec.kind == "embed" and spec.image_column is not None:
+                hint = f". Pass --text-column NAME, or --text-column {NONE} to embed images only"
+            raise missing("text-column", spec.text_column, hint)
+        text_type = schema.field(spec.text_column).type
+        if not _is_text(text_type):
+            raise LaunchError(
+                f"--text-column {spec.text_column!r} has type {text_type}, but captions must be "
+                f"strings; {columns}"
+            )
+
+    if spec.id_column is not None:
+        if spec.id_column not in names:
+            raise missing("id-column", spec.id_column)
+        id_type = schema.field(spec.id_column).type
+        if not (_is_text(id_type) or pa.types.is_integer(id_type)):
+            raise LaunchError(
+                f"--id-column {spec.id_column!r} has type {id_type}, but ids must be strings or "
+                f"integers; {columns}"
+            )
+
+    absent = [c for c in spec.keep_columns if c not in names]
+    if absent:
+        raise LaunchError(f"--keep-columns {', '.join(absent)}: not in the input; {columns}")
+    if spec.id_column is not None and spec.id_column in spec.keep_columns:
+        raise LaunchError(
+            f"--keep-columns lists the id column {spec.id_column!r}, which every output holds "
+            "already; leave it out"
+        )
+    return image_format
+
+
+def check_device(spec: JobSpec, runner: str | None) -> None:
+    """Refuses ``--device cuda`` on a machine without a GPU when the job runs on this machine.
+
+    Raises:
+        LaunchError: CUDA is asked for, the runner is local and torch sees no GPU.
+    """
+    if not spec.device.startswith("cuda"):
+        return
+    if runner is not None and runner.rsplit(".", 1)[-1] not in LOCAL_RUNNERS:
+        return  # workers check their own GPU when they load the model
+    from transforms.encoder import resolve_device
+
+    try:
+        resolve_device(spec.device)
+    except RuntimeError as exc:
+        raise LaunchError(str(exc)) from None
+
+
+def check_model(spec: JobSpec) -> None:
+    """Loads the model and processor once on CPU, so a bad ``--model`` fails at launch.
+
+    Raises:
+        LaunchError: the checkpoint is not found or does not load; the message is the loader's.
+    """
+    from model.hub import CheckpointError
+    from transforms.encoder import Encoder
+
+    try:
+        Encoder.load(spec.model, device="cpu", dtype="float32", batch_size=spec.batch_size)
+    except CheckpointError as exc:
+        raise LaunchError(f"--model {spec.model}: {exc}") from None
+    except (OSError, ValueError, KeyError) as exc:
+        # Loaders signal unreadable files (OSError), bad configs and tensors (ValueError) and
+        # absent config keys (KeyError); anything else is a bug and keeps its traceback.
+        raise LaunchError(
+            f"--model {spec.model} does not load: {type(exc).__name__}: {exc}. Point --model "
+            "at a CLIP or Chinese-CLIP checkpoint folder in the Hugging Face layout."
+        ) from None
+
+
+def check_output(spec: JobSpec, inputs: Sequence[str]) -> None:
+    """Checks that the output folder can be written and holds no other job's results.
+
+    Without ``--resume`` the folder must hold no results of an earlier run (they would mix with
+    this run's). With ``--resume`` an earlier run's record must describe the same job.
+
+    Raises:
+        LaunchError: the folder is not writable, or holds results this job must not mix with.
+    """
+    from transforms import storage
+
+    try:
+        storage.check_writable(spec.output)
+    except OSError as exc:
+        raise LaunchError(f"--output {spec.output} is not writable: {exc}") from None
+
+    record_path = storage.join(spec.output, JOB_FILE)
+    if not spec.resume:
+        found = [
+            d
+            for d in (*spec.output_dirs, "errors")
+            if storage.list_files(storage.join(spec.output, d))
+        ]
+        if storage.exists(record_path) or storage.exists(storage.join(spec.output, "summary.json")):
+            found.append(JOB_FILE)
+        if found:
+            raise LaunchError(
+                f"--output {spec.output} already holds results of an earlier run "
+                f"({', '.join(found)}). Pass --resume to finish that run, or choose an empty "
+                "--output folder."
+            )
+        return
+    if not storage.exists(record_path):
+        return  # nothing to resume: a first run with --resume is an ordinary run
+    try:
+        earlier = json.loads(storage.read_bytes(record_path))
+    except (OSError, ValueError) as exc:
+        raise LaunchError(f"--resume: cannot read {record_path}: {exc}") from None
+    now = job_record(spec, inputs)
+    changed = sorted(
+        key
+        for key in set(earlier) | set(now)
+        if key not in _RESUMABLE_CHANGES and earlier.get(key) != now.get(key)
+    )
+    if changed:
+        detail = "; ".join(f"{k}: {earlier.get(k)!r} then, {now.get(k)!r} now" for k in changed)
+        raise LaunchError(
+            f"--resume: {spec.output} holds a run of a different job ({detail}). Rerun with the "
+            "same options, or choose an empty --output folder."
+        )
+
+
+def job_record(spec: JobSpec, inputs: Sequence[str]) -> dict[str, object]:
+    """What identifies a job's output: the spec's fields and the input patterns."""
+    record = json.loads(spec.to_json())
+    record["inputs"] = list(inputs)
+    return record
+
+
+def validate(
+    spec: JobSpec, inputs: Sequence[str], *, runner: str | None = None, load_model: bool = True
+) -> LaunchPlan:
+    """Runs every launch check, cheapest first.
+
+    Args:
+        spec: the job.
+        inputs: the ``--input`` patterns.
+        runner: the Beam runner's name (``None`` for Beam's default, the DirectRunner).
+        load_model: also load the model (the slowest check).
+
+    Returns:
+        The validated plan.
+
+    Raises:
+        LaunchError: the first problem found.
+    """
+    check_device(spec, runner)
+    units = plan(inputs)
+    schema = _read_schema(units[0].path)
+    image_format = check_schema(spec, schema, units[0].path)
+    check_output(spec, inputs)
+    if load_model:
+        check_model(spec)
+    return LaunchPlan(spec=spec, units=units, image_format=image_format, schema=schema)
