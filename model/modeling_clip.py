@@ -1,0 +1,777 @@
+"""CLIP (Radford et al. 2021) in plain PyTorch, loading Hugging Face checkpoints one to one.
+
+Module attribute names are the checkpoint keys (``text_model.embeddings.token_embedding``,
+``vision_model.pre_layrnorm``, ``encoder.layers.N.self_attn.q_proj``, ``visual_projection``...).
+Attention runs through ``torch.nn.functional.scaled_dot_product_attention``; the weights are
+computed explicitly only when ``output_attentions`` asks for them.
+
+The image tower and the building blocks here are shared with Chinese-CLIP
+(:mod:`model.modeling_chinese_clip`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+from .loading import PreTrainedModel
+
+__all__ = [
+    "BaseModelOutputWithPooling",
+    "CLIPModel",
+    "CLIPOutput",
+    "CLIPTextModel",
+    "CLIPTextModelOutput",
+    "CLIPTextModelWithProjection",
+    "CLIPVisionModel",
+    "CLIPVisionModelOutput",
+    "CLIPVisionModelWithProjection",
+    "ModelOutput",
+    "attend",
+    "eos_pool",
+    "get_activation",
+]
+
+# -- outputs ------------------------------------------------------------------------------------
+
+
+class ModelOutput:
+    """Base of the output dataclasses: attribute, ``["key"]`` and index access, ``to_tuple()``.
+
+    As in transformers, fields that are ``None`` are left out of ``keys()`` and ``to_tuple()``,
+    so ``output[0]`` is the first field that has a value.
+    """
+
+    def keys(self) -> list[str]:
+        """Names of the fields that are not ``None``."""
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def values(self) -> list[Any]:
+        """Values of the fields that are not ``None``."""
+        return [getattr(self, k) for k in self.keys()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        """``(name, value)`` of the fields that are not ``None``."""
+        return [(k, getattr(self, k)) for k in self.keys()]
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        """The non-``None`` values in field order; nested outputs become tuples too."""
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+    def __getitem__(self, key: str | int | slice) -> Any:
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(f"{type(self).__name__} has no value for {key!r}")
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+
+@dataclass
+class BaseModelOutputWithPooling(ModelOutput):
+    """What a tower returns.
+
+    Attributes:
+        last_hidden_state: ``[batch, seq, hidden]`` states after the last layer (and, for the
+            CLIP text tower, ``final_layer_norm``).
+        pooler_output: ``[batch, hidden]`` pooled state (EOS token for CLIP text, class token
+            after ``post_layernorm`` for images, BERT pooler for Chinese-CLIP text; ``None`` for
+            the text tower inside a full Chinese-CLIP model, which has no pooler).
+        hidden_states: with ``output_hidden_states``: the encoder input, then each layer's
+            output (``num_hidden_layers + 1`` tensors).
+        attentions: with ``output_attentions``: each layer's ``[batch, heads, seq, seq]``
+            attention probabilities.
+    """
+
+    last_hidden_state: torch.Tensor | None = None
+    pooler_output: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class CLIPTextModelOutput(ModelOutput):
+    """Output of :class:`CLIPTextModelWithProjection`; ``text_embeds`` is unnormalized."""
+
+    text_embeds: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class CLIPVisionModelOutput(ModelOutput):
+    """Output of :class:`CLIPVisionModelWithProjection`; ``image_embeds`` is unnormalized."""
+
+    image_embeds: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class CLIPOutput(ModelOutput):
+    """Output of :class:`CLIPModel`.
+
+    Attributes:
+        loss: symmetric contrastive loss, with ``return_loss=True``.
+        logits_per_image: ``[images, texts]`` scaled cosine similarities.
+        logits_per_text: ``[texts, images]``, the transpose.
+        text_embeds: ``[texts, projection_dim]`` L2-normalized text embeddings.
+        image_embeds: ``[images, projection_dim]`` L2-normalized image embeddings.
+        text_model_output: the text tower's output.
+        vision_model_output: the image tower's output.
+    """
+
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+
+# -- building blocks ----------------------------------------------------------------------------
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    """OpenAI CLIP's sigmoid approximation of GELU: ``x * sigmoid(1.702 x)``."""
+    return x * torch.sigmoid(1.702 * x)
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+# hidden_act names of config.json (transformers' ACT2FN names) that these models can run.
+_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "quick_gelu": quick_gelu,
+    "gelu": F.gelu,
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "tanh": torch.tanh,
+}
+
+
+def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The activation function named ``hidden_act`` in a config.
+
+    Raises:
+        ValueError: the name is not one of the supported activations.
+    """
+    try:
+        return _ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unsupported hidden_act {name!r} in the model config; supported: "
+            f"{', '.join(sorted(_ACTIVATIONS))}"
+        ) from None
+
+
+def attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Scaled dot-product attention over ``[batch, heads, seq, head_dim]`` tensors.
+
+    Args:
+        query, key, value: the projected inputs, split into heads.
+        bias: additive mask broadcastable to ``[batch, heads, seq, seq]`` (0 where attention is
+            allowed, the dtype's minimum where not), or ``None``.
+        dropout_p: dropout on the attention probabilities (pass 0 in eval mode).
+        need_weights: also return the attention probabilities.
+
+    Returns:
+        ``[batch, heads, seq, head_dim]`` outputs, and the ``[batch, heads, seq, seq]``
+        probabilities when ``need_weights`` (else ``None``).
+    """
+    if not need_weights:
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, dropout_p=dropout_p)
+        return out, None
+    # SDPA does not return the probabilities: compute them as transformers' eager path does,
+    # with the softmax in float32.
+    scores = torch.matmul(query, key.transpose(-1, -2)) * query.shape[-1] ** -0.5
+    if bias is not None:
+        scores = scores + bias
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout_p, training=dropout_p > 0)
+    return torch.matmul(weights, value), weights
+
+
+def mask_to_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Turns a boolean "may attend" mask into the additive bias :func:`attend` takes.
+
+    Masked scores get the dtype's minimum rather than ``-inf``: a row with every key masked
+    (a padding query under left padding) then gets uniform weights instead of NaN, as in
+    transformers.
+    """
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return bias.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def _init_linear(layer: nn.Linear, std: float) -> None:
+    nn.init.normal_(layer.weight, std=std)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+class CLIPAttention(nn.Module):
+    """Multi-head self-attention with separate q/k/v projections (the checkpoint layout)."""
+
+    def __init__(self, config: CLIPTextConfig | CLIPVisionConfig) -> None:
+        super().__init__()
+        self.embed_dim = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = self.embed_dim // self.num_heads
+        self.dropout = config.attention_dropout
+        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        factor = config.initializer_factor
+        in_std = self.embed_dim**-0.5 * (2 * config.num_hidden_layers) ** -0.5 * factor
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            _init_linear(proj, in_std)
+        _init_linear(self.out_proj, self.embed_dim**-0.5 * factor)
+
+    def forward(
+        self, hidden_states: torch.Tensor, bias: torch.Tensor | None, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, seq, _ = hidden_states.shape
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # BSD -> BHSd
+
+        out, weights = attend(
+            heads(self.q_proj(hidden_states)),
+            heads(self.k_proj(hidden_states)),
+            heads(self.v_proj(hidden_states)),
+            bias,
+            dropout_p=self.dropout if self.training else 0.0,
+            need_weights=need_weights,
+        )
+        out = out.transpose(1, 2).reshape(batch, seq, self.embed_dim)  # BHSd -> BSD
+        return self.out_proj(out), weights
+
+
+class CLIPMLP(nn.Module):
+    """The feed-forward block: fc1, activation, fc2."""
+
+    def __init__(self, config: CLIPTextConfig | CLIPVisionConfig) -> None:
+        super().__init__()
+        self.activation_fn = get_activation(config.hidden_act)
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        factor = config.initializer_factor
+        _init_linear(self.fc1, (2 * config.hidden_size) ** -0.5 * factor)
+        _init_linear(
+            self.fc2,
+            config.hidden_size**-0.5 * (2 * config.num_hidden_layers) ** -0.5 * factor,
+        )
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+class CLIPEncoderLayer(nn.Module):
+    """A pre-LayerNorm transformer block."""
+
+    def __init__(self, config: CLIPTextConfig | CLIPVisionConfig) -> None:
+        super().__init__()
+        self.self_attn = CLIPAttention(config)
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = CLIPMLP(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(
+        self, hidden_states: torch.Tensor, bias: torch.Tensor | None, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn, weights = self.self_attn(self.layer_norm1(hidden_states), bias, need_weights)
+        hidden_states = hidden_states + attn
+        hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
+        return hidden_states, weights
+
+
+class CLIPEncoder(nn.Module):
+    """The stack of :class:`CLIPEncoderLayer`."""
+
+    def __init__(self, config: CLIPTextConfig | CLIPVisionConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers)
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        bias: torch.Tensor | None,
+        output_attentions: bool,
+        output_hidden_states: bool,
+    ) -> BaseModelOutputWithPooling:
+        return run_layers(self.layers, hidden_states, bias, output_attentions, output_hidden_states)
+
+
+def run_layers(
+    layers: nn.ModuleList,
+    hidden_states: torch.Tensor,
+    bias: torch.Tensor | None,
+    output_attentions: bool,
+    output_hidden_states: bool,
+) -> BaseModelOutputWithPooling:
+    """Runs transformer layers in turn, collecting the states and weights that were asked for.
+
+    Each layer is called as ``layer(hidden_states, bias, need_weights)`` and returns
+    ``(hidden_states, weights)``.
+    """
+    states = [hidden_states] if output_hidden_states else None
+    attentions = [] if output_attentions else None
+    for layer in layers:
+        hidden_states, weights = layer(hidden_states, bias, output_attentions)
+        if states is not None:
+            states.append(hidden_states)
+        if attentions is not None:
+            attentions.append(weights)
+    return BaseModelOutputWithPooling(
+        last_hidden_state=hidden_states,
+        hidden_states=tuple(states) if states is not None else None,
+        attentions=tuple(attentions) if attentions is not None else None,
+    )
+
+
+# -- pooling ------------------------------------------------------------------------------------
+
+
+def eos_pool(
+    hidden_states: torch.Tensor, input_ids: torch.Tensor, eos_token_id: int
+) -> torch.Tensor:
+    """CLIP text pooling: the hidden state at each sequence's end-of-text token.
+
+    Configs written before transformers#24773 say ``eos_token_id == 2`` although the real EOS
+    is the last vocabulary entry; for them, as in transformers and OpenAI's code, the position
+    of the largest token id is taken. Otherwise it is the first position holding
+    ``eos_token_id`` (position 0 if a sequence has none).
+
+    Args:
+        hidden_states: ``[batch, seq, hidden]``.
+        input_ids: ``[batch, seq]``.
+        eos_token_id: the config's ``eos_token_id``.
+
+    Returns:
+        ``[batch, hidden]``.
+    """
+    ids = input_ids.to(device=hidden_states.device, dtype=torch.int)
+    if eos_token_id == 2:
+        positions = ids.argmax(dim=-1)
+    else:
+        positions = (ids == eos_token_id).int().argmax(dim=-1)
+    rows = torch.arange(hidden_states.shape[0], device=hidden_states.device)
+    return hidden_states[rows, positions]
+
+
+def class_token_pool(hidden_states: torch.Tensor) -> torch.Tensor:
+    """ViT pooling: the state of the class token, which comes first. ``[B, S, D] -> [B, D]``."""
+    return hidden_states[:, 0]
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(p=2, dim=-1, keepdim=True)
+
+
+def contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy; the i-th text matches the i-th image."""
+    targets = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
+    text_loss = F.cross_entropy(logits_per_text, targets)
+    image_loss = F.cross_entropy(logits_per_text.t(), targets)
+    return (text_loss + image_loss) / 2
+
+
+def _flag(value: bool | None, default: bool | None) -> bool | None:
+    return default if value is None else value
+
+
+# -- text tower ---------------------------------------------------------------------------------
+
+
+class CLIPTextEmbeddings(nn.Module):
+    """Token plus learned absolute position embeddings."""
+
+    def __init__(self, config: CLIPTextConfig) -> None:
+        super().__init__()
+        self.token_embedding = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embedding = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        std = 0.02 * config.initializer_factor
+        nn.init.normal_(self.token_embedding.weight, std=std)
+        nn.init.normal_(self.position_embedding.weight, std=std)
+
+    def forward(
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        seq = input_ids.shape[-1]
+        if position_ids is None:
+            positions = self.position_embedding.weight[:seq]
+        else:
+            positions = self.position_embedding(position_ids)
+        return self.token_embedding(input_ids) + positions
+
+
+class CLIPTextModel(PreTrainedModel):
+    """CLIP's causal text transformer, pooled at the end-of-text token (no projection)."""
+
+    config_class = CLIPTextConfig
+    checkpoint_prefix = "text_model."
+    ignored_checkpoint_keys = (
+        r"vision_model\..*",
+        r"(visual|text)_projection\.weight",
+        "logit_scale",
+    )
+
+    def __init__(self, config: CLIPTextConfig) -> None:
+        super().__init__(config)
+        self.embeddings = CLIPTextEmbeddings(config)
+        self.encoder = CLIPEncoder(config)
+        self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """Encodes token ids.
+
+        Args:
+            input_ids: ``[batch, seq]`` token ids, ``seq <= max_position_embeddings``.
+            attention_mask: ``[batch, seq]``, 1 for tokens and 0 for padding.
+            position_ids: ``[batch, seq]`` positions; default ``0..seq-1``.
+            output_attentions: return every layer's attention probabilities
+                (default: ``config.output_attentions``).
+            output_hidden_states: return every layer's hidden states
+                (default: ``config.output_hidden_states``).
+
+        Returns:
+            ``last_hidden_state`` after ``final_layer_norm`` and ``pooler_output`` at the EOS
+            token (see :func:`eos_pool`).
+        """
+        _check_input_ids(input_ids, self.config.max_position_embeddings)
+        hidden_states = self.embeddings(input_ids, position_ids)
+        seq = input_ids.shape[1]
+        allowed = torch.ones(seq, seq, dtype=torch.bool, device=hidden_states.device).tril()
+        allowed = allowed[None, None]  # causal: [1, 1, seq, seq]
+        if attention_mask is not None:
+            padding = attention_mask.to(device=hidden_states.device, dtype=torch.bool)
+            allowed = allowed & padding[:, None, None, :]  # and no padded key: [B, 1, S, S]
+        out = self.encoder(
+            hidden_states,
+            mask_to_bias(allowed, hidden_states.dtype),
+            _flag(output_attentions, self.config.output_attentions),
+            _flag(output_hidden_states, self.config.output_hidden_states),
+        )
+        out.last_hidden_state = self.final_layer_norm(out.last_hidden_state)
+        out.pooler_output = eos_pool(out.last_hidden_state, input_ids, self.config.eos_token_id)
+        return out
+
+
+def _check_input_ids(input_ids: torch.Tensor, max_positions: int) -> None:
+    if input_ids.ndim != 2:
+        raise ValueError(
+            f"input_ids must be [batch, seq] (got shape {list(input_ids.shape)}); "
+            "add a batch dimension with input_ids[None]"
+        )
+    if input_ids.shape[1] > max_positions:
+        raise ValueError(
+            f"input_ids has {input_ids.shape[1]} tokens but the model has "
+            f"{max_positions} positions; tokenize with truncation=True, max_length={max_positions}"
+        )
+
+
+# -- image tower --------------------------------------------------------------------------------
+
+
+class CLIPVisionEmbeddings(nn.Module):
+    """Patch embedding (a strided convolution), class token and absolute positions."""
+
+    def __init__(self, config: CLIPVisionConfig) -> None:
+        super().__init__()
+        self.image_size = config.image_size
+        self.class_embedding = nn.Parameter(torch.empty(config.hidden_size))
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels,
+            config.hidden_size,
+            kernel_size=config.patch_size,
+            stride=config.patch_size,
+            bias=False,
+        )
+        self.position_embedding = nn.Embedding(config.num_positions, config.hidden_size)
+        factor = config.initializer_factor
+        nn.init.normal_(self.class_embedding, std=config.hidden_size**-0.5 * factor)
+        nn.init.normal_(self.patch_embedding.weight, std=config.initializer_range * factor)
+        nn.init.normal_(self.position_embedding.weight, std=config.initializer_range * factor)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.ndim != 4 or pixel_values.shape[-2:] != (self.image_size,) * 2:
+            raise ValueError(
+                f"pixel_values must be [batch, channels, {self.image_size}, {self.image_size}] "
+                f"for this model (got {list(pixel_values.shape)}); preprocess images with the "
+                "checkpoint's image processor"
+            )
+        weight = self.patch_embedding.weight
+        patches = self.patch_embedding(pixel_values.to(dtype=weight.dtype))  # [B, D, g, g]
+        patches = patches.flatten(2).transpose(1, 2)  # [B, D, g, g] -> [B, g*g, D]
+        cls = self.class_embedding.expand(patches.shape[0], 1, -1)
+        return torch.cat([cls, patches], dim=1) + self.position_embedding.weight
+
+
+class CLIPVisionModel(PreTrainedModel):
+    """The ViT image tower, pooled at the class token after ``post_layernorm``."""
+
+    config_class = CLIPVisionConfig
+    checkpoint_prefix = "vision_model."
+    ignored_checkpoint_keys = (
+        r"text_model\..*",
+        r"(visual|text)_projection\.weight",
+        "logit_scale",
+    )
+
+    def __init__(self, config: CLIPVisionConfig) -> None:
+        super().__init__(config)
+        self.embeddings = CLIPVisionEmbeddings(config)
+        self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.encoder = CLIPEncoder(config)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """Encodes images.
+
+        Args:
+            pixel_values: ``[batch, channels, image_size, image_size]`` normalized pixels.
+            output_attentions: return every layer's attention probabilities.
+            output_hidden_states: return every layer's hidden states.
+
+        Returns:
+            ``last_hidden_state`` and ``pooler_output`` (class token after ``post_layernorm``).
+        """
+        hidden_states = self.pre_layrnorm(self.embeddings(pixel_values))
+        out = self.encoder(
+            hidden_states,
+            None,
+            _flag(output_attentions, self.config.output_attentions),
+            _flag(output_hidden_states, self.config.output_hidden_states),
+        )
+        out.pooler_output = self.post_layernorm(class_token_pool(out.last_hidden_state))
+        return out
+
+
+# -- towers with projection ---------------------------------------------------------------------
+
+
+class CLIPTextModelWithProjection(PreTrainedModel):
+    """The text tower plus ``text_projection``: unnormalized text embeddings."""
+
+    config_class = CLIPTextConfig
+    ignored_checkpoint_keys = (r"vision_model\..*", r"visual_projection\.weight", "logit_scale")
+
+    def __init__(self, config: CLIPTextConfig) -> None:
+        super().__init__(config)
+        self.text_model = CLIPTextModel(config)
+        self.text_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+        std = config.hidden_size**-0.5 * config.initializer_factor
+        nn.init.normal_(self.text_projection.weight, std=std)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> CLIPTextModelOutput:
+        """Encodes token ids (arguments as :meth:`CLIPTextModel.forward`) and projects them."""
+        out = self.text_model(
+            input_ids, attention_mask, position_ids, output_attentions, output_hidden_states
+        )
+        return CLIPTextModelOutput(
+            text_embeds=self.text_projection(out.pooler_output),
+            last_hidden_state=out.last_hidden_state,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+class CLIPVisionModelWithProjection(PreTrainedModel):
+    """The image tower plus ``visual_projection``: unnormalized image embeddings."""
+
+    config_class = CLIPVisionConfig
+    ignored_checkpoint_keys = (r"text_model\..*", r"text_projection\.weight", "logit_scale")
+
+    def __init__(self, config: CLIPVisionConfig) -> None:
+        super().__init__(config)
+        self.vision_model = CLIPVisionModel(config)
+        self.visual_projection = nn.Linear(config.hidden_size, config.projection_dim, bias=False)
+        std = config.hidden_size**-0.5 * config.initializer_factor
+        nn.init.normal_(self.visual_projection.weight, std=std)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> CLIPVisionModelOutput:
+        """Encodes images (arguments as :meth:`CLIPVisionModel.forward`) and projects them."""
+        out = self.vision_model(pixel_values, output_attentions, output_hidden_states)
+        return CLIPVisionModelOutput(
+            image_embeds=self.visual_projection(out.pooler_output),
+            last_hidden_state=out.last_hidden_state,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+# -- the full model -----------------------------------------------------------------------------
+
+
+class CLIPModel(PreTrainedModel):
+    """Text and image towers, their projections into one space, and the learned logit scale."""
+
+    config_class = CLIPConfig
+
+    def __init__(self, config: CLIPConfig) -> None:
+        super().__init__(config)
+        text, vision = config.text_config, config.vision_config
+        self.text_model = CLIPTextModel(text)
+        self.vision_model = CLIPVisionModel(vision)
+        self.visual_projection = nn.Linear(vision.hidden_size, config.projection_dim, bias=False)
+        self.text_projection = nn.Linear(text.hidden_size, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        factor = config.initializer_factor
+        nn.init.normal_(self.visual_projection.weight, std=vision.hidden_size**-0.5 * factor)
+        nn.init.normal_(self.text_projection.weight, std=text.hidden_size**-0.5 * factor)
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Projected, unnormalized text embeddings ``[batch, projection_dim]``.
+
+        Args:
+            input_ids: ``[batch, seq]`` token ids.
+            attention_mask: ``[batch, seq]``, 1 for tokens and 0 for padding.
+            position_ids: ``[batch, seq]`` positions; default ``0..seq-1``.
+        """
+        pooled = self.text_model(input_ids, attention_mask, position_ids, False, False)
+        return self.text_projection(pooled.pooler_output)
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected, unnormalized image embeddings ``[batch, projection_dim]``.
+
+        Args:
+            pixel_values: ``[batch, channels, image_size, image_size]`` normalized pixels.
+        """
+        pooled = self.vision_model(pixel_values, False, False)
+        return self.visual_projection(pooled.pooler_output)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> CLIPOutput:
+        """Scores every text against every image.
+
+        Args:
+            input_ids: ``[texts, seq]`` token ids.
+            pixel_values: ``[images, channels, size, size]`` normalized pixels.
+            attention_mask: ``[texts, seq]``, 1 for tokens and 0 for padding.
+            position_ids: ``[texts, seq]`` positions.
+            return_loss: also compute the contrastive loss (needs as many texts as images).
+            output_attentions: return attention probabilities in the tower outputs.
+            output_hidden_states: return hidden states in the tower outputs.
+
+        Returns:
+            Normalized embeddings, ``logits_per_image`` / ``logits_per_text`` and the tower
+            outputs (whose ``pooler_output`` is the tower's, before projection).
+        """
+        _require_both(input_ids, pixel_values)
+        # Unset flags fall to this config's defaults if they are on, else to each tower's own.
+        attentions = _flag(output_attentions, self.config.output_attentions or None)
+        states = _flag(output_hidden_states, self.config.output_hidden_states or None)
+        vision_out = self.vision_model(pixel_values, attentions, states)
+        text_out = self.text_model(input_ids, attention_mask, position_ids, attentions, states)
+        image_embeds = _normalize(self.visual_projection(vision_out.pooler_output))
+        text_embeds = _normalize(self.text_projection(text_out.pooler_output))
+        return _dual_output(
+            CLIPOutput,
+            self.logit_scale,
+            text_embeds,
+            image_embeds,
+            text_out,
+            vision_out,
+            return_loss,
+        )
+
+
+def _require_both(input_ids: torch.Tensor | None, pixel_values: torch.Tensor | None) -> None:
+    missing = [
+        n for n, v in (("input_ids", input_ids), ("pixel_values", pixel_values)) if v is None
+    ]
+    if missing:
+        raise ValueError(
+            f"the full model needs both input_ids and pixel_values (missing: {', '.join(missing)});"
+            " use get_text_features() / get_image_features() for one modality"
+        )
+
+
+def _dual_output(
+    output_cls: type[Any],
+    logit_scale: torch.Tensor,
+    text_embeds: torch.Tensor,
+    image_embeds: torch.Tensor,
+    text_out: BaseModelOutputWithPooling,
+    vision_out: BaseModelOutputWithPooling,
+    return_loss: bool | None,
+) -> Any:
+    """Similarity logits (and loss) of normalized embeddings, packed into ``output_cls``."""
+    logits_per_text = text_embeds @ image_embeds.t().to(text_embeds.device)
+    logits_per_text = logits_per_text * logit_scale.exp().to(text_embeds.device)
+    return output_cls(
+        loss=contrastive_loss(logits_per_text) if return_loss else None,
+        logits_per_image=logits_per_text.t(),
+        logits_per_text=logits_per_text,
+        text_embeds=text_embeds,
+        image_embeds=image_embeds,
+        text_model_output=text_out,
+        vision_model_output=vision_out,
+    )
