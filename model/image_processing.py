@@ -39,6 +39,7 @@ from .hub import CheckpointError, CheckpointNotFoundError, resolve_source
 __all__ = [
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
+    "PREPROCESS_OPTIONS",
     "CLIPFeatureExtractor",
     "CLIPImageProcessor",
     "ChineseCLIPFeatureExtractor",
@@ -466,7 +467,8 @@ def _check_bool(value: Any, name: str) -> bool:
 
 # -- processors --------------------------------------------------------------------------------
 
-_OPTIONS = (
+# The options of the constructors and of preprocess(), named as in preprocessor_config.json.
+PREPROCESS_OPTIONS = (
     "do_convert_rgb",
     "do_resize",
     "size",
@@ -571,13 +573,13 @@ class CLIPImageProcessor:
             TypeError: an override is not an option of this processor.
             ValueError: an override has an invalid value.
         """
-        unknown = sorted(set(overrides) - set(_OPTIONS))
+        unknown = sorted(set(overrides) - set(PREPROCESS_OPTIONS))
         if unknown:
             raise TypeError(
                 f"{type(self).__name__} got unknown option(s) {unknown}; valid options are "
-                f"{list(_OPTIONS)} plus input_data_format and default_to_square"
+                f"{list(PREPROCESS_OPTIONS)} plus input_data_format and default_to_square"
             )
-        values = {name: getattr(self, name) for name in _OPTIONS}
+        values = {name: getattr(self, name) for name in PREPROCESS_OPTIONS}
         values.update({k: v for k, v in overrides.items() if v is not None})
         square = self.default_to_square if default_to_square is None else default_to_square
         return ImageSettings(
@@ -667,11 +669,11 @@ class CLIPImageProcessor:
             TypeError: an override is not an option.
             ValueError: a value is invalid, or the config enables a feature this class lacks.
         """
-        unknown = sorted(set(overrides) - set(_OPTIONS) - {"default_to_square"})
+        unknown = sorted(set(overrides) - set(PREPROCESS_OPTIONS) - {"default_to_square"})
         if unknown:
             raise TypeError(
                 f"{cls.__name__}.from_dict got unknown option(s) {unknown}; valid options are "
-                f"{list(_OPTIONS)} and default_to_square"
+                f"{list(PREPROCESS_OPTIONS)} and default_to_square"
             )
         merged = {**config, **overrides}
         for key in _UNSUPPORTED_WHEN_TRUE:
@@ -681,7 +683,9 @@ class CLIPImageProcessor:
                     f"{cls.__name__} does not implement (it is not used by CLIP checkpoints). "
                     f"Remove it or set it to false."
                 )
-        known = {k: v for k, v in merged.items() if k in _OPTIONS or k == "default_to_square"}
+        known = {
+            k: v for k, v in merged.items() if k in PREPROCESS_OPTIONS or k == "default_to_square"
+        }
         extra = {k: v for k, v in merged.items() if k not in known and k not in _METADATA_KEYS}
         processor = cls(**known)
         if extra:
@@ -731,7 +735,7 @@ class CLIPImageProcessor:
     def to_dict(self) -> dict[str, Any]:
         """The options as a ``preprocessor_config.json`` dict (dict layout for sizes)."""
         out: dict[str, Any] = dict(self.extra_config)
-        for name in _OPTIONS:
+        for name in PREPROCESS_OPTIONS:
             value = getattr(self, name)
             if isinstance(value, dict):
                 value = dict(value)

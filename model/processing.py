@@ -1,0 +1,254 @@
+"""Processors: one object that prepares both texts and images for CLIP or Chinese-CLIP.
+
+A processor pairs the family's tokenizer with its image processor, as transformers' processors
+do: ``processor(text=..., images=..., return_tensors="pt")`` returns ``input_ids``,
+``attention_mask`` (and ``token_type_ids`` for Chinese-CLIP) and ``pixel_values`` in one
+:class:`~model.batch.BatchFeature`. :func:`load_processor` picks the class from the checkpoint's
+``config.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import PIL.Image
+import torch
+
+from .batch import BatchFeature
+from .configuration import read_config_dict
+from .hub import CheckpointError
+from .image_processing import PREPROCESS_OPTIONS, ChineseCLIPImageProcessor, CLIPImageProcessor
+from .tokenization import BertTokenizer, CLIPTokenizer
+
+__all__ = ["CLIPProcessor", "ChineseCLIPProcessor", "load_processor"]
+
+# Call options that go to the image processor; every other keyword goes to the tokenizer.
+_IMAGE_KWARGS = frozenset({*PREPROCESS_OPTIONS, "input_data_format", "default_to_square"})
+# The same for from_pretrained: options of the image processor's constructor.
+_IMAGE_INIT_KWARGS = frozenset({*PREPROCESS_OPTIONS, "default_to_square"})
+
+
+def _split_kwargs(
+    kwargs: dict[str, Any], image_keys: frozenset[str] = _IMAGE_KWARGS
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(image processor options, tokenizer options) of a keyword dict."""
+    image = {k: v for k, v in kwargs.items() if k in image_keys}
+    text = {k: v for k, v in kwargs.items() if k not in image_keys}
+    return image, text
+
+
+def _check_text(text: Any) -> None:
+    """Fails early, with a hint, on the common mix-up of passing images as ``text``."""
+    if isinstance(text, str):
+        return
+    if isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text):
+        return
+    if isinstance(text, (PIL.Image.Image, np.ndarray, torch.Tensor)) or (
+        isinstance(text, (list, tuple))
+        and any(isinstance(t, (PIL.Image.Image, np.ndarray, torch.Tensor)) for t in text)
+    ):
+        raise TypeError(
+            "text must be a string or a list of strings, but images were passed as text. "
+            "The first positional argument of a processor is text: call processor(images=...)."
+        )
+    raise TypeError(f"text must be a string or a list of strings, got {type(text).__name__}")
+
+
+class CLIPProcessor:
+    """CLIP's tokenizer and image processor behind one call.
+
+    Args:
+        image_processor: prepares ``pixel_values``.
+        tokenizer: prepares ``input_ids`` and ``attention_mask``.
+
+    Example::
+
+        processor = CLIPProcessor.from_pretrained("openai/clip-vit-base-patch32")
+        inputs = processor(text=["a cat", "a dog"], images=image, padding=True, return_tensors="pt")
+    """
+
+    image_processor_class: ClassVar[type[CLIPImageProcessor]] = CLIPImageProcessor
+    tokenizer_class: ClassVar[type] = CLIPTokenizer
+
+    def __init__(self, image_processor: CLIPImageProcessor, tokenizer: Any) -> None:
+        name = type(self).__name__
+        if not isinstance(image_processor, CLIPImageProcessor):
+            raise TypeError(
+                f"{name} needs a CLIPImageProcessor or ChineseCLIPImageProcessor as "
+                f"image_processor, got {type(image_processor).__name__}"
+            )
+        if not isinstance(tokenizer, self.tokenizer_class):
+            raise TypeError(
+                f"{name} needs a {self.tokenizer_class.__name__} as tokenizer, got "
+                f"{type(tokenizer).__name__}: the text tower was trained on that vocabulary"
+            )
+        self.image_processor = image_processor
+        self.tokenizer = tokenizer
+
+    def __call__(
+        self,
+        text: str | Sequence[str] | None = None,
+        images: Any = None,
+        *,
+        padding: bool | str = False,
+        truncation: bool | str | None = None,
+        max_length: int | None = None,
+        return_tensors: str | None = None,
+        **kwargs: Any,
+    ) -> BatchFeature:
+        """Tokenizes ``text`` and preprocesses ``images``; either may be left out.
+
+        Args:
+            text: a string or a list of strings.
+            images: what :meth:`CLIPImageProcessor.preprocess` takes (PIL images, arrays,
+                tensors, or lists of them).
+            padding: tokenizer padding (``True``/``"longest"``, ``"max_length"``, ``False``).
+            truncation: tokenizer truncation (``True`` cuts to the model's context).
+            max_length: length limit for truncation and ``padding="max_length"``.
+            return_tensors: ``"pt"``, ``"np"`` or ``None``, for both outputs.
+            **kwargs: image processor options (``do_center_crop``, ``size``...) go to it; any
+                other keyword goes to the tokenizer.
+
+        Returns:
+            A :class:`~model.batch.BatchFeature` with the tokenizer's keys and/or
+            ``pixel_values``.
+
+        Raises:
+            ValueError: neither text nor images were given.
+            TypeError: ``text`` is not text (images passed positionally, for instance).
+        """
+        if text is None and images is None:
+            raise ValueError(
+                f"{type(self).__name__} needs text, images or both; got neither "
+                "(call processor(text=[...], images=[...]))"
+            )
+        image_kwargs, text_kwargs = _split_kwargs(kwargs)
+        data: dict[str, Any] = {}
+        if text is not None:
+            _check_text(text)
+            encoding = self.tokenizer(
+                text,
+                padding=padding,
+                truncation=truncation,
+                max_length=max_length,
+                return_tensors=return_tensors,
+                **text_kwargs,
+            )
+            data.update(encoding.data)
+        elif text_kwargs:
+            raise TypeError(
+                f"tokenizer options {sorted(text_kwargs)} were given without text; they are not "
+                f"image processor options (those are {sorted(_IMAGE_KWARGS)})"
+            )
+        if images is not None:
+            pixels = self.image_processor(images, return_tensors=return_tensors, **image_kwargs)
+            data.update(pixels.data)
+        elif image_kwargs:
+            raise TypeError(f"image options {sorted(image_kwargs)} were given without images")
+        return BatchFeature(data)
+
+    def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
+        """The tokenizer's ``batch_decode``: a batch of ids back to texts."""
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+    def decode(self, *args: Any, **kwargs: Any) -> str | list[str]:
+        """The tokenizer's ``decode``: ids back to text."""
+        return self.tokenizer.decode(*args, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        """The keys this processor can return, tokenizer's first."""
+        names = list(self.tokenizer.model_input_names)
+        return names + [n for n in self.image_processor.model_input_names if n not in names]
+
+    @classmethod
+    def from_pretrained(
+        cls, source: str | os.PathLike, *, revision: str | None = None, **kwargs: Any
+    ) -> CLIPProcessor:
+        """Loads the tokenizer and image processor of a checkpoint.
+
+        Args:
+            source: a checkpoint folder, fsspec URL or hub id (see
+                :func:`model.hub.resolve_source`).
+            revision: hub branch, tag or commit.
+            **kwargs: image processor options override ``preprocessor_config.json``; other
+                keywords are tokenizer constructor options.
+
+        Raises:
+            CheckpointNotFoundError: the checkpoint lacks the image processor config or the
+                tokenizer's vocabulary.
+        """
+        image_kwargs, text_kwargs = _split_kwargs(kwargs, _IMAGE_INIT_KWARGS)
+        image_processor = cls.image_processor_class.from_pretrained(
+            source, revision=revision, **image_kwargs
+        )
+        tokenizer = cls.tokenizer_class.from_pretrained(source, revision=revision, **text_kwargs)
+        return cls(image_processor, tokenizer)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
+        """Writes ``preprocessor_config.json`` and the tokenizer files into a folder.
+
+        The folder loads back with :meth:`from_pretrained`, and with transformers.
+
+        Returns:
+            The paths written.
+        """
+        paths = list(self.image_processor.save_pretrained(save_directory))
+        paths += [str(p) for p in self.tokenizer.save_pretrained(save_directory)]
+        return paths
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(image_processor={self.image_processor!r}, "
+            f"tokenizer={self.tokenizer!r})"
+        )
+
+
+class ChineseCLIPProcessor(CLIPProcessor):
+    """Chinese-CLIP's BERT tokenizer and image processor behind one call.
+
+    The tokenizer adds ``token_type_ids``. Load hub checkpoints with :meth:`from_pretrained`:
+    their ``preprocessor_config.json`` resizes straight to 224 x 224 without a crop.
+    """
+
+    image_processor_class: ClassVar[type[CLIPImageProcessor]] = ChineseCLIPImageProcessor
+    tokenizer_class: ClassVar[type] = BertTokenizer
+
+
+_PROCESSORS: dict[str, type[CLIPProcessor]] = {
+    "clip": CLIPProcessor,
+    "chinese_clip": ChineseCLIPProcessor,
+}
+
+
+def load_processor(
+    source: str | os.PathLike, *, revision: str | None = None, **kwargs: Any
+) -> CLIPProcessor:
+    """Loads the processor a checkpoint's ``config.json`` ``model_type`` calls for.
+
+    Args:
+        source: a checkpoint folder, fsspec URL or hub id.
+        revision: hub branch, tag or commit.
+        **kwargs: passed to the processor's ``from_pretrained``.
+
+    Returns:
+        A :class:`CLIPProcessor` for ``"clip"``, a :class:`ChineseCLIPProcessor` for
+        ``"chinese_clip"``.
+
+    Raises:
+        CheckpointNotFoundError: the checkpoint or its ``config.json`` is missing.
+        CheckpointError: the model type is not CLIP or Chinese-CLIP.
+    """
+    config, where = read_config_dict(source, revision=revision)
+    model_type = config.get("model_type")
+    processor_cls = _PROCESSORS.get(model_type) if isinstance(model_type, str) else None
+    if processor_cls is None:
+        raise CheckpointError(
+            f"cannot pick a processor for model_type {model_type!r} (read from {where}); "
+            f"clipbeam has processors for {sorted(_PROCESSORS)}. Point at a full CLIP or "
+            "Chinese-CLIP checkpoint, or build CLIPProcessor(image_processor, tokenizer) yourself."
+        )
+    return processor_cls.from_pretrained(source, revision=revision, **kwargs)
