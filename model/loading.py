@@ -68,6 +68,11 @@ class PreTrainedModel(nn.Module):
     # The family's renaming table: (regular expression, replacement) for legacy key names.
     checkpoint_renames: ClassVar[tuple[tuple[str, str], ...]] = ()
 
+    @classmethod
+    def explain_missing(cls, missing: list[str]) -> str:
+        """A hint appended to the load error when these model tensors are missing (default none)."""
+        return ""
+
     def __init__(self, config: BaseConfig) -> None:
         super().__init__()
         if not isinstance(config, self.config_class):
@@ -248,8 +253,12 @@ def _check_state_dict(
         f"the weights of {src.describe()} do not fit {type(model).__name__} built from its "
         "config.json:\n"
         + "\n".join(p for p in problems if p)
-        + "\nconfig.json and the weights must describe the same architecture: re-download the "
-        "checkpoint, or load it with the model class it was saved from."
+        + "\n"
+        + (
+            model.explain_missing(missing)
+            or "config.json and the weights must describe the same architecture: re-download "
+            "the checkpoint, or load it with the model class it was saved from."
+        )
     )
 
 

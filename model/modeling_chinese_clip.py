@@ -1,0 +1,425 @@
+"""Chinese-CLIP (Yang et al. 2022) in plain PyTorch, loading Hugging Face checkpoints one to one.
+
+The image tower is CLIP's (:class:`model.modeling_clip.CLIPVisionModel`). The text tower is a
+BERT / RoBERTa-wwm-ext encoder: post-LayerNorm blocks, ``token_type_ids``, and the checkpoint
+names of BERT (``embeddings.word_embeddings``, ``encoder.layer.N.attention.self.query``,
+``attention.output.dense``, ``intermediate.dense``, ``output.LayerNorm``, ``pooler.dense``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .configuration import ChineseCLIPConfig, ChineseCLIPTextConfig, ChineseCLIPVisionConfig
+from .loading import PreTrainedModel
+from .modeling_clip import (
+    BaseModelOutputWithPooling,
+    CLIPVisionModel,
+    ModelOutput,
+    _dual_output,
+    _flag,
+    _normalize,
+    _require_both,
+    attend,
+    get_activation,
+    mask_to_bias,
+    run_layers,
+)
+
+__all__ = [
+    "ChineseCLIPModel",
+    "ChineseCLIPOutput",
+    "ChineseCLIPTextModel",
+    "ChineseCLIPVisionModel",
+    "cls_pool",
+]
+
+# The family's renaming table: BERT checkpoints converted from TensorFlow name the LayerNorm
+# parameters gamma / beta.
+_RENAMES = (
+    (r"LayerNorm\.gamma$", "LayerNorm.weight"),
+    (r"LayerNorm\.beta$", "LayerNorm.bias"),
+)
+
+
+@dataclass
+class ChineseCLIPOutput(ModelOutput):
+    """Output of :class:`ChineseCLIPModel` (fields as :class:`model.modeling_clip.CLIPOutput`)."""
+
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+
+def cls_pool(hidden_states: torch.Tensor) -> torch.Tensor:
+    """Chinese-CLIP text pooling: the final hidden state of the first ([CLS]) token.
+
+    The full model projects this state directly; BERT's ``pooler`` (dense + tanh) is not used
+    there, only by the standalone :class:`ChineseCLIPTextModel`'s ``pooler_output``.
+    ``[B, S, D] -> [B, D]``.
+    """
+    return hidden_states[:, 0]
+
+
+def _init_bert_linear(layer: nn.Linear, std: float) -> None:
+    nn.init.normal_(layer.weight, std=std)
+    nn.init.zeros_(layer.bias)
+
+
+class ChineseCLIPTextEmbeddings(nn.Module):
+    """Word + position + token type embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: ChineseCLIPTextConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        for embedding in (
+            self.word_embeddings,
+            self.position_embeddings,
+            self.token_type_embeddings,
+        ):
+            nn.init.normal_(embedding.weight, std=config.initializer_range)
+        if config.pad_token_id is not None:
+            nn.init.zeros_(self.word_embeddings.weight[config.pad_token_id])
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        seq = input_ids.shape[1]
+        if position_ids is None:
+            positions = self.position_embeddings.weight[:seq]
+        else:
+            positions = self.position_embeddings(position_ids)
+        if token_type_ids is None:
+            token_types = self.token_type_embeddings.weight[0]  # every token is segment 0
+        else:
+            token_types = self.token_type_embeddings(token_type_ids)
+        embeddings = self.word_embeddings(input_ids) + token_types + positions
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class ChineseCLIPTextSelfAttention(nn.Module):
+    """BERT's query / key / value projections and the attention itself."""
+
+    def __init__(self, config: ChineseCLIPTextConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.dropout = config.attention_probs_dropout_prob
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        for proj in (self.query, self.key, self.value):
+            _init_bert_linear(proj, config.initializer_range)
+
+    def forward(
+        self, hidden_states: torch.Tensor, bias: torch.Tensor | None, need_weights: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, seq, width = hidden_states.shape
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # BSD -> BHSd
+
+        out, weights = attend(
+            heads(self.query(hidden_states)),
+            heads(self.key(hidden_states)),
+            heads(self.value(hidden_states)),
+            bias,
+            dropout_p=self.dropout if self.training else 0.0,
+            need_weights=need_weights,
+        )
+        return out.transpose(1, 2).reshape(batch, seq, width), weights  # BHSd -> BSD
+
+
+class ChineseCLIPTextSelfOutput(nn.Module):
+    """Output projection, dropout, residual, LayerNorm (post-LN); reused after the MLP."""
+
+    def __init__(self, config: ChineseCLIPTextConfig, in_features: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(in_features, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        _init_bert_linear(self.dense, config.initializer_range)
+
+    def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+
+
+class ChineseCLIPTextAttention(nn.Module):
+    """``attention.self`` then ``attention.output``."""
+
+    def __init__(self, config: ChineseCLIPTextConfig) -> None:
+        super().__init__()
+        self.self = ChineseCLIPTextSelfAttention(config)
+        self.output = ChineseCLIPTextSelfOutput(config, config.hidden_size)
+
+    def forward(
+        self, hidden_states: torch.Tensor, bias: torch.Tensor | None, need_weights: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn, weights = self.self(hidden_states, bias, need_weights)
+        return self.output(attn, hidden_states), weights
+
+
+class ChineseCLIPTextIntermediate(nn.Module):
+    """The first half of the feed-forward block: dense and activation."""
+
+    def __init__(self, config: ChineseCLIPTextConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = get_activation(config.hidden_act)
+        _init_bert_linear(self.dense, config.initializer_range)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class ChineseCLIPTextLayer(nn.Module):
+    """A post-LayerNorm BERT block."""
+
+    def __init__(self, config: ChineseCLIPTextConfig) -> None:
+        super().__init__()
+        self.attention = ChineseCLIPTextAttention(config)
+        self.intermediate = ChineseCLIPTextIntermediate(config)
+        self.output = ChineseCLIPTextSelfOutput(config, config.intermediate_size)
+
+    def forward(
+        self, hidden_states: torch.Tensor, bias: torch.Tensor | None, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attention(hidden_states, bias, need_weights)
+        return self.output(self.intermediate(attended), attended), weights
+
+
+class ChineseCLIPTextEncoder(nn.Module):
+    """The stack of :class:`ChineseCLIPTextLayer` (``encoder.layer.N`` in checkpoints)."""
+
+    def __init__(self, config: ChineseCLIPTextConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(
+            ChineseCLIPTextLayer(config) for _ in range(config.num_hidden_layers)
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        bias: torch.Tensor | None,
+        output_attentions: bool,
+        output_hidden_states: bool,
+    ) -> BaseModelOutputWithPooling:
+        return run_layers(self.layer, hidden_states, bias, output_attentions, output_hidden_states)
+
+
+class ChineseCLIPTextPooler(nn.Module):
+    """BERT's pooler: dense + tanh over the [CLS] state."""
+
+    def __init__(self, config: ChineseCLIPTextConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+        _init_bert_linear(self.dense, config.initializer_range)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(cls_pool(hidden_states)))
+
+
+class ChineseCLIPTextModel(PreTrainedModel):
+    """The BERT text tower of Chinese-CLIP, without projection."""
+
+    config_class = ChineseCLIPTextConfig
+    checkpoint_prefix = "text_model."
+    ignored_checkpoint_keys = (
+        r"vision_model\..*",
+        r"(visual|text)_projection\.weight",
+        "logit_scale",
+    )
+    checkpoint_renames = _RENAMES
+
+    @classmethod
+    def explain_missing(cls, missing: list[str]) -> str:
+        """Explains a missing pooler: full checkpoints saved by transformers have none."""
+        if missing and all(name.startswith("pooler.") for name in missing):
+            return (
+                "The checkpoint has no BERT pooler: it is a full ChineseCLIPModel saved without "
+                "one. Load ChineseCLIPModel and call get_text_features() (which pools [CLS] "
+                "without the pooler), or use a checkpoint that includes text_model.pooler."
+            )
+        return ""
+
+    def __init__(self, config: ChineseCLIPTextConfig, add_pooling_layer: bool = True) -> None:
+        """Builds the tower with random weights.
+
+        Args:
+            config: the text config.
+            add_pooling_layer: include BERT's ``pooler`` (the full model has none).
+        """
+        super().__init__(config)
+        self.embeddings = ChineseCLIPTextEmbeddings(config)
+        self.encoder = ChineseCLIPTextEncoder(config)
+        self.pooler = ChineseCLIPTextPooler(config) if add_pooling_layer else None
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """Encodes token ids.
+
+        Args:
+            input_ids: ``[batch, seq]`` WordPiece ids, ``seq <= max_position_embeddings``.
+            attention_mask: ``[batch, seq]``, 1 for tokens and 0 for padding.
+            token_type_ids: ``[batch, seq]`` segment ids; default all 0.
+            position_ids: ``[batch, seq]`` positions; default ``0..seq-1``.
+            output_attentions: return every layer's attention probabilities
+                (default: ``config.output_attentions``).
+            output_hidden_states: return the embeddings and every layer's output
+                (default: ``config.output_hidden_states``).
+
+        Returns:
+            ``last_hidden_state`` and ``pooler_output`` (BERT pooler over [CLS]; ``None``
+            without the pooling layer).
+        """
+        if input_ids.ndim != 2:
+            raise ValueError(
+                f"input_ids must be [batch, seq] (got shape {list(input_ids.shape)}); "
+                "add a batch dimension with input_ids[None]"
+            )
+        limit = self.config.max_position_embeddings
+        if input_ids.shape[1] > limit:
+            raise ValueError(
+                f"input_ids has {input_ids.shape[1]} tokens but the model has {limit} positions; "
+                f"tokenize with truncation=True, max_length={limit} (52 for Chinese-CLIP)"
+            )
+        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids)
+        bias = None
+        if attention_mask is not None:
+            keep = attention_mask.to(device=hidden_states.device, dtype=torch.bool)
+            bias = mask_to_bias(keep[:, None, None, :], hidden_states.dtype)  # [B, 1, 1, S]
+        out = self.encoder(
+            hidden_states,
+            bias,
+            _flag(output_attentions, self.config.output_attentions),
+            _flag(output_hidden_states, self.config.output_hidden_states),
+        )
+        if self.pooler is not None:
+            out.pooler_output = self.pooler(out.last_hidden_state)
+        return out
+
+
+class ChineseCLIPVisionModel(CLIPVisionModel):
+    """The ViT image tower of Chinese-CLIP: CLIP's, with its own config class."""
+
+    config_class = ChineseCLIPVisionConfig
+
+
+class ChineseCLIPModel(PreTrainedModel):
+    """BERT text tower and ViT image tower projected into one space, with a logit scale."""
+
+    config_class = ChineseCLIPConfig
+    # Hub checkpoints carry the BERT pooler the original training code had; this model pools
+    # [CLS] without it (as transformers does), so those tensors are expected and skipped.
+    ignored_checkpoint_keys = (r"text_model\.pooler\..*",)
+    checkpoint_renames = _RENAMES
+
+    def __init__(self, config: ChineseCLIPConfig) -> None:
+        super().__init__(config)
+        text, vision = config.text_config, config.vision_config
+        self.text_model = ChineseCLIPTextModel(text, add_pooling_layer=False)
+        self.vision_model = ChineseCLIPVisionModel(vision)
+        self.visual_projection = nn.Linear(vision.hidden_size, config.projection_dim, bias=False)
+        self.text_projection = nn.Linear(text.hidden_size, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        factor = config.initializer_factor
+        nn.init.normal_(self.visual_projection.weight, std=vision.hidden_size**-0.5 * factor)
+        nn.init.normal_(self.text_projection.weight, std=text.hidden_size**-0.5 * factor)
+
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Projected, unnormalized text embeddings ``[batch, projection_dim]``.
+
+        Args:
+            input_ids: ``[batch, seq]`` WordPiece ids.
+            attention_mask: ``[batch, seq]``, 1 for tokens and 0 for padding.
+            token_type_ids: ``[batch, seq]`` segment ids; default all 0.
+            position_ids: ``[batch, seq]`` positions; default ``0..seq-1``.
+        """
+        out = self.text_model(input_ids, attention_mask, token_type_ids, position_ids, False, False)
+        return self.text_projection(cls_pool(out.last_hidden_state))
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected, unnormalized image embeddings ``[batch, projection_dim]``.
+
+        Args:
+            pixel_values: ``[batch, channels, image_size, image_size]`` normalized pixels.
+        """
+        out = self.vision_model(pixel_values, False, False)
+        return self.visual_projection(out.pooler_output)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+    ) -> ChineseCLIPOutput:
+        """Scores every text against every image.
+
+        Args:
+            input_ids: ``[texts, seq]`` WordPiece ids.
+            pixel_values: ``[images, channels, size, size]`` normalized pixels.
+            attention_mask: ``[texts, seq]``, 1 for tokens and 0 for padding.
+            token_type_ids: ``[texts, seq]`` segment ids; default all 0.
+            position_ids: ``[texts, seq]`` positions.
+            return_loss: also compute the contrastive loss (needs as many texts as images).
+            output_attentions: return attention probabilities in the tower outputs.
+            output_hidden_states: return hidden states in the tower outputs.
+
+        Returns:
+            Normalized embeddings, ``logits_per_image`` / ``logits_per_text`` and the tower
+            outputs (the text tower's ``pooler_output`` is ``None``: it has no pooler).
+        """
+        _require_both(input_ids, pixel_values)
+        # Unset flags fall to this config's defaults if they are on, else to each tower's own.
+        attentions = _flag(output_attentions, self.config.output_attentions or None)
+        states = _flag(output_hidden_states, self.config.output_hidden_states or None)
+        vision_out = self.vision_model(pixel_values, attentions, states)
+        text_out = self.text_model(
+            input_ids, attention_mask, token_type_ids, position_ids, attentions, states
+        )
+        image_embeds = _normalize(self.visual_projection(vision_out.pooler_output))
+        text_embeds = _normalize(self.text_projection(cls_pool(text_out.last_hidden_state)))
+        return _dual_output(
+            ChineseCLIPOutput,
+            self.logit_scale,
+            text_embeds,
+            image_embeds,
+            text_out,
+            vision_out,
+            return_loss,
+        )
