@@ -23,7 +23,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_model
+from safetensors.torch import save_file
 from torch import nn
 
 from .configuration import BaseConfig, config_class_for, read_config_dict
@@ -134,7 +134,7 @@ class PreTrainedModel(nn.Module):
         """Writes ``config.json`` and ``model.safetensors`` into ``save_directory``.
 
         The files are what transformers writes, so ``transformers`` and :meth:`from_pretrained`
-        both read them. Tensors that share memory are written once.
+        both read them. Tied (memory-sharing) tensors are written under each of their names.
 
         Returns:
             The directory.
@@ -146,9 +146,18 @@ class PreTrainedModel(nn.Module):
             self.config, architectures=[type(self).__name__], dtype=dtype_name
         )
         config.save_pretrained(directory)
-        # save_model drops duplicates of shared tensors and makes the rest contiguous; the
-        # "format" entry is what transformers checks before reading a safetensors file.
-        save_model(self, str(directory / SAFETENSORS), metadata={"format": "pt"})
+        tensors: dict[str, torch.Tensor] = {}
+        storages: set[int] = set()
+        for name, tensor in self.state_dict().items():
+            storage = tensor.untyped_storage().data_ptr()
+            if storage in storages:
+                # safetensors refuses tensors that share memory (tied weights). Write each name
+                # in full so that strict loading finds every tensor it expects.
+                tensor = tensor.clone()
+            storages.add(storage)
+            tensors[name] = tensor.detach().to("cpu").contiguous()
+        # "format" is what transformers checks before it reads a safetensors file.
+        save_file(tensors, str(directory / SAFETENSORS), metadata={"format": "pt"})
         return directory
 
     @classmethod

@@ -1,0 +1,221 @@
+"""Tiny random checkpoints of both families, written by transformers, for the model tests.
+
+Fixtures:
+
+* ``clip_checkpoint`` / ``chinese_clip_checkpoint`` / ``checkpoint`` (both in turn): complete
+  checkpoint folders with tokenizer and preprocessor files (from :mod:`tests.checkpoints`).
+* ``hf_checkpoint``: a factory ``hf_checkpoint(variant, model_class="CLIPModel", seed=0)`` that
+  saves a transformers model of one of the tiny :data:`VARIANTS` with random weights (cached per
+  session) and returns the folder.
+
+The variants cover what parity depends on: ``quick_gelu`` and ``gelu``, patch sizes 14, 16 and
+32, the 224 and 336 px geometries scaled down (same patch grid shape, fewer pixels), a projection
+size unlike either width, text and vision widths that differ, and CLIP's legacy
+``eos_token_id == 2`` pooling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.checkpoints import checkpoint, chinese_clip_checkpoint, clip_checkpoint
+
+__all__ = [
+    "VARIANTS",
+    "assert_all_close",
+    "assert_close",
+    "checkpoint",
+    "chinese_clip_checkpoint",
+    "clip_checkpoint",
+    "hf_checkpoint",
+    "hf_config",
+    "text_batch",
+]
+
+# Text vocabularies are tiny; ids 0..2 are special, BOS and EOS are the two largest ids (as in
+# the OpenAI vocabulary, which the legacy argmax pooling relies on).
+VOCAB = 64
+BOS, EOS = VOCAB - 2, VOCAB - 1
+
+VARIANTS: dict[str, dict] = {
+    # ViT-B/32 at 224 px: 7x7 patches. Literal patch size 32 on 64 px keeps a 2x2 grid.
+    "clip-b32": {
+        "family": "clip",
+        "projection_dim": 20,
+        "text": {"hidden_size": 32, "num_attention_heads": 4, "hidden_act": "quick_gelu"},
+        "vision": {"hidden_size": 24, "num_attention_heads": 2, "image_size": 64, "patch_size": 32},
+    },
+    # A LAION-style model: gelu everywhere, patch 16, and a legacy config (eos_token_id 2).
+    "clip-b16-gelu-legacy-eos": {
+        "family": "clip",
+        "projection_dim": 12,
+        "text": {
+            "hidden_size": 16,
+            "num_attention_heads": 2,
+            "hidden_act": "gelu",
+            "bos_token_id": 0,
+            "eos_token_id": 2,
+        },
+        "vision": {
+            "hidden_size": 32,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 16,
+            "hidden_act": "gelu",
+        },
+    },
+    # ViT-L/14 at 336 px scaled down: patch 14 on 42 px (3x3 grid), three layers.
+    "clip-l14-336": {
+        "family": "clip",
+        "projection_dim": 24,
+        "text": {"hidden_size": 16, "num_attention_heads": 4, "num_hidden_layers": 3},
+        "vision": {
+            "hidden_size": 40,
+            "num_attention_heads": 5,
+            "num_hidden_layers": 3,
+            "image_size": 42,
+            "patch_size": 14,
+        },
+    },
+    "chinese-b16": {
+        "family": "chinese_clip",
+        "projection_dim": 20,
+        "text": {"hidden_size": 32, "num_attention_heads": 4, "hidden_act": "gelu"},
+        "vision": {"hidden_size": 24, "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
+    },
+    # Chinese-CLIP huge/14 scaled down: patch 14, wider text tower, gelu_new in the text tower.
+    "chinese-h14": {
+        "family": "chinese_clip",
+        "projection_dim": 12,
+        "text": {"hidden_size": 40, "num_attention_heads": 5, "hidden_act": "gelu_new"},
+        "vision": {
+            "hidden_size": 24,
+            "num_attention_heads": 3,
+            "num_hidden_layers": 3,
+            "image_size": 28,
+            "patch_size": 14,
+        },
+    },
+    # The transformers default Chinese-CLIP vision geometry (patch 32), quick_gelu.
+    "chinese-b32": {
+        "family": "chinese_clip",
+        "projection_dim": 16,
+        "text": {"hidden_size": 16, "num_attention_heads": 2},
+        "vision": {"hidden_size": 32, "num_attention_heads": 4, "image_size": 64, "patch_size": 32},
+    },
+}
+CLIP_VARIANTS = [name for name, v in VARIANTS.items() if v["family"] == "clip"]
+CHINESE_VARIANTS = [name for name, v in VARIANTS.items() if v["family"] == "chinese_clip"]
+
+
+def hf_config(variant: str) -> dict:
+    """The full ``config.json`` dict (text_config, vision_config, projection_dim) of a variant."""
+    spec = VARIANTS[variant]
+    text = {
+        "vocab_size": VOCAB,
+        "intermediate_size": 48,
+        "num_hidden_layers": 2,
+        **spec["text"],
+    }
+    if spec["family"] == "clip":
+        text = {"max_position_embeddings": 12, "bos_token_id": BOS, "eos_token_id": EOS, **text}
+        text["pad_token_id"] = 0
+    else:
+        text = {"max_position_embeddings": 16, "type_vocab_size": 2, "pad_token_id": 0, **text}
+    vision = {"intermediate_size": 40, "num_hidden_layers": 2, **spec["vision"]}
+    return {
+        "model_type": spec["family"],
+        "text_config": text,
+        "vision_config": vision,
+        "projection_dim": spec["projection_dim"],
+    }
+
+
+def hf_model(variant: str, model_class: str, seed: int = 0) -> torch.nn.Module:
+    """A transformers model of ``model_class`` with random weights, for a variant."""
+    import transformers
+
+    config_dict = hf_config(variant)
+    full_cls = (
+        transformers.CLIPConfig
+        if config_dict["model_type"] == "clip"
+        else (transformers.ChineseCLIPConfig)
+    )
+    full = full_cls(**{k: v for k, v in config_dict.items() if k != "model_type"})
+    config = full
+    if "Text" in model_class:
+        config = full.text_config
+    elif "Vision" in model_class:
+        config = full.vision_config
+    if model_class.endswith("WithProjection"):
+        config.projection_dim = full.projection_dim
+    torch.manual_seed(seed)
+    return getattr(transformers, model_class)(config).eval()
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory: ``hf_checkpoint(variant, model_class="CLIPModel", seed=0) -> folder``.
+
+    The folder holds ``config.json`` and ``model.safetensors`` written by transformers'
+    ``save_pretrained``; each combination is built once per session.
+    """
+    cache: dict[tuple[str, str, int], Path] = {}
+
+    def build(variant: str, model_class: str | None = None, seed: int = 0) -> Path:
+        family = VARIANTS[variant]["family"]
+        model_class = model_class or ("CLIPModel" if family == "clip" else "ChineseCLIPModel")
+        key = (variant, model_class, seed)
+        if key not in cache:
+            path = tmp_path_factory.mktemp(f"{variant}-{model_class}")
+            hf_model(variant, model_class, seed).save_pretrained(path)
+            cache[key] = path
+        return cache[key]
+
+    return build
+
+
+def text_batch(
+    variant: str, lengths: tuple[int, ...] = (5, 9, 3), seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """A right-padded batch of token ids of mixed lengths for a variant's text tower.
+
+    Each row is ``[BOS, tokens..., EOS]`` of the given length, then padding (id 0) with
+    ``attention_mask`` 0. Chinese-CLIP batches also get non-trivial ``token_type_ids``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    input_ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, length in enumerate(lengths):
+        body = torch.randint(3, BOS, (length - 2,), generator=generator)
+        input_ids[row, :length] = torch.cat([torch.tensor([BOS]), body, torch.tensor([EOS])])
+        attention_mask[row, :length] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if VARIANTS[variant]["family"] == "chinese_clip":
+        batch["token_type_ids"] = (torch.arange(width) >= width // 2).long().expand_as(input_ids)
+    return batch
+
+
+def pixel_batch(variant: str, images: int = 2, seed: int = 0) -> torch.Tensor:
+    """Random normalized pixels ``[images, 3, size, size]`` for a variant's image tower."""
+    size = VARIANTS[variant]["vision"]["image_size"]
+    return torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_close(ours: torch.Tensor, ref: torch.Tensor, atol: float = 1e-5) -> None:
+    """Same shape and max abs difference <= ``atol`` (float32 parity: 1e-5)."""
+    assert ours.shape == ref.shape, f"shape {tuple(ours.shape)} != {tuple(ref.shape)}"
+    diff = (ours.float() - ref.float()).abs().max().item()
+    assert diff <= atol, f"max abs diff {diff} > {atol}"
+
+
+def assert_all_close(ours: tuple | None, ref: tuple | None, atol: float = 1e-5) -> None:
+    """:func:`assert_close` over two equally long tuples of tensors (hidden states...)."""
+    assert ours is not None and ref is not None and len(ours) == len(ref)
+    for a, b in zip(ours, ref, strict=True):
+        assert_close(a, b, atol)

@@ -1,0 +1,160 @@
+"""Chinese-CLIP parity with transformers: same random weights, same outputs (<= 1e-5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from model.configuration import ChineseCLIPConfig, ChineseCLIPTextConfig
+from model.modeling_chinese_clip import (
+    ChineseCLIPModel,
+    ChineseCLIPTextModel,
+    ChineseCLIPVisionModel,
+    cls_pool,
+)
+from tests.model.conftest import (
+    CHINESE_VARIANTS,
+    assert_all_close,
+    assert_close,
+    hf_config,
+    pixel_batch,
+    text_batch,
+)
+
+FLAGS = {"output_hidden_states": True, "output_attentions": True}
+
+
+@pytest.mark.parametrize("variant", CHINESE_VARIANTS)
+def test_full_model_matches_transformers(variant, hf_checkpoint):
+    path = hf_checkpoint(variant)
+    ours = ChineseCLIPModel.from_pretrained(path)
+    ref = transformers.ChineseCLIPModel.from_pretrained(path, attn_implementation="eager").eval()
+    text, pixels = text_batch(variant), pixel_batch(variant, images=3)
+    with torch.no_grad():
+        out = ours(**text, pixel_values=pixels, return_loss=True, **FLAGS)
+        exp = ref(**text, pixel_values=pixels, return_loss=True, **FLAGS)
+        features = ours.get_text_features(**text), ours.get_image_features(pixels)
+        exp_features = ref.get_text_features(**text), ref.get_image_features(pixels)
+
+    for key in ("loss", "logits_per_image", "logits_per_text", "text_embeds", "image_embeds"):
+        assert_close(out[key], exp[key])
+    for ours_tower, ref_tower in (
+        (out.text_model_output, exp.text_model_output),
+        (out.vision_model_output, exp.vision_model_output),
+    ):
+        assert_close(ours_tower.last_hidden_state, ref_tower.last_hidden_state)
+        assert_all_close(ours_tower.hidden_states, ref_tower.hidden_states)
+        assert_all_close(ours_tower.attentions, ref_tower.attentions)
+    assert_close(features[0], exp_features[0].pooler_output)
+    assert_close(features[1], exp_features[1].pooler_output)
+    assert features[0].shape == (3, hf_config(variant)["projection_dim"])
+    # The full model's text tower has no pooler: it projects the [CLS] state.
+    assert out.text_model_output.pooler_output is None
+    assert ours.text_model.pooler is None
+
+
+@pytest.mark.parametrize("variant", CHINESE_VARIANTS)
+def test_towers_match_transformers(variant, hf_checkpoint):
+    text, pixels = text_batch(variant), pixel_batch(variant)
+    path = hf_checkpoint(variant, "ChineseCLIPTextModel")
+    ours = ChineseCLIPTextModel.from_pretrained(path)
+    ref = transformers.ChineseCLIPTextModel.from_pretrained(path, attn_implementation="eager")
+    with torch.no_grad():
+        out, exp = ours(**text, **FLAGS), ref.eval()(**text, **FLAGS)
+    assert_close(out.last_hidden_state, exp.last_hidden_state)
+    assert_close(out.pooler_output, exp.pooler_output)
+    assert_all_close(out.hidden_states, exp.hidden_states)
+    assert_all_close(out.attentions, exp.attentions)
+
+    path = hf_checkpoint(variant, "ChineseCLIPVisionModel")
+    ours = ChineseCLIPVisionModel.from_pretrained(path)
+    ref = transformers.ChineseCLIPVisionModel.from_pretrained(path, attn_implementation="eager")
+    with torch.no_grad():
+        out, exp = ours(pixels, **FLAGS), ref.eval()(pixel_values=pixels, **FLAGS)
+    assert_close(out.last_hidden_state, exp.last_hidden_state)
+    assert_close(out.pooler_output, exp.pooler_output)
+    assert_all_close(out.hidden_states, exp.hidden_states)
+    assert_all_close(out.attentions, exp.attentions)
+
+
+def test_token_type_ids_matter_and_default_to_zero(hf_checkpoint):
+    model = ChineseCLIPModel.from_pretrained(hf_checkpoint("chinese-b16"))
+    batch = text_batch("chinese-b16")
+    with torch.no_grad():
+        typed = model.get_text_features(**batch)
+        zeros = model.get_text_features(
+            batch["input_ids"], batch["attention_mask"], torch.zeros_like(batch["input_ids"])
+        )
+        default = model.get_text_features(batch["input_ids"], batch["attention_mask"])
+    assert_close(default, zeros)
+    assert (typed - zeros).abs().max() > 1e-3
+
+
+def test_padding_does_not_change_a_sequence(hf_checkpoint):
+    model = ChineseCLIPModel.from_pretrained(hf_checkpoint("chinese-h14"))
+    batch = text_batch("chinese-h14", lengths=(4, 12, 6))
+    with torch.no_grad():
+        padded = model.get_text_features(batch["input_ids"], batch["attention_mask"])
+        alone = model.get_text_features(batch["input_ids"][:1, :4])
+    assert_close(padded[:1], alone)
+
+
+@pytest.mark.parametrize("name", ["ChineseCLIPModel", "ChineseCLIPTextModel"])
+def test_save_pretrained_is_read_by_transformers(name, tmp_path):
+    variant = "chinese-h14"
+    config = ChineseCLIPConfig.from_dict(hf_config(variant))
+    torch.manual_seed(0)
+    if name == "ChineseCLIPModel":
+        ours = ChineseCLIPModel(config).eval()
+    else:
+        ours = ChineseCLIPTextModel(config.text_config).eval()
+    ours.save_pretrained(tmp_path)
+    ref = getattr(transformers, name).from_pretrained(tmp_path).eval()
+    ref_state = ref.state_dict()
+    for key, value in ours.state_dict().items():
+        assert torch.equal(value, ref_state[key]), key
+    text, pixels = text_batch(variant), pixel_batch(variant)
+    with torch.no_grad():
+        if name == "ChineseCLIPModel":
+            out, exp = ours(**text, pixel_values=pixels), ref(**text, pixel_values=pixels)
+            assert_close(out.logits_per_image, exp.logits_per_image)
+        else:
+            assert_close(ours(**text).pooler_output, ref(**text).pooler_output)
+
+
+def test_dropout_acts_only_in_training():
+    config = ChineseCLIPTextConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2)
+    model = ChineseCLIPTextModel(config)
+    ids = torch.tensor([[101, 5, 6, 102]])
+    assert model.training
+    torch.manual_seed(1)
+    first = model(ids).last_hidden_state
+    second = model(ids).last_hidden_state
+    assert not torch.equal(first, second)
+    model.eval()
+    assert torch.equal(model(ids).last_hidden_state, model(ids).last_hidden_state)
+
+
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
+def test_half_precision_stays_close(dtype, atol, hf_checkpoint):
+    path = hf_checkpoint("chinese-b16")
+    full = ChineseCLIPModel.from_pretrained(path)
+    half = ChineseCLIPModel.from_pretrained(path, torch_dtype=dtype)
+    text, pixels = text_batch("chinese-b16"), pixel_batch("chinese-b16")
+    with torch.no_grad():
+        out, exp = half(**text, pixel_values=pixels), full(**text, pixel_values=pixels)
+    assert out.text_embeds.dtype == dtype
+    assert_close(out.text_embeds, exp.text_embeds, atol)
+    assert_close(out.image_embeds, exp.image_embeds, atol)
+
+
+def test_cls_pool_takes_the_first_token():
+    hidden = torch.arange(12.0).view(2, 3, 2)
+    assert cls_pool(hidden).tolist() == [[0.0, 1.0], [6.0, 7.0]]
+
+
+def test_too_long_input_names_the_context_length(hf_checkpoint):
+    model = ChineseCLIPModel.from_pretrained(hf_checkpoint("chinese-b16"))
+    with pytest.raises(ValueError, match="17 tokens but the model has 16 positions"):
+        model.get_text_features(torch.ones(1, 17, dtype=torch.long))
