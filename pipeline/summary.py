@@ -82,7 +82,8 @@ def make_summary(
         summary[key] = getattr(stats, _COUNTS[key])
     if stats.histogram:
         summary["clip_score_histogram"] = {
-            "edges": histogram_edges(),
+            # Rounded: linspace leaves float noise such as -0.3999999999999999 in the file.
+            "edges": [round(edge, 6) for edge in histogram_edges()],
             "counts": list(stats.histogram),
         }
     summary.update(extra or {})
@@ -128,7 +129,8 @@ class _Write(beam.DoFn):
         self._started_at = started_at
         self._side_keys = list(side_keys)
 
-    def process(self, stats: UnitStats, *side_values: Any) -> Iterable[str]:
+    # No annotation on *side_values: Beam would read one as the type of a tuple of side inputs.
+    def process(self, stats: UnitStats, *side_values) -> Iterable[str]:
         from transforms import storage
 
         summary = make_summary(

@@ -1,0 +1,79 @@
+"""A job killed half way, then rerun with --resume: no id missing, none twice, exact counts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.datasets import build_dataset
+from tests.pipeline.jobtools import DIRECT, check_accounting, check_errors, run_job
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_killed_run_resumes(clip_checkpoint, tmp_path):
+    data = build_dataset(
+        tmp_path / "in",
+        num_files=4,
+        rows_per_file=6,
+        row_group_size=2,
+        plant={"corrupt_image": 1, "null_text": 1},
+        seed=17,
+    )
+    out = tmp_path / "out"
+    args = ["--id-column", "id", "--batch-size", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "score",
+        "--input",
+        data.pattern,
+        "--output",
+        str(out),
+        "--model",
+        str(clip_checkpoint),
+        *args,
+        *DIRECT,
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    # Its own session, so the kill reaches every process the run started and nothing else.
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    markers = out / "_units"
+    deadline = time.monotonic() + 300
+    try:
+        while not (markers.is_dir() and any(markers.glob("*.json"))):
+            if process.poll() is not None:
+                raise AssertionError(
+                    "the job ended before it could be killed:\n" + process.stdout.read().decode()
+                )
+            assert time.monotonic() < deadline, "no unit finished within 300 s"
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+        process.stdout.close()
+
+    finished = len(list(markers.glob("*.json")))
+    assert 0 < finished < data.num_row_groups()
+    assert not (out / "summary.json").exists()
+
+    run = run_job("score", data.pattern, str(out), clip_checkpoint, *args, "--resume")
+    check_accounting(run, data, output_folders=["scores"])
+    check_errors(run, data)
+    assert run.summary["resumed_units"] >= finished
+    assert run.summary["units"] == data.num_row_groups()
