@@ -9,6 +9,7 @@ do: ``processor(text=..., images=..., return_tensors="pt")`` returns ``input_ids
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -109,8 +110,9 @@ class CLIPProcessor:
             truncation: tokenizer truncation (``True`` cuts to the model's context).
             max_length: length limit for truncation and ``padding="max_length"``.
             return_tensors: ``"pt"``, ``"np"`` or ``None``, for both outputs.
-            **kwargs: image processor options (``do_center_crop``, ``size``...) go to it; any
-                other keyword goes to the tokenizer.
+            **kwargs: image processor options (``do_center_crop``, ``size``...) go to it, the
+                tokenizer's other options (``pad_to_multiple_of``...) to the tokenizer. Options
+                of a modality absent from this call are accepted and unused.
 
         Returns:
             A :class:`~model.batch.BatchFeature` with the tokenizer's keys and/or
@@ -118,7 +120,8 @@ class CLIPProcessor:
 
         Raises:
             ValueError: neither text nor images were given.
-            TypeError: ``text`` is not text (images passed positionally, for instance).
+            TypeError: ``text`` is not text (images passed positionally, for instance), or an
+                option is unknown to both the image processor and the tokenizer.
         """
         if text is None and images is None:
             raise ValueError(
@@ -126,6 +129,15 @@ class CLIPProcessor:
                 "(call processor(text=[...], images=[...]))"
             )
         image_kwargs, text_kwargs = _split_kwargs(kwargs)
+        # Options of a modality that is absent this call are allowed (a loop may pass the same
+        # options for text-only and image-only batches), but misspelled names never are.
+        accepted = inspect.signature(self.tokenizer.__call__).parameters
+        unknown = sorted(k for k in text_kwargs if k not in accepted)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unknown option(s) {unknown}: neither image processor "
+                f"options ({sorted(_IMAGE_KWARGS)}) nor {type(self.tokenizer).__name__} options"
+            )
         data: dict[str, Any] = {}
         if text is not None:
             _check_text(text)
@@ -138,16 +150,9 @@ class CLIPProcessor:
                 **text_kwargs,
             )
             data.update(encoding.data)
-        elif text_kwargs:
-            raise TypeError(
-                f"tokenizer options {sorted(text_kwargs)} were given without text; they are not "
-                f"image processor options (those are {sorted(_IMAGE_KWARGS)})"
-            )
         if images is not None:
             pixels = self.image_processor(images, return_tensors=return_tensors, **image_kwargs)
             data.update(pixels.data)
-        elif image_kwargs:
-            raise TypeError(f"image options {sorted(image_kwargs)} were given without images")
         return BatchFeature(data)
 
     def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
