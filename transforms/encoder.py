@@ -9,7 +9,6 @@ failing the bundle. :func:`acquire_encoder` keeps one encoder per worker process
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import threading
@@ -66,41 +65,16 @@ def clipbeam_version() -> str:
         return "unknown (not installed)"
 
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _fingerprints: dict[str, str] = {}
 
 
 def weights_fingerprint(source: str) -> str:
-    """``"sha256:<hex>"`` over a checkpoint's weight files, in name order.
+    """``"sha256:<hex>"`` of a checkpoint's weight files (see ``model.auto.weights_fingerprint``),
+    cached per process: hashing a large checkpoint takes seconds."""
+    if source not in _fingerprints:
+        from model.auto import weights_fingerprint as fingerprint
 
-    Single files and sharded checkpoints (an index plus shards) are both covered. The result is
-    cached per process, as hashing a large checkpoint takes seconds.
-    """
-    if source in _fingerprints:
-        return _fingerprints[source]
-    from model.hub import CheckpointNotFoundError, resolve_source
-
-    checkpoint = resolve_source(source)
-    names: list[str] = []
-    for index in _INDEX_FILES:
-        path = checkpoint.get(index)
-        if path is not None:
-            names = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-            break
-    else:
-        names = [n for n in _WEIGHT_FILES if checkpoint.get(n) is not None][:1]
-    if not names:
-        raise CheckpointNotFoundError(
-            f"checkpoint {source!r} has no weights ({', '.join(_WEIGHT_FILES)}, or an index)"
-        )
-    digest = hashlib.sha256()
-    for name in names:
-        digest.update(name.encode() + b"\0")
-        with open(checkpoint.require(name), "rb") as f:
-            while block := f.read(1 << 23):
-                digest.update(block)
-    _fingerprints[source] = f"sha256:{digest.hexdigest()}"
+        _fingerprints[source] = fingerprint(source)
     return _fingerprints[source]
 
 
