@@ -49,7 +49,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from tokenizers import (
@@ -118,6 +118,7 @@ _TRUNCATION = {
 }
 
 TokenLike = str | AddedToken
+_T = TypeVar("_T", bound="_TokenizerBase")
 
 
 # -- vocabulary files ---------------------------------------------------------------------------
@@ -1165,8 +1166,8 @@ class _TokenizerBase:
 
     @classmethod
     def from_pretrained(
-        cls, source: str | os.PathLike, *, revision: str | None = None, **kwargs: Any
-    ) -> Any:
+        cls: type[_T], source: str | os.PathLike, *, revision: str | None = None, **kwargs: Any
+    ) -> _T:
         """Loads the tokenizer of a checkpoint (folder, fsspec URL or hub id).
 
         Reads ``tokenizer.json`` if the checkpoint has one, else the family's vocabulary files
@@ -1472,7 +1473,9 @@ class CLIPTokenizer(_TokenizerBase):
         super().__init__(backend, special, **options)
 
     @classmethod
-    def from_openai_bpe(cls, bpe_path: str | os.PathLike | None = None, **options: Any) -> Any:
+    def from_openai_bpe(
+        cls: type[_T], bpe_path: str | os.PathLike | None = None, **options: Any
+    ) -> _T:
         """OpenAI CLIP's tokenizer, from ``bpe_simple_vocab_16e6.txt.gz`` (bundled by default).
 
         Gives the same ids as every OpenAI CLIP checkpoint (``"a photo of a cat"`` ->
@@ -1656,7 +1659,7 @@ class BertTokenizer(_TokenizerBase):
         super().__init__(backend, special, **options)
 
     @classmethod
-    def from_chinese_roberta_wwm_ext(cls, **options: Any) -> Any:
+    def from_chinese_roberta_wwm_ext(cls: type[_T], **options: Any) -> _T:
         """Chinese-CLIP's tokenizer on the bundled 21128-token Chinese RoBERTa-wwm-ext vocab.
 
         ``model_max_length`` defaults to 52, the context length of OFA-Sys' Chinese-CLIP code
