@@ -105,9 +105,11 @@ class BaseConfig:
         data = {**config_dict, **overrides}
         model_type = data.get("model_type")
         if model_type not in (None, cls.model_type):
+            other = _CONFIG_CLASSES.get(model_type)
+            use = other.__name__ if other else "the config class of that model"
             raise ValueError(
                 f"cannot build {cls.__name__} (model_type {cls.model_type!r}) from a config of "
-                f"model_type {model_type!r}; use the config class of that model instead"
+                f"model_type {model_type!r}; use {use} instead"
             )
         for key in _PROVENANCE_KEYS:
             data.pop(key, None)
