@@ -274,9 +274,9 @@ def resize(pixels: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarr
     scaled = _needs_255_scaling(plane)
     if scaled:
         plane = rescale(plane, 255)
-    resized = np.asarray(
-        PIL.Image.fromarray(plane.astype(np.uint8)).resize((width, height), resample=resample)
-    )
+    image = PIL.Image.fromarray(plane.astype(np.uint8, copy=False))
+    # np.array, not np.asarray: a view of Pillow's buffer is read-only.
+    resized = np.array(image.resize((width, height), resample=resample))
     if resized.ndim == 2:
         resized = resized[..., None]
     return rescale(resized, 1 / 255) if scaled else resized

@@ -452,3 +452,12 @@ def test_names_aliases_and_pickling(photos):
         clone.preprocess_one(photos["camera"]), processor.preprocess_one(photos["camera"])
     )
     assert "ChineseCLIPImageProcessor" in repr(processor)
+
+
+def test_raw_pixel_output_is_a_writable_array(photos):
+    # without rescale/normalize the resized pixels come out as they are; Pillow's own buffer
+    # is read-only, so they must be a copy
+    processor = CLIPImageProcessor(do_convert_rgb=False, do_rescale=False, do_normalize=False)
+    pixels = processor.preprocess_one(photos["camera"])
+    assert pixels.shape == (1, 224, 224) and pixels.dtype == np.uint8
+    assert pixels.flags.writeable
