@@ -19,6 +19,7 @@ skipped and its stored counts are emitted again, so totals stay exact across run
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 from collections.abc import Iterator
 from typing import Any
@@ -123,7 +124,8 @@ class UnitDoFn(beam.DoFn):
     def _process(self, unit: WorkUnit) -> tuple[UnitStats, list[float]]:
         spec = self.spec
         encoder = self._acquire()
-        with storage.open_input(unit.path) as f:
+        # Every spool is entered as soon as it exists: an error anywhere discards them all.
+        with storage.open_input(unit.path) as f, contextlib.ExitStack() as spools:
             parquet = pq.ParquetFile(f)
             schema = parquet.schema_arrow
             image_format = ""
@@ -132,43 +134,43 @@ class UnitDoFn(beam.DoFn):
                     spec.image_column, schema.field(spec.image_column).type, spec.image_format
                 )
             metadata = job_metadata(spec, encoder.metadata())
-            outputs = self._open_outputs(unit, schema, encoder.projection_dim, metadata)
+            outputs = {
+                folder: spools.enter_context(ParquetSpool(path, out_schema))
+                for folder, path, out_schema in self._outputs(
+                    unit, schema, encoder.projection_dim, metadata
+                )
+            }
             errors_path = self._path("errors", f"{unit.name}.parquet")
-            errors = ParquetSpool(errors_path, error_schema(spec, schema))
+            errors = spools.enter_context(ParquetSpool(errors_path, error_schema(spec, schema)))
             input_rows, scores = 0, []
-            try:
-                for batch in parquet.iter_batches(
-                    batch_size=spec.batch_size * _WINDOW_BATCHES,
-                    row_groups=[unit.row_group],
-                    columns=self._input_columns(),
-                ):
-                    window = encode_window(
-                        batch, spec, encoder, image_format, posixpath.dirname(unit.path)
-                    )
-                    errors.write(error_table(spec, unit, window, input_rows, errors.schema))
-                    table = self._result_table(unit, window, input_rows, outputs)
-                    if "clip_score" in table.column_names:
-                        scores.extend(table.column("clip_score").to_pylist())
-                    self._write_results(table, outputs)
-                    input_rows += batch.num_rows
-                for spool in outputs.values():
-                    spool.commit()
-                if errors.rows:
-                    errors.commit()
-                else:
-                    # A retry that no longer fails must not leave an older attempt's errors.
-                    errors.discard()
-                    storage.delete(errors_path, missing_ok=True)
-            finally:
+            for batch in parquet.iter_batches(
+                batch_size=spec.batch_size * _WINDOW_BATCHES,
+                row_groups=[unit.row_group],
+                columns=self._input_columns(),
+            ):
+                window = encode_window(
+                    batch, spec, encoder, image_format, posixpath.dirname(unit.path)
+                )
+                errors.write(error_table(spec, unit, window, input_rows, errors.schema))
+                table = self._result_table(unit, window, input_rows, outputs)
+                if "clip_score" in table.column_names:
+                    scores.extend(table.column("clip_score").to_pylist())
+                self._write_results(table, outputs)
+                input_rows += batch.num_rows
+            if input_rows != unit.num_rows:
+                raise RuntimeError(
+                    f"{unit.path} row group {unit.row_group}: read {input_rows} rows, its "
+                    f"footer says {unit.num_rows}. Was the file rewritten while the job ran?"
+                )
+            for spool in outputs.values():
+                spool.commit()
+            if errors.rows:
+                errors.commit()
+            else:
+                # A retry that no longer fails must not leave an older attempt's errors behind.
                 errors.discard()
-                for spool in outputs.values():
-                    spool.discard()
+                storage.delete(errors_path, missing_ok=True)
 
-        if input_rows != unit.num_rows:
-            raise RuntimeError(
-                f"{unit.path} row group {unit.row_group}: read {input_rows} rows, its footer "
-                f"says {unit.num_rows}. Was the file rewritten while the job ran?"
-            )
         written = sum(s.rows for s in outputs.values())
         stats = UnitStats(input_rows=input_rows, error_rows=errors.rows, units=1)
         if self.mode == "write":
@@ -189,10 +191,12 @@ class UnitDoFn(beam.DoFn):
             parquet = pq.ParquetFile(f)
             schema = parquet.schema_arrow
             kept_schema = schema.remove(schema.get_field_index("reject_reason"))
-            kept = ParquetSpool(self._path("kept", f"{unit.name}.parquet"), kept_schema)
-            rejected = ParquetSpool(self._path("rejected", f"{unit.name}.parquet"), schema)
             scores: list[float] = []
-            with kept, rejected:
+            with contextlib.ExitStack() as spools:
+                kept_path = self._path("kept", f"{unit.name}.parquet")
+                kept = spools.enter_context(ParquetSpool(kept_path, kept_schema))
+                rejected_path = self._path("rejected", f"{unit.name}.parquet")
+                rejected = spools.enter_context(ParquetSpool(rejected_path, schema))
                 for batch in parquet.iter_batches(batch_size=max(1024, self.spec.batch_size)):
                     table = pa.Table.from_batches([batch])
                     scores.extend(table.column("clip_score").to_pylist())
@@ -238,22 +242,23 @@ class UnitDoFn(beam.DoFn):
             spec.kind == "embed" and spec.image_column is not None and spec.text_column is not None
         )
 
-    def _open_outputs(
+    def _outputs(
         self, unit: WorkUnit, schema: pa.Schema, dim: int, metadata: dict[str, str]
-    ) -> dict[str, ParquetSpool]:
+    ) -> list[tuple[str, str, pa.Schema]]:
+        """``(folder, path, schema)`` of each file this unit writes rows to."""
         spec = self.spec
         name = f"{unit.name}.parquet"
         full = output_schema(spec, schema, dim, metadata)
         if self.mode == "stage":
-            return {STAGING_DIR: ParquetSpool(self._path(STAGING_DIR, name), full)}
+            return [(STAGING_DIR, self._path(STAGING_DIR, name), full)]
         if spec.kind == "filter":
             kept = output_schema(spec, schema, dim, metadata, rejected=False)
-            return {
-                "kept": ParquetSpool(self._path("kept", name), kept),
-                "rejected": ParquetSpool(self._path("rejected", name), full),
-            }
+            return [
+                ("kept", self._path("kept", name), kept),
+                ("rejected", self._path("rejected", name), full),
+            ]
         (folder,) = spec.output_dirs
-        return {folder: ParquetSpool(self._path(folder, name), full)}
+        return [(folder, self._path(folder, name), full)]
 
     def _result_table(
         self, unit: WorkUnit, window: EncodedWindow, start: int, outputs: dict[str, ParquetSpool]
