@@ -164,6 +164,8 @@ class JobSpec:
         written |= set(RESULT_COLUMNS.get(self.kind, ()))
         if self.id_column is None:
             written.add("id")
+        elif self.id_column in written:
+            p.append(f"id column {self.id_column!r} clashes with a column the job writes")
         elif self.id_column in self.keep_columns:
             p.append(f"keep_columns holds the id column {self.id_column!r}, which is always kept")
         clash = sorted(set(self.keep_columns) & written)

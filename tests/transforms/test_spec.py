@@ -43,6 +43,7 @@ def test_options_do_not_change_identity_but_are_kept():
         ({"keep_columns": ["clip_score"]}, "clash with columns the job writes"),
         ({"keep_columns": ["id"]}, "clash with columns the job writes"),
         ({"id_column": "key", "keep_columns": ["key"]}, "id column 'key'"),
+        ({"id_column": "clip_score"}, "id column 'clip_score' clashes"),
     ],
 )
 def test_invalid_combinations_fail_with_a_message(kwargs, message):
