@@ -141,7 +141,8 @@ class BaseConfig:
         """Reads ``config.json`` of a checkpoint.
 
         A tower config (``CLIPTextConfig``...) read from a full two-tower checkpoint is that
-        checkpoint's sub-config, as in transformers.
+        checkpoint's sub-config, as in transformers, except that its ``projection_dim`` is the
+        full model's (the size of the projections stored in that checkpoint).
 
         Args:
             source: a checkpoint folder, fsspec URL or hub id (see
@@ -163,8 +164,12 @@ class BaseConfig:
         try:
             if cls.base_config_key and model_type == cls.family:
                 parent = config_class_for(cls.family).from_dict(config_dict)
-                sub = getattr(parent, cls.base_config_key)
-                return cls.from_dict(sub.to_dict(), **overrides) if overrides else sub
+                sub = getattr(parent, cls.base_config_key).to_dict()
+                if "projection_dim" in sub:
+                    # The full model's projection_dim sized the projections stored with it; the
+                    # tower's own field is often a stale default (transformers ignores it there).
+                    sub["projection_dim"] = parent.projection_dim
+                return cls.from_dict(sub, **overrides)
             return cls.from_dict(config_dict, **overrides)
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{where}: {exc}") from exc
