@@ -75,7 +75,7 @@ def _launch(
         runner = type(pipeline.runner).__name__
     plan = validate(spec, parsed.inputs, runner=runner if isinstance(runner, str) else None)
     _log.info(
-        "clipbeam %s: %d rows in %d work units from %d files -> %s",
+        "%s: %d rows in %d work units from %d files -> %s",
         spec.kind,
         plan.input_rows,
         len(plan.units),
@@ -105,8 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 2 for a launch error (printed as one line, no traceback), 130 when
         interrupted.
     """
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _log.setLevel(logging.INFO)
+    if not _log.handlers:
+        # Beam configures the root logger itself; clipbeam's progress lines get their own handler.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("clipbeam: %(message)s"))
+        _log.addHandler(handler)
+        _log.setLevel(logging.INFO)
+        _log.propagate = False
     try:
         spec, _ = _launch(sys.argv[1:] if argv is None else list(argv), None, wait=True)
     except LaunchError as exc:

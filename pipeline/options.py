@@ -158,10 +158,12 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
     _add(
         io,
         "input",
-        action="append",
+        # Several values, so a glob the shell expanded into many files still means those files.
+        action="extend",
+        nargs="+",
         required=True,
         metavar="PATTERN",
-        help="Parquet file, glob or folder, local or gs:// (repeat for several; quote globs)",
+        help="Parquet files, globs or folders, local or gs://",
     )
     _add(io, "output", required=True, metavar="DIR", help="output folder, local or gs://")
     _add(

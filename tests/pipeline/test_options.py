@@ -40,6 +40,12 @@ def test_dash_and_underscore_spellings_are_the_same_option():
     assert under.spec.image_column == "jpg" and under.spec.batch_size == 8
 
 
+def test_input_takes_several_patterns():
+    # An unquoted glob expanded by the shell arrives as several values: they are all inputs.
+    parsed = parse_args(["embed", "--input", "a.parquet", "b.parquet", *BASE[2:], "--input", "c"])
+    assert parsed.inputs == ("a.parquet", "b.parquet", "c")
+
+
 def test_unknown_arguments_go_to_beam():
     parsed = parse(
         "embed",
