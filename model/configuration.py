@@ -117,8 +117,8 @@ class BaseConfig:
         torch_dtype = data.pop("torch_dtype", None)
         if data.get("dtype") is None and torch_dtype is not None:
             data["dtype"] = torch_dtype
-        if isinstance(data.get("dtype"), str):
-            data["dtype"] = data["dtype"].removeprefix("torch.")
+        if data.get("dtype") is not None:  # also accepts a torch.dtype given as an override
+            data["dtype"] = str(data["dtype"]).removeprefix("torch.")
         data = cls._prepare(data)
         known = {f.name for f in fields(cls) if f.init and f.name != "extra"}
         kwargs = {k: v for k, v in data.items() if k in known}

@@ -217,6 +217,7 @@ def load_pretrained(
     target_dtype = resolve_dtype(dtype, config, state.values())
     model.load_state_dict(state, strict=True, assign=True)
     model.to(device=target_device, dtype=target_dtype)
+    config.dtype = str(target_dtype).removeprefix("torch.")  # as transformers: the loaded dtype
     return model.eval()
 
 

@@ -294,7 +294,8 @@ def test_loaded_model_is_materialised_in_eval_mode(hf_checkpoint):
 def test_dtype_choices(tmp_path):
     hf_model(CLIP, "CLIPModel").half().save_pretrained(tmp_path)
     assert CLIPModel.from_pretrained(tmp_path).dtype == torch.float32  # None: float32
-    assert CLIPModel.from_pretrained(tmp_path, dtype="auto").dtype == torch.float16
+    auto = CLIPModel.from_pretrained(tmp_path, dtype="auto")
+    assert auto.dtype == torch.float16 and auto.config.dtype == "float16"
     assert CLIPModel.from_pretrained(tmp_path, torch_dtype="bfloat16").dtype == torch.bfloat16
     with pytest.raises(ValueError, match="disagree"):
         CLIPModel.from_pretrained(tmp_path, dtype=torch.float16, torch_dtype=torch.float32)
