@@ -436,7 +436,7 @@ def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = 
             raise LaunchError(
                 "classify needs candidate labels: pass --labels 'cat,dog' or --labels-file FILE"
             )
-    _check_names("--labels", labels)
+    _check_names("--labels-file" if labels_file else "--labels", labels)
     _check_names("--keep-columns", args["keep_columns"])
     _check_names("--reject-concepts", args.get("reject_concepts") or [])
 
