@@ -62,7 +62,7 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-# Temporary files of atomic local writes: ".<target name>.<32 hex digits>.tmp".
+# Temporary files of atomic writes (local and remote): ".<target name>.<32 hex digits>.tmp".
 _TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")
 # Remote writes keep up to this much in memory before spooling to a local temporary file.
 _SPOOL_MEMORY_BYTES = 32 * 1024 * 1024
