@@ -31,6 +31,8 @@ _EXPORTS: dict[str, str] = {
     "ChineseCLIPTextModel": "modeling_chinese_clip",
     "ChineseCLIPVisionModel": "modeling_chinese_clip",
     "load_model": "auto",
+    "model_type_of": "auto",
+    "weights_fingerprint": "auto",
     # tokenizers
     "CLIPTokenizer": "tokenization",
     "CLIPTokenizerFast": "tokenization",

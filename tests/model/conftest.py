@@ -2,8 +2,8 @@
 
 Fixtures:
 
-* ``clip_checkpoint`` / ``chinese_clip_checkpoint`` / ``checkpoint`` (both in turn): complete
-  checkpoint folders with tokenizer and preprocessor files (from :mod:`tests.checkpoints`).
+* ``clip_checkpoint`` / ``chinese_clip_checkpoint`` / ``checkpoint`` (both in turn), from the
+  plugin :mod:`tests.checkpoints`: complete folders with tokenizer and preprocessor files.
 * ``hf_checkpoint``: a factory ``hf_checkpoint(variant, model_class="CLIPModel", seed=0)`` that
   saves a transformers model of one of the tiny :data:`VARIANTS` with random weights (cached per
   session) and returns the folder.
@@ -22,15 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.checkpoints import checkpoint, chinese_clip_checkpoint, clip_checkpoint
-
 __all__ = [
     "VARIANTS",
     "assert_all_close",
     "assert_close",
-    "checkpoint",
-    "chinese_clip_checkpoint",
-    "clip_checkpoint",
     "hf_checkpoint",
     "hf_config",
     "text_batch",

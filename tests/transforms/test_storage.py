@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from tests.gcs import GcsEmulator
 
 # Until tests/conftest.py loads the plugin for every test package.
-pytest_plugins = ["tests.gcs"]
 
 
 @pytest.fixture(params=["local", "gs"])
