@@ -25,6 +25,9 @@ __all__ = ["main", "run"]
 
 _log = logging.getLogger("clipbeam")
 
+# Subcommands that are not Beam jobs: command -> module whose ``main(argv) -> int`` runs it.
+_TOOLS = {"report": "pipeline.report"}
+
 
 def run(
     argv: Sequence[str] | None = None,
@@ -112,8 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.addHandler(handler)
         _log.setLevel(logging.INFO)
         _log.propagate = False
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in _TOOLS:
+        import importlib
+
+        return importlib.import_module(_TOOLS[args[0]]).main(args[1:])
     try:
-        spec, _ = _launch(sys.argv[1:] if argv is None else list(argv), None, wait=True)
+        spec, _ = _launch(args, None, wait=True)
     except LaunchError as exc:
         print(f"clipbeam: error: {exc}", file=sys.stderr)
         return 2
