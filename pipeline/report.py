@@ -606,7 +606,6 @@ def thumbnail_uri(image: Image.Image, side: int = THUMBNAIL_SIDE) -> str:
     Transparent images are put on white first (JPEG has no alpha, and a plain conversion would
     turn transparent pixels into whatever colour they hide).
     """
-    image.draft("RGB", (side, side))  # JPEG: decode at a reduced scale, much faster for big ones
     if image.mode in ("P", "PA", "LA", "RGBA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         image = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -615,7 +614,8 @@ def thumbnail_uri(image: Image.Image, side: int = THUMBNAIL_SIDE) -> str:
         image = image.convert("RGB")
     image.thumbnail((side, side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=80, optimize=True)
+    # No chroma subsampling: at thumbnail size it would visibly smear coloured edges.
+    image.save(buffer, format="JPEG", quality=80, subsampling=0, optimize=True)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -974,13 +974,14 @@ def _card_section(id_: str, title: str, examples: Sequence[Example], intro: str)
 
 
 def _card(example: Example) -> str:
+    picture = ""  # no image and no note: the job read no images (a text-only embed)
     if example.thumbnail:
-        picture = f'<img src="{example.thumbnail}" alt="{_e(example.id)}">'
-    else:
-        picture = f'<div class="missing">{_e(example.note or "no image")}</div>'
+        picture = f'<div class="thumb"><img src="{example.thumbnail}" alt="{_e(example.id)}"></div>'
+    elif example.note:
+        picture = f'<div class="thumb"><div class="missing">{_e(example.note)}</div></div>'
     lines = []
     if example.score is not None:
-        name = "clip_score" if "clip_score" in example.values else "p"
+        name = "clip_score" if "clip_score" in example.values else "top-1 p"
         lines.append(f'<span class="score">{_e(name)} {example.score:.4f}</span>')
     reason = example.values.get("reject_reason")
     if reason:
@@ -999,10 +1000,7 @@ def _card(example: Example) -> str:
             f'<span class="caption" title="{_e(example.caption)}">{_e(example.caption)}</span>'
         )
     lines.append(f'<span class="muted mono">{_e(example.id)}</span>')
-    return (
-        f'<figure class="card"><div class="thumb">{picture}</div>'
-        f"<figcaption>{''.join(lines)}</figcaption></figure>"
-    )
+    return f'<figure class="card">{picture}<figcaption>{"".join(lines)}</figcaption></figure>'
 
 
 _RULES = {
