@@ -17,10 +17,23 @@ The work is split in two layers so that callers can parallelize it:
 
 Internally each image is kept channels-last (Pillow's layout), and moved to channels-first at the
 end; every step is element-wise or a slice, so the layout does not change any value.
+
+Two modes (:data:`PREPROCESS_MODES`):
+
+* ``"exact"`` (the default) gives the reference's values bit for bit, with less work: an 8-bit
+  PIL image is resized by Pillow as it is, without the two full-resolution copies through numpy
+  the reference makes, and rescale + normalize become one lookup in a 256-entry table per channel
+  (computed with the very same float operations, so every value is identical).
+* ``"fast"`` trades exactness for speed where the work is: a JPEG that is not decoded yet is
+  decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (Pillow's ``Image.draft``), never below the
+  resize target, and resizing first shrinks by whole factors with a box filter (Pillow's
+  ``reducing_gap``) before the final resampling. Outputs keep the exact mode's shapes; values
+  differ by about 1-2 levels of 255 (the benchmarks state the effect on image features).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -39,6 +52,7 @@ from .hub import CheckpointError, CheckpointNotFoundError, resolve_source
 __all__ = [
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
+    "PREPROCESS_MODES",
     "PREPROCESS_OPTIONS",
     "CLIPFeatureExtractor",
     "CLIPImageProcessor",
@@ -71,6 +85,15 @@ CHANNELS_FIRST = "channels_first"
 CHANNELS_LAST = "channels_last"
 _CHANNEL_COUNTS = (1, 3, 4)
 _RESAMPLE_NAMES = {int(r): r.name for r in PIL.Image.Resampling}
+
+# "exact": equal to transformers' PIL processors; "fast": reduced JPEG decoding and resizing.
+PREPROCESS_MODES = ("exact", "fast")
+# Fast mode's last resampling step shrinks by at most this much; larger factors are first
+# taken by box-filter reduction (Pillow's `thumbnail` uses the same value).
+FAST_REDUCING_GAP = 2.0
+# PIL modes whose pixels numpy and Pillow hold identically (what Image.fromarray gives back for
+# uint8 arrays of 1, 3 and 4 channels): such images are resized by Pillow directly.
+_PIL_LANE_MODES = frozenset({"L", "RGB", "RGBA"})
 
 # Keys that configs carry as metadata; they do not change preprocessing.
 _METADATA_KEYS = frozenset(
@@ -253,7 +276,13 @@ def _needs_255_scaling(pixels: np.ndarray) -> bool:
     )
 
 
-def resize(pixels: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
+def resize(
+    pixels: np.ndarray,
+    size: tuple[int, int],
+    resample: int,
+    *,
+    reducing_gap: float | None = None,
+) -> np.ndarray:
     """Resizes channels-last pixels to ``size`` = (height, width) with Pillow.
 
     Pillow resamples 8-bit images, so pixels are converted to uint8 first: 0-1 floats are scaled
@@ -265,6 +294,9 @@ def resize(pixels: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarr
         size: target (height, width).
         resample: a Pillow filter code (0 nearest, 1 Lanczos, 2 bilinear, 3 bicubic, 4 box,
             5 Hamming).
+        reducing_gap: ``None`` for one exact resampling step; a number lets Pillow first shrink
+            by a whole factor with a box filter, so that the last step shrinks by at most this
+            much (faster on large images, slightly different values).
 
     Returns:
         (height, width, C) array: uint8, or float32 when the input was 0-1 floats.
@@ -276,7 +308,7 @@ def resize(pixels: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarr
         plane = rescale(plane, 255)
     image = PIL.Image.fromarray(plane.astype(np.uint8, copy=False))
     # np.array, not np.asarray: a view of Pillow's buffer is read-only.
-    resized = np.array(image.resize((width, height), resample=resample))
+    resized = np.array(image.resize((width, height), resample=resample, reducing_gap=reducing_gap))
     if resized.ndim == 2:
         resized = resized[..., None]
     return rescale(resized, 1 / 255) if scaled else resized
@@ -363,32 +395,144 @@ class ImageSettings:
     input_data_format: str | None = None
 
 
-def process_image(image: ImageInput, settings: ImageSettings) -> np.ndarray:
+def process_image(image: ImageInput, settings: ImageSettings, *, mode: str = "exact") -> np.ndarray:
     """Preprocesses one image: RGB conversion, resize, center crop, rescale, normalize.
 
-    Stateless and thread-safe (Pillow releases the GIL while resampling), so batches can be
-    spread over a pool and stacked with ``np.stack``.
+    Stateless and thread-safe (Pillow releases the GIL while decoding and resampling), so batches
+    can be spread over a pool of threads and stacked with ``np.stack``.
 
     Args:
-        image: a PIL image, or a numpy array / torch tensor (H, W), (C, H, W) or (H, W, C).
+        image: a PIL image, or a numpy array / torch tensor (H, W), (C, H, W) or (H, W, C). A PIL
+            image may be opened and not yet loaded (``PIL.Image.open`` without ``load()``); it is
+            decoded here. In fast mode such a JPEG is decoded at reduced scale, which changes the
+            image object in place (as ``Image.draft`` does).
         settings: resolved options (see :meth:`CLIPImageProcessor.resolve_settings`).
+        mode: ``"exact"`` (the reference's values, bit for bit) or ``"fast"`` (see the module
+            docstring).
 
     Returns:
         A channels-first (C, H, W) array; float32 whenever rescaling or normalizing is on.
+
+    Raises:
+        ValueError: the mode is unknown, or the image is unusable.
+        OSError: the data of an image that was not loaded yet cannot be decoded (from Pillow).
     """
-    pixels = to_channels_last(
-        image, do_convert_rgb=settings.do_convert_rgb, input_data_format=settings.input_data_format
-    )
-    if settings.do_resize:
-        target = resize_output_size(pixels.shape[0], pixels.shape[1], settings.size)
-        pixels = resize(pixels, target, settings.resample)
+    fast = _check_mode(mode) == "fast"
+    if _in_pil_lane(image, settings):
+        pixels = _resize_pil(image, settings, fast=fast)  # type: ignore[arg-type]
+    else:
+        pixels = to_channels_last(
+            image,
+            do_convert_rgb=settings.do_convert_rgb,
+            input_data_format=settings.input_data_format,
+        )
+        if settings.do_resize:
+            target = resize_output_size(pixels.shape[0], pixels.shape[1], settings.size)
+            gap = FAST_REDUCING_GAP if fast else None
+            pixels = resize(pixels, target, settings.resample, reducing_gap=gap)
     if settings.do_center_crop:
         pixels = center_crop(pixels, settings.crop_size["height"], settings.crop_size["width"])
+    if pixels.dtype == np.uint8 and (settings.do_rescale or settings.do_normalize):
+        table = _value_table(
+            pixels.shape[-1],
+            settings.do_rescale,
+            settings.rescale_factor,
+            settings.do_normalize,
+            settings.image_mean,
+            settings.image_std,
+        )
+        return _look_up(pixels, table)
     if settings.do_rescale:
         pixels = rescale(pixels, settings.rescale_factor)
     if settings.do_normalize:
         pixels = normalize(pixels, settings.image_mean, settings.image_std)
     return np.ascontiguousarray(np.moveaxis(pixels, -1, 0))  # HWC -> CHW
+
+
+def _in_pil_lane(image: ImageInput, settings: ImageSettings) -> bool:
+    """Whether Pillow can resize the image as it is: an 8-bit L, RGB or RGBA image after the RGB
+    conversion, whose pixels are exactly the array the numpy path would hand back to Pillow."""
+    if not isinstance(image, PIL.Image.Image) or not settings.do_resize:
+        return False
+    return settings.do_convert_rgb or image.mode in _PIL_LANE_MODES
+
+
+def _resize_pil(image: PIL.Image.Image, settings: ImageSettings, *, fast: bool) -> np.ndarray:
+    """Resizes a PIL image with Pillow directly; channels-last uint8 out.
+
+    In exact mode this gives what :func:`to_channels_last` + :func:`resize` give (Pillow receives
+    the same pixels in the same mode) without copying the full-size image to numpy and back.
+    """
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise ValueError(f"the image is empty: height {height}, width {width}")
+    target_height, target_width = resize_output_size(height, width, settings.size)
+    box, gap = None, None
+    if fast:
+        # A JPEG not yet decoded is decoded at 1/2, 1/4 or 1/8 scale, never below the target.
+        # `box` is where the whole picture lies in the reduced image (its size is rounded up),
+        # so the output covers exactly what exact mode's covers.
+        drafted = image.draft(None, (target_width, target_height))
+        box = drafted[1] if drafted is not None else None
+        gap = FAST_REDUCING_GAP
+    if settings.do_convert_rgb:
+        image = _as_rgb(image)
+    resized = image.resize(
+        (target_width, target_height), resample=settings.resample, box=box, reducing_gap=gap
+    )
+    pixels = np.array(resized)  # np.array, not np.asarray: a view of Pillow's buffer is read-only
+    return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def _as_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    """:func:`convert_pil_to_rgb`, without its copy when the image is plain RGB already."""
+    if image.mode == "RGB" and image.info.get("transparency") is None:
+        return image
+    return convert_pil_to_rgb(image)
+
+
+@functools.lru_cache(maxsize=64)
+def _value_table(
+    channels: int,
+    do_rescale: bool,
+    rescale_factor: float,
+    do_normalize: bool,
+    image_mean: float | tuple[float, ...],
+    image_std: float | tuple[float, ...],
+) -> np.ndarray:
+    """What rescaling and normalizing make of each 8-bit value: ``[channels, 256]``, read-only.
+
+    The table is computed by :func:`rescale` and :func:`normalize` themselves, applied to an image
+    holding the 256 possible values; both are element-wise, so looking a pixel up gives exactly
+    the value the arithmetic on the whole image gives, for a fraction of the work.
+    """
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], channels, axis=2)
+    values: np.ndarray = levels  # an image of 256 rows, 1 column
+    if do_rescale:
+        values = rescale(values, rescale_factor)
+    if do_normalize:
+        values = normalize(values, image_mean, image_std)
+    table = np.ascontiguousarray(values[:, 0, :].T)
+    table.flags.writeable = False
+    return table
+
+
+def _look_up(pixels: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Channels-last uint8 pixels mapped through ``table``, channels first."""
+    out = np.empty((pixels.shape[-1], *pixels.shape[:2]), dtype=table.dtype)
+    for channel in range(pixels.shape[-1]):
+        # uint8 indices are always in range; "clip" spares numpy's bounds-checking buffer.
+        np.take(table[channel], pixels[..., channel], out=out[channel], mode="clip")
+    return out
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in PREPROCESS_MODES:
+        raise ValueError(
+            f"preprocessing mode must be 'exact' (the reference's values) or 'fast' (reduced "
+            f"JPEG decoding and resizing), got {mode!r}"
+        )
+    return mode
 
 
 def _check_layout(value: str | None) -> str | None:
@@ -603,15 +747,19 @@ class CLIPImageProcessor:
         self,
         images: ImageInput | Sequence[Any],
         return_tensors: str | None = None,
+        *,
+        mode: str = "exact",
         **overrides: Any,
     ) -> BatchFeature:
         """Same as :meth:`preprocess`."""
-        return self.preprocess(images, return_tensors=return_tensors, **overrides)
+        return self.preprocess(images, return_tensors=return_tensors, mode=mode, **overrides)
 
     def preprocess(
         self,
         images: ImageInput | Sequence[Any],
         return_tensors: str | None = None,
+        *,
+        mode: str = "exact",
         **overrides: Any,
     ) -> BatchFeature:
         """Preprocesses an image or a batch of images.
@@ -621,6 +769,8 @@ class CLIPImageProcessor:
                 4-D array or tensor holding a batch, or a (nested) list of those.
             return_tensors: ``"pt"`` for a torch tensor, ``"np"`` for a numpy array, ``None``
                 for a list of (C, H, W) numpy arrays.
+            mode: ``"exact"`` for transformers' values bit for bit, ``"fast"`` for reduced JPEG
+                decoding and resizing (see :func:`process_image`).
             **overrides: options for this call only (see :meth:`resolve_settings`).
 
         Returns:
@@ -631,7 +781,7 @@ class CLIPImageProcessor:
                 (possible without a center crop) when a tensor is requested.
         """
         settings = self.resolve_settings(**overrides)
-        batch = [process_image(image, settings) for image in _flatten_images(images)]
+        batch = [process_image(image, settings, mode=mode) for image in _flatten_images(images)]
         if return_tensors is not None and len({p.shape for p in batch}) > 1:
             shapes = sorted({p.shape for p in batch})
             raise ValueError(
@@ -641,14 +791,16 @@ class CLIPImageProcessor:
             )
         return BatchFeature({"pixel_values": batch}, tensor_type=return_tensors)
 
-    def preprocess_one(self, image: ImageInput, **overrides: Any) -> np.ndarray:
+    def preprocess_one(
+        self, image: ImageInput, *, mode: str = "exact", **overrides: Any
+    ) -> np.ndarray:
         """Preprocesses a single image into a (C, H, W) array (float32 with the usual options).
 
         For pipelines that preprocess images one by one in parallel and stack them; resolving
         the settings once with :meth:`resolve_settings` and calling :func:`process_image` saves
         the validation per image.
         """
-        return process_image(image, self.resolve_settings(**overrides))
+        return process_image(image, self.resolve_settings(**overrides), mode=mode)
 
     # -- serialization -------------------------------------------------------------------------
 
