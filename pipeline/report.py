@@ -46,6 +46,7 @@ from transforms import storage
 from transforms.errors import ERROR_TYPES, RowError
 from transforms.spec import OUTPUT_DIRS
 from transforms.stats import score_histogram
+from transforms.units import WorkUnit, plan_units
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -216,6 +217,8 @@ def collect(
     """
     if examples < 0:
         raise ValueError(f"examples must be non-negative (got {examples})")
+    if thumbnail_side < 1:
+        raise ValueError(f"thumbnail_side must be at least 1 pixel (got {thumbnail_side})")
     output = output.rstrip("/") or output
     summary = _read_json(output, SUMMARY_FILE, required=True)
     kind = summary.get("job")
@@ -424,13 +427,14 @@ class _ErrorReader:
                 parquet = pq.ParquetFile(f)
                 for batch in parquet.iter_batches(batch_size=_BATCH_ROWS):
                     table = pa.Table.from_batches([batch])
-                    id_name = table.column_names[0]
-                    for row in table.to_pylist():
-                        kind = row["error_type"] or "unknown"
-                        self.counts[kind] += 1
+                    kinds = [k or "unknown" for k in table.column("error_type").to_pylist()]
+                    self.counts.update(kinds)
+                    # Only rows still needed as examples are converted to Python.
+                    for i, kind in enumerate(kinds):
                         listed = self.examples.setdefault(kind, [])
                         if len(listed) < ERROR_EXAMPLES:
-                            listed.append({**row, "id": row[id_name]})
+                            row = table.slice(i, 1).to_pylist()[0]
+                            listed.append({**row, "id": row[table.column_names[0]]})
                     rows += table.num_rows
         return rows
 
@@ -482,8 +486,6 @@ def _attach_inputs(data: ReportData, thumbnail_side: int) -> list[str]:
     if image_column is None and text_column is None:
         return []
 
-    from transforms.units import plan_units
-
     try:
         units = plan_units(job.get("inputs") or [])
     except (FileNotFoundError, ValueError, OSError) as exc:
@@ -502,7 +504,11 @@ def _attach_inputs(data: ReportData, thumbnail_side: int) -> list[str]:
             for example in group:
                 example.note = f"its input row group ({name}) is no longer in the inputs"
             continue
-        _read_unit_rows(unit, group, job, thumbnail_side)
+        try:
+            _read_unit_rows(unit, group, job, thumbnail_side)
+        except (OSError, ValueError) as exc:  # unreadable file, changed schema (ArrowInvalid)
+            for example in group:
+                example.note = f"cannot read {unit.path}: {exc}"
     missing = sum(1 for e in examples if e.note)
     if missing:
         return [
@@ -512,7 +518,9 @@ def _attach_inputs(data: ReportData, thumbnail_side: int) -> list[str]:
     return []
 
 
-def _read_unit_rows(unit: Any, examples: list[Example], job: dict[str, Any], side: int) -> None:
+def _read_unit_rows(
+    unit: WorkUnit, examples: list[Example], job: dict[str, Any], side: int
+) -> None:
     """Reads the image and caption of ``examples`` (all from ``unit``) from the input file."""
     from transforms.images import load_image, resolve_image_format
 
@@ -521,7 +529,8 @@ def _read_unit_rows(unit: Any, examples: list[Example], job: dict[str, Any], sid
     with storage.open_input(unit.path) as f:
         parquet = pq.ParquetFile(f)
         schema = parquet.schema_arrow
-        if any(c is not None and c not in schema.names for c in (image_column, text_column)):
+        needed = (image_column, text_column, id_column)
+        if any(c is not None and c not in schema.names for c in needed):
             for example in examples:
                 example.note = f"{unit.path} no longer has the job's columns"
             return
@@ -591,7 +600,7 @@ def _id_positions(
     return positions
 
 
-def _default_id_row(row_id: Any, unit: Any) -> int | None:
+def _default_id_row(row_id: Any, unit: WorkUnit) -> int | None:
     """The row (within the unit's row group) of a default ``"<file>:<row>"`` id."""
     source, _, number = str(row_id).rpartition(":")
     if source != (unit.source_name or unit.path) or not number.isdigit():
@@ -1116,14 +1125,18 @@ def write_report(
     return path
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
-    return value
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its "invalid ... value" messages
+    return parse
 
 
 def build_parser(prog: str = "clipbeam report") -> argparse.ArgumentParser:
@@ -1140,14 +1153,14 @@ def build_parser(prog: str = "clipbeam report") -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--examples",
-        type=_positive,
+        type=_at_least(0),
         default=DEFAULT_EXAMPLES,
         metavar="N",
         help=f"rows shown per section: highest, lowest, rejected (default: {DEFAULT_EXAMPLES})",
     )
     parser.add_argument(
         "--thumbnail-size",
-        type=_positive,
+        type=_at_least(16),
         default=THUMBNAIL_SIDE,
         metavar="PX",
         help=f"longest side of the thumbnails (default: {THUMBNAIL_SIDE})",
