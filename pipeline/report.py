@@ -54,9 +54,11 @@ __all__ = [
     "Example",
     "ReportData",
     "ReportError",
+    "build_parser",
     "collect",
     "main",
     "render",
+    "thumbnail_uri",
     "write_report",
 ]
 
