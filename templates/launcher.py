@@ -1,0 +1,463 @@
+"""The Dataflow Flex Template entry point: template parameters in, a submitted clipbeam job out.
+
+Dataflow's template launcher runs this file (the image's ``FLEX_TEMPLATE_PYTHON_PY_FILE``) with
+every template parameter as ``--name=value``, after the pipeline options it sets itself
+(``--runner``, ``--project``, ``--region``, ``--job_name``, ``--temp_location``,
+``--template_location``, ``--sdk_container_image``, ``--labels``...). :func:`translate` turns that
+into a ``clipbeam JOB ...`` command line:
+
+- the ``job`` parameter (embed, score, filter or classify) becomes the subcommand;
+- ``class_labels`` becomes classify's ``--labels``. Dataflow passes the job's own labels as
+  ``--labels={"key": "value"}``, so a template parameter cannot be called ``labels``: every
+  ``--labels`` the launcher receives is a Dataflow job label and goes to Beam untouched;
+- ``name=true`` / ``name=false`` of an on/off option becomes the bare flag, or nothing;
+- everything else passes through: clipbeam accepts its options spelled with underscores, and
+  whatever clipbeam does not define is a Beam pipeline option.
+
+Workers are other machines than the launcher: :func:`check_remote` refuses local paths for the
+input, output, model and labels file, which no worker could read.
+
+``templates/metadata.json`` describes the parameters to Dataflow. :func:`template_metadata`
+derives it from the clipbeam parser; regenerate the file after changing an option with::
+
+    python -m templates.write_metadata
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "CLASS_LABELS",
+    "JOB",
+    "TemplateCall",
+    "check_remote",
+    "launch",
+    "main",
+    "template_metadata",
+    "translate",
+]
+
+# Template parameters that are not clipbeam options of the same name.
+JOB = "job"
+CLASS_LABELS = "class_labels"
+# clipbeam option (by argparse dest) -> template parameter, where the names must differ.
+_RENAMED = {"labels": CLASS_LABELS}
+
+# A gs:// URL: a bucket, then optionally an object path, folder or glob.
+_GCS_URL = r"^gs://[^/\s]+(?:/.*)?$"
+# Any URL with a scheme other than file://: something every worker can read.
+_REMOTE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
+
+
+# -- from template parameters to a clipbeam command line --------------------------------------
+
+
+@dataclass(frozen=True)
+class TemplateCall:
+    """A template invocation, translated.
+
+    Attributes:
+        command: the ``clipbeam`` command line (subcommand first, then its options and any Beam
+            pipeline options).
+        job_labels: the Dataflow job labels the launcher passed as ``--labels`` values, kept
+            apart so classify's ``--labels`` can never take them.
+    """
+
+    command: tuple[str, ...]
+    job_labels: tuple[str, ...]
+
+    def beam_label_args(self) -> list[str]:
+        """The job labels as Beam ``--labels`` arguments."""
+        return [f"--labels={label}" for label in self.job_labels]
+
+
+def _template_parser() -> argparse.ArgumentParser:
+    from pipeline.options import JOB_KINDS, LaunchError
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):  # type: ignore[override]
+            raise LaunchError(f"template parameters: {message}")
+
+    parser = Parser(prog="clipbeam template", add_help=False, allow_abbrev=False)
+    parser.add_argument(f"--{JOB}", choices=JOB_KINDS)
+    parser.add_argument(f"--{CLASS_LABELS}")
+    # Dataflow's job labels: a JSON object per value, or key=value (see Beam's --labels).
+    parser.add_argument("--labels", action="append", default=[])
+    return parser
+
+
+def _flags(job: str) -> frozenset[str]:
+    """The option strings of ``job``'s on/off options (options that take no value)."""
+    return frozenset(
+        s for action in _job_actions(job) if action.nargs == 0 for s in action.option_strings
+    )
+
+
+def translate(argv: Sequence[str]) -> TemplateCall:
+    """Turns the arguments Dataflow's template launcher passes into a clipbeam command line.
+
+    Args:
+        argv: the launcher's arguments, e.g. ``["--runner=DataflowRunner", "--job=score",
+            "--input=gs://b/in/*.parquet", "--labels={\\"team\\": \\"data\\"}", ...]``.
+
+    Returns:
+        The clipbeam command line and, apart, the Dataflow job labels.
+
+    Raises:
+        LaunchError: no ``job`` parameter, or ``class_labels`` for a job other than classify.
+    """
+    from pipeline.options import JOB_KINDS, LaunchError
+
+    known, rest = _template_parser().parse_known_args(list(argv))
+    if known.job is None:
+        raise LaunchError(
+            f"the template needs the {JOB} parameter: one of {', '.join(JOB_KINDS)} "
+            f"(e.g. --parameters {JOB}=score)"
+        )
+    if known.class_labels is not None and known.job != "classify":
+        raise LaunchError(
+            f"{CLASS_LABELS} is a parameter of the classify job, not {known.job}; leave it out"
+        )
+    flags = _flags(known.job)
+    command = [known.job]
+    for arg in rest:
+        name, has_value, value = arg.partition("=")
+        if has_value and name in flags:
+            # Flex Templates pass every parameter with a value; an on/off option takes none.
+            if _parse_bool(value, name):
+                command.append(name)
+            continue
+        command.append(arg)
+    if known.class_labels is not None:
+        command.append(f"--labels={known.class_labels}")
+    return TemplateCall(command=tuple(command), job_labels=tuple(known.labels))
+
+
+def _parse_bool(text: str, name: str) -> bool:
+    from pipeline.options import LaunchError
+
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off", ""):
+        return False
+    raise LaunchError(f"{name} takes true or false, got {text!r}")
+
+
+def _is_remote(path: str) -> bool:
+    return bool(_REMOTE.match(path)) and not path.lower().startswith("file://")
+
+
+def check_remote(parsed: Any) -> None:
+    """Refuses paths that only exist on the launcher: every worker is another machine.
+
+    Args:
+        parsed: the :class:`pipeline.options.ParsedArgs` of the job.
+
+    Raises:
+        LaunchError: the input, output, model or labels file is a local path (or a file:// URL).
+            A model may also be a checkpoint bundled with clipbeam (it is in the image).
+    """
+    from model.hub import BUNDLED
+    from pipeline.options import LaunchError
+
+    spec = parsed.spec
+    places = [("input", p) for p in parsed.inputs]
+    places += [("output", spec.output), ("model", spec.model)]
+    if parsed.labels_file is not None:
+        places.append(("labels_file", parsed.labels_file))
+    for name, path in places:
+        if _is_remote(path) or (name == "model" and path in BUNDLED):
+            continue
+        hint = (
+            " (copy the checkpoint folder there, e.g. `gcloud storage cp -r DIR gs://BUCKET/`, "
+            f"or use a bundled model: {', '.join(BUNDLED)})"
+            if name == "model"
+            else ""
+        )
+        raise LaunchError(
+            f"{name} {path!r} is a local path, but on Dataflow every worker is a different "
+            f"machine that cannot read the launcher's disk: pass a gs:// URL{hint}"
+        )
+
+
+def launch(argv: Sequence[str]) -> Any:
+    """Validates and submits (or, under a template launcher, stages) one clipbeam job.
+
+    Args:
+        argv: the template launcher's arguments (see :func:`translate`).
+
+    Returns:
+        Beam's ``PipelineResult``. Under a template launcher (``--template_location``) the job
+        is written there for Dataflow to start; nothing waits for it to finish.
+
+    Raises:
+        LaunchError: a problem found before anything was submitted.
+    """
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.cli import run
+    from pipeline.options import parse_args
+
+    call = translate(argv)
+    parsed = parse_args(call.command)
+    check_remote(parsed)
+    # The pipeline is built here so that the Dataflow job labels reach Beam's options without
+    # ever passing through clipbeam's parser, where classify's --labels would take them.
+    options = PipelineOptions([*parsed.beam_args, *call.beam_label_args()])
+    return run(call.command, test_pipeline=beam.Pipeline(options=options), wait=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs :func:`launch`; a launch error is printed as one line and exits with status 2."""
+    from pipeline.options import LaunchError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        launch(sys.argv[1:] if argv is None else argv)
+    except LaunchError as exc:
+        print(f"clipbeam template: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# -- metadata.json from the clipbeam parser -----------------------------------------------------
+
+# Regexes (anchored, in the syntax Java and Python share) by the name of an option's value type.
+_INT = r"^[+-]?[0-9]+$"
+_FLOAT = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
+_BOOL = r"^(?i:true|false|yes|no|on|off|1|0)$"
+_LIST = r"^\s*[^,\s][^,]*(?:,\s*[^,\s][^,]*)*$"  # comma-separated, no empty entry
+_REGEX_BY_TYPE = {
+    "int": _INT,
+    "float": _FLOAT,
+    "_bool": _BOOL,
+    "_column": r"^\S(?:.*\S)?$",
+    "_names": _LIST,
+    "_schemes": _LIST,
+    "_byte_count": r"^\s*[0-9]+\s*[A-Za-z]*\s*$",  # units are checked by the launcher
+}
+# Plain string options, by dest.
+_REGEX_BY_DEST = {
+    "input": _GCS_URL,
+    "output": _GCS_URL,
+    "labels_file": _GCS_URL,
+    "template": r"^.*\{\}.*$",
+}
+# Dataflow's input pickers, by dest (the rest are TEXT). Only types that never pre-fill a value:
+# a BOOLEAN or NUMBER picker would send false or 0 for a parameter the user left alone.
+_PARAM_TYPE_BY_DEST = {"output": "GCS_WRITE_FOLDER", "labels_file": "GCS_READ_FILE"}
+_LABEL_WORDS = {"id": "ID", "http": "HTTP", "url": "URL", "k": "K"}
+# Help that differs from the command line's: on Dataflow, paths are gs:// URLs and a parameter
+# holds one value.
+_TEMPLATE_HELP = {
+    "input": "Parquet input on Cloud Storage: a file, a glob or a folder, e.g. "
+    "gs://bucket/data/*.parquet.",
+    "output": "Output folder on Cloud Storage, e.g. gs://bucket/out/run1. It must hold no "
+    "earlier results unless resume is true.",
+    "model": "Checkpoint folder in the Hugging Face layout on Cloud Storage, e.g. "
+    "gs://bucket/models/clip-vit-base-patch16 (each worker fetches it once and caches it), or a "
+    "bundled demo model: demo-clip, demo-chinese-clip.",
+    "labels_file": "A UTF-8 text file on Cloud Storage with one label per line; not with "
+    "class_labels.",
+    "template": "Prompt template with one {} where the label (classify) or the concept (filter) "
+    "goes. Default: 'a photo of a {}.'.",
+}
+
+_DESCRIPTION = (
+    "CLIP and Chinese-CLIP over image-text Parquet datasets: embeddings (embed), image-text "
+    "similarity scores (score), filtering (filter) and zero-shot labels (classify), written back "
+    "as Parquet under the output folder with errors/ and summary.json."
+)
+
+
+def _job_parsers() -> dict[str, argparse.ArgumentParser]:
+    from pipeline.options import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def _job_actions(job: str) -> Iterator[argparse.Action]:
+    for action in _job_parsers()[job]._actions:
+        if action.option_strings and not isinstance(action, argparse._HelpAction):
+            yield action
+
+
+def _type_name(action: argparse.Action) -> str:
+    if action.nargs == 0:
+        return "_bool"
+    return getattr(action.type, "__name__", "str") if action.type is not None else "str"
+
+
+def _regex(action: argparse.Action) -> str | None:
+    if action.choices is not None:
+        return "^(?:" + "|".join(re.escape(str(c)) for c in action.choices) + ")$"
+    kind = _type_name(action)
+    if kind in _REGEX_BY_TYPE:
+        return _REGEX_BY_TYPE[kind]
+    if kind == "str":
+        if action.dest == "model":
+            from model.hub import BUNDLED
+
+            return r"^(?:gs://[^/\s]+/.+|" + "|".join(re.escape(b) for b in BUNDLED) + ")$"
+        if action.dest in _REGEX_BY_DEST:
+            return _REGEX_BY_DEST[action.dest]
+    raise ValueError(
+        f"the template cannot describe --{action.dest.replace('_', '-')}: its values are of a "
+        f"type ({kind}) that templates/launcher.py has no regex for. Add one to _REGEX_BY_TYPE "
+        "(or _REGEX_BY_DEST for a plain string), then run `python -m templates.write_metadata`."
+    )
+
+
+def _as_value(value: Any, action: argparse.Action) -> str | None:
+    """A default as a user would type it as a parameter, or ``None`` for no default."""
+    from pipeline.options import NONE
+
+    if value is None:
+        return NONE if _type_name(action) == "_column" else None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value) or None
+    return str(value)
+
+
+def _words(jobs: Sequence[str]) -> str:
+    return jobs[0] if len(jobs) == 1 else f"{', '.join(jobs[:-1])} and {jobs[-1]}"
+
+
+def _help_text(
+    action: argparse.Action, jobs: list[str], defaults: dict[str, list[str]], names: dict[str, str]
+) -> str:
+    from pipeline.options import JOB_KINDS
+
+    if action.dest in _TEMPLATE_HELP:
+        text = _TEMPLATE_HELP[action.dest]
+        return text if len(jobs) == len(JOB_KINDS) else f"{text} Only for {_words(jobs)}."
+    text = action.help or ""
+    if "%" in text:
+        text = text % {**vars(action), "prog": "clipbeam"}
+    # The help names options as --dashed-names; a template user passes parameter names.
+    text = re.sub(
+        r"--([a-z][a-z0-9-]*)",
+        lambda m: names.get(m.group(1).replace("-", "_"), m.group(0)),
+        text,
+    )
+    text = text[:1].upper() + text[1:]
+    if not text.endswith("."):
+        text += "."
+    if action.type is not None and _type_name(action) in ("_names", "_schemes"):
+        pass  # comma-separated lists take several values in one parameter
+    elif isinstance(action, argparse._AppendAction | argparse._ExtendAction):
+        text += " One value as a template parameter."
+    if len(defaults) == 1:
+        ((value, _),) = defaults.items()
+        text += f" Default: {value}."
+    elif defaults:
+        parts = [f"{value} for {_words(on)}" for value, on in defaults.items()]
+        text += f" Default: {'; '.join(parts)}."
+    if len(jobs) < len(JOB_KINDS):
+        text += f" Only for {_words(jobs)}."
+    return text
+
+
+def _label(name: str) -> str:
+    words = [_LABEL_WORDS.get(w, w) for w in name.split("_")]
+    return " ".join([words[0][:1].upper() + words[0][1:], *words[1:]])
+
+
+def template_metadata() -> dict[str, Any]:
+    """The Flex Template metadata (``templates/metadata.json``), derived from the clipbeam parser.
+
+    Every option of every job becomes one parameter named after it with underscores (classify's
+    ``--labels`` becomes ``class_labels``), plus the ``job`` parameter. An option several jobs
+    share is one parameter; one that only some jobs have is shown only when ``job`` selects one
+    of them.
+
+    Returns:
+        The metadata as a JSON-ready dict.
+
+    Raises:
+        ValueError: an option whose values no regex here describes, or one that two jobs define
+            with different value types.
+    """
+    from pipeline.options import JOB_KINDS
+
+    first: dict[str, argparse.Action] = {}
+    jobs: dict[str, list[str]] = {}
+    required: dict[str, bool] = {}
+    defaults: dict[str, dict[str, list[str]]] = {}
+    for job in JOB_KINDS:
+        for action in _job_actions(job):
+            dest = action.dest
+            seen = first.get(dest)
+            if seen is not None and (_type_name(seen), seen.choices) != (
+                _type_name(action),
+                action.choices,
+            ):
+                raise ValueError(
+                    f"--{dest} takes different values in {jobs[dest][0]} and {job}; one template "
+                    "parameter cannot describe both"
+                )
+            first.setdefault(dest, action)
+            jobs.setdefault(dest, []).append(job)
+            required[dest] = required.get(dest, True) and bool(action.required)
+            value = _as_value(action.default, action)
+            if value is not None:
+                defaults.setdefault(dest, {}).setdefault(value, []).append(job)
+
+    names = {dest: _RENAMED.get(dest, dest) for dest in first}
+    parameters: list[dict[str, Any]] = [
+        {
+            "name": JOB,
+            "label": "Job",
+            "helpText": "What to compute: embed (embeddings), score (image-text similarity), "
+            "filter (keep or reject pairs) or classify (zero-shot labels).",
+            "isOptional": False,
+            "regexes": ["^(?:" + "|".join(JOB_KINDS) + ")$"],
+            "paramType": "ENUM",
+            "enumOptions": [{"value": kind, "label": kind} for kind in JOB_KINDS],
+        }
+    ]
+    for dest, action in first.items():
+        on = jobs[dest]
+        parameter: dict[str, Any] = {
+            "name": names[dest],
+            "label": _label(names[dest]),
+            "helpText": _help_text(action, on, defaults.get(dest, {}), names),
+            "isOptional": not required[dest],
+            "regexes": [_regex(action)],
+        }
+        shared_default = defaults.get(dest, {})
+        if action.choices is not None and len(shared_default) == 1:
+            # A drop-down pre-fills its first entry: pre-fill clipbeam's default instead.
+            ((value, default_jobs),) = shared_default.items()
+            if default_jobs == on:
+                parameter["paramType"] = "ENUM"
+                parameter["enumOptions"] = [{"value": c, "label": c} for c in action.choices]
+                parameter["defaultValue"] = value
+        parameter.setdefault("paramType", _PARAM_TYPE_BY_DEST.get(dest, "TEXT"))
+        if len(on) < len(JOB_KINDS):
+            parameter["parentName"] = JOB
+            parameter["parentTriggerValues"] = on
+        parameters.append(parameter)
+    return {
+        "name": "clipbeam",
+        "description": _DESCRIPTION,
+        "streaming": False,
+        "parameters": parameters,
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

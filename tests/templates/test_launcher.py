@@ -1,0 +1,187 @@
+"""The Flex Template entry point: template parameters -> clipbeam command line, and a full launch
+that builds each job's Dataflow job without submitting it (DataflowRunner ``--dry_run``) against
+the storage emulator, as Dataflow's template launcher would call it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from apache_beam.internal import pickler
+from apache_beam.portability import common_urns
+from apache_beam.portability.api import beam_runner_api_pb2
+
+from pipeline.options import LaunchError, parse_args
+from templates import launcher
+from tests.datasets import build_dataset
+from transforms import storage
+from transforms.process import UnitDoFn
+
+JOB_LABELS = '{"goog-dataflow-provided-template-type": "flex", "team": "curation"}'
+
+
+def test_translate_maps_job_and_class_labels_and_keeps_job_labels_apart():
+    call = launcher.translate(
+        [
+            "--runner=DataflowRunner",
+            "--input=gs://bucket-a/in/*.parquet",
+            f"--labels={JOB_LABELS}",
+            "--job=classify",
+            "--class_labels=cat,dog",
+            "--labels=cost-center=42",
+            "--top_k=1",
+        ]
+    )
+    assert call.command == (
+        "classify",
+        "--runner=DataflowRunner",
+        "--input=gs://bucket-a/in/*.parquet",
+        "--top_k=1",
+        "--labels=cat,dog",
+    )
+    assert call.job_labels == (JOB_LABELS, "cost-center=42")
+    assert call.beam_label_args() == [f"--labels={JOB_LABELS}", "--labels=cost-center=42"]
+
+
+def test_translate_turns_on_off_values_into_flags(monkeypatch):
+    # No clipbeam option is a bare flag today; the translation must hold for the first one.
+    monkeypatch.setattr(launcher, "_flags", lambda job: frozenset({"--compile"}))
+    on = launcher.translate(["--job=embed", "--compile=True", "--batch_size=8"])
+    off = launcher.translate(["--job=embed", "--compile=false", "--batch_size=8"])
+    assert on.command == ("embed", "--compile", "--batch_size=8")
+    assert off.command == ("embed", "--batch_size=8")
+    with pytest.raises(LaunchError, match="--compile takes true or false, got 'maybe'"):
+        launcher.translate(["--job=embed", "--compile=maybe"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--input=gs://b/x"], "needs the job parameter: one of embed, score, filter, classify"),
+        (["--job=rank"], "invalid choice: 'rank'"),
+        (["--job=score", "--class_labels=cat"], "class_labels is a parameter of the classify job"),
+    ],
+)
+def test_translate_errors(argv, message):
+    with pytest.raises(LaunchError, match=message):
+        launcher.translate(argv)
+
+
+REMOTE = ["--input=gs://bucket-a/in/*.parquet", "--output=gs://bucket-a/out"]
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        (["--input=data/*.parquet", "--output=gs://bucket-a/out", "--model=demo-clip"], "input"),
+        (["--input=gs://bucket-a/in", "--output=/tmp/out", "--model=demo-clip"], "output"),
+        ([*REMOTE, "--model=/models/clip"], "model"),
+        ([*REMOTE, "--model=openai/clip-vit-base-patch32"], "model"),
+        ([*REMOTE, "--model=file:///models/clip"], "model"),
+        ([*REMOTE, "--model=demo-clip", "--labels_file=labels.txt"], "labels_file"),
+    ],
+)
+def test_check_remote_refuses_paths_only_the_launcher_has(args, name):
+    job = ["classify"] if any("labels_file" in a for a in args) else ["score"]
+    parsed = parse_args([*job, *args], read_text=lambda path: "cat\ndog\n")
+    with pytest.raises(LaunchError, match=rf"^{name} '.*' is a local path.*pass a gs:// URL"):
+        launcher.check_remote(parsed)
+
+
+def test_check_remote_accepts_urls_and_bundled_models():
+    for model in ("gs://bucket-a/models/clip", "demo-chinese-clip"):
+        parsed = parse_args(["score", *REMOTE, f"--model={model}"])
+        launcher.check_remote(parsed)
+
+
+# -- full launches, built for Dataflow without submitting -------------------------------------
+
+
+def _do_fns(proto: beam_runner_api_pb2.Pipeline) -> list[object]:
+    """The DoFns of a pipeline proto, unpickled as a worker unpickles them."""
+    fns = []
+    for transform in proto.components.transforms.values():
+        if transform.spec.urn != common_urns.primitives.PAR_DO.urn:
+            continue
+        payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+        if payload.do_fn.payload:  # some of Beam's own DoFns are named by URN only
+            fns.append(pickler.loads(payload.do_fn.payload)[0])
+    return fns
+
+
+JOBS = {
+    "embed": ([], "Process"),
+    "score": (["--id_column=id", "--keep_columns=text"], "Process"),
+    "filter": (["--min_score=0.1", "--min_image_side=8", "--resume=true"], "Process"),
+    "filter-top-fraction": (["--top_fraction=0.5"], "ScoreAndStage"),
+    "classify": (
+        ["--class_labels=cat,rocket", "--template=a photo of a {}.", "--top_k=1"],
+        "Process",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def gcs_inputs(gcs_emulator, clip_checkpoint):
+    """A dataset and a model on the emulated bucket, shared by the launches."""
+    root = gcs_emulator.url("template-launches")
+    data = build_dataset(f"{root}/in", num_files=2, rows_per_file=5, seed=3)
+    for path in sorted(clip_checkpoint.iterdir()):
+        storage.write_atomic(f"{root}/model/{path.name}", path.read_bytes())
+    return root, data.pattern
+
+
+@pytest.mark.parametrize("case", list(JOBS))
+def test_launch_builds_the_dataflow_job_without_running_it(case, gcs_inputs, gcs_dir, monkeypatch):
+    pytest.importorskip("google.cloud.dataflow", reason="the Dataflow runner (apache-beam[gcp])")
+    root, pattern = gcs_inputs
+    job = case.split("-")[0]
+    args, main_step = JOBS[case]
+    output = f"{gcs_dir}/out"
+    # What Dataflow's template launcher passes: its own pipeline options, then the parameters.
+    argv = [
+        "--runner=DataflowRunner",
+        "--project=clipbeam-test",
+        "--region=us-central1",
+        "--job_name=clipbeam-template-test",
+        f"--temp_location={root}/tmp",
+        f"--staging_location={root}/staging",
+        f"--template_location={root}/templates/job.json",
+        "--sdk_container_image=us-docker.pkg.dev/clipbeam-test/images/clipbeam-gpu:1",
+        f"--labels={JOB_LABELS}",
+        "--dry_run=true",
+        f"--job={job}",
+        f"--input={pattern}",
+        f"--output={output}",
+        f"--model={root}/model",
+        *args,
+    ]
+    result = launcher.launch(argv)
+
+    assert result.state == "DONE"
+    dataflow_job = result.job
+    assert dict(dataflow_job.proto.labels) == json.loads(JOB_LABELS)
+    names = {t.unique_name for t in dataflow_job.proto_pipeline.components.transforms.values()}
+    assert {"PlanUnits", "SpreadUnits", main_step, "Summary"} <= names
+    (environment,) = dataflow_job.proto_pipeline.components.environments.values()
+    assert b"clipbeam-gpu:1" in environment.payload
+    # Workers get the job with the gs:// URLs, never a path on the launcher (its model cache).
+    unit_fns = [fn for fn in _do_fns(dataflow_job.proto_pipeline) if isinstance(fn, UnitDoFn)]
+    assert len(unit_fns) == (2 if main_step == "ScoreAndStage" else 1)
+    for fn in unit_fns:
+        assert (fn.spec.model, fn.spec.output) == (f"{root}/model", output)
+    # The launch recorded the job in the output folder, with the parameters' values.
+    record = json.loads(storage.read_bytes(f"{output}/_job.json"))
+    assert record["kind"] == job and record["model"] == f"{root}/model"
+    if job == "classify":
+        assert record["labels"] == ["cat", "rocket"]
+    # Nothing ran: no unit was processed.
+    assert not storage.exists(f"{output}/summary.json")
+
+
+def test_main_prints_a_launch_error_as_one_line(capsys):
+    code = launcher.main(["--job=score", *REMOTE, "--model=/models/clip"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clipbeam template: error: model '/models/clip' is a local path")
+    assert "\n" not in err
