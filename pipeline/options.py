@@ -15,10 +15,18 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from transforms.limits import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_TEXT_CHARS,
+    DEFAULT_URL_SCHEMES,
+)
+from transforms.redact import redact
 from transforms.spec import DEVICES, DTYPES, EMBEDDING_DTYPES, IMAGE_FORMATS, KINDS, JobSpec
 
 __all__ = ["JOB_KINDS", "NONE", "LaunchError", "ParsedArgs", "build_parser", "parse_args"]
@@ -43,8 +51,11 @@ class LaunchError(Exception):
     """A problem with a job's arguments, input, model or output, found before the job runs.
 
     Its message says what is wrong and what to do; the command line prints it without a
-    traceback and exits with status 2.
+    traceback and exits with status 2. Credentials in URLs it quotes are redacted.
     """
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 @dataclass(frozen=True)
@@ -136,6 +147,54 @@ def _bool(text: str) -> bool:
     if lowered in ("false", "0", "no", "off", ""):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+
+
+def _byte_count(text: str) -> int:
+    """A size in bytes: ``67108864``, ``64MiB`` or ``50MB`` (KB/MB/GB decimal, KiB/MiB/GiB
+    binary)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _BYTE_UNITS:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of bytes such as 67108864, 64MiB or 50MB, got {text!r}"
+        )
+    value = int(match.group(1)) * _BYTE_UNITS[unit]
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 byte, got {text!r}")
+    return value
+
+
+def _pixel_count(text: str) -> int:
+    """A pixel limit: at least 1, at most what Pillow opens at all."""
+    from transforms.limits import pillow_pixel_ceiling
+
+    value = _number(int, 1)(text)
+    ceiling = pillow_pixel_ceiling()
+    if ceiling is not None and value > ceiling:
+        raise argparse.ArgumentTypeError(
+            f"expected at most {ceiling}, the most pixels Pillow opens at all, got {text}"
+        )
+    return value
+
+
+_pixel_count.__name__ = "int"  # argparse names the type in "invalid <type> value" messages
+
+
+def _schemes(text: str) -> list[str]:
+    """URL schemes, comma-separated; ``https://`` is accepted for ``https``."""
+    return [part.strip().lower().removesuffix("://") for part in text.split(",")]
 
 
 def _names(text: str) -> list[str]:
@@ -261,13 +320,53 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
         default="float32",
         help="dtype embeddings are stored in",
     )
+
+    limits = parser.add_argument_group(
+        "limits (what one row may cost; a row over a limit goes to OUTPUT/errors/ with the reason)"
+    )
     _add(
-        compute,
+        limits,
+        "max-image-pixels",
+        type=_pixel_count,
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        metavar="N",
+        help="largest width x height decoded, checked from the image header before decoding "
+        "(decompression bombs)",
+    )
+    _add(
+        limits,
+        "max-image-bytes",
+        type=_byte_count,
+        default=DEFAULT_MAX_IMAGE_BYTES,
+        metavar="BYTES",
+        help="largest encoded image read from a cell, a file or a URL (e.g. 64MiB); a download "
+        "stops there",
+    )
+    _add(
+        limits,
+        "max-text-chars",
+        type=_number(int, 1),
+        default=DEFAULT_MAX_TEXT_CHARS,
+        metavar="N",
+        help="longest caption accepted, in characters",
+    )
+    _add(
+        limits,
         "http-timeout",
         type=_number(float, 0, low_open=True),
         default=30.0,
         metavar="SECONDS",
-        help="timeout for reading one image by http(s) URL",
+        help="time reading one image by URL may take in all (connecting, waiting, downloading)",
+    )
+    _add(
+        limits,
+        "allowed-url-schemes",
+        type=_schemes,
+        action="extend",
+        default=[],
+        metavar="A,B",
+        help="schemes image paths may use; 'file' allows local paths (default: "
+        f"{','.join(DEFAULT_URL_SCHEMES)})",
     )
 
 
@@ -439,6 +538,7 @@ def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = 
     _check_names("--labels-file" if labels_file else "--labels", labels)
     _check_names("--keep-columns", args["keep_columns"])
     _check_names("--reject-concepts", args.get("reject_concepts") or [])
+    _check_names("--allowed-url-schemes", args["allowed_url_schemes"])
 
     if command == "filter":
         _check_filter(args)
@@ -479,6 +579,10 @@ def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = 
             templates=tuple(templates),
             top_k=args.get("top_k") or 5,
             http_timeout=args["http_timeout"],
+            max_image_pixels=args["max_image_pixels"],
+            max_image_bytes=args["max_image_bytes"],
+            max_text_chars=args["max_text_chars"],
+            allowed_url_schemes=tuple(args["allowed_url_schemes"] or DEFAULT_URL_SCHEMES),
             options=options,
         )
     except ValueError as exc:

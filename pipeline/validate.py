@@ -2,14 +2,16 @@
 
 A job that would fail on its workers because of its arguments must fail here instead, in seconds,
 with one message that says what to fix: an input pattern that matches nothing, a missing column or
-one of an unusable type, a model that does not load, an output folder that cannot be written or
-that holds another run's results, CUDA asked for on a machine without a GPU.
+one of an unusable type (in any input file, not only the first), a model that does not load, an
+output folder that cannot be written or that holds another run's results, CUDA asked for on a
+machine without a GPU.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -24,6 +26,7 @@ __all__ = [
     "LOCAL_RUNNERS",
     "LaunchPlan",
     "check_device",
+    "check_inputs",
     "check_model",
     "check_output",
     "check_schema",
@@ -44,6 +47,9 @@ LOCAL_RUNNERS = frozenset(
 
 # Spec fields that do not change a job's output rows: a resumed run may change them.
 _RESUMABLE_CHANGES = frozenset({"resume", "batch_size", "device", "http_timeout"})
+
+# Footers read at once when checking the schema of every input file on remote storage.
+_SCHEMA_READERS = 16
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,14 @@ def _is_text(arrow_type: pa.DataType) -> bool:
     )
 
 
+def _is_binary(arrow_type: pa.DataType) -> bool:
+    return (
+        pa.types.is_binary(arrow_type)
+        or pa.types.is_large_binary(arrow_type)
+        or pa.types.is_binary_view(arrow_type)
+    )
+
+
 def check_schema(spec: JobSpec, schema: pa.Schema, path: str) -> str | None:
     """Checks that the columns the job reads exist in ``schema`` with usable types.
 
@@ -155,10 +169,11 @@ def check_schema(spec: JobSpec, schema: pa.Schema, path: str) -> str | None:
                 hint = f". Pass --text-column NAME, or --text-column {NONE} to embed images only"
             raise missing("text-column", spec.text_column, hint)
         text_type = schema.field(spec.text_column).type
-        if not _is_text(text_type):
+        # Binary captions are decoded row by row; a row that is not UTF-8 becomes an error row.
+        if not (_is_text(text_type) or _is_binary(text_type)):
             raise LaunchError(
                 f"--text-column {spec.text_column!r} has type {text_type}, but captions must be "
-                f"strings; {columns}"
+                f"strings (or UTF-8 bytes); {columns}"
             )
 
     if spec.id_column is not None:
@@ -180,6 +195,61 @@ def check_schema(spec: JobSpec, schema: pa.Schema, path: str) -> str | None:
             "already; leave it out"
         )
     return image_format
+
+
+def check_inputs(spec: JobSpec, units: Sequence[WorkUnit]) -> tuple[pa.Schema, str | None]:
+    """Checks the schema of every input file, so a shard without a column (or with a column of
+    another type) fails the job at launch instead of failing its bundle on a worker.
+
+    Every file must pass :func:`check_schema`. The id column and ``--keep-columns`` must also
+    have the first file's types in every file: they are copied to the output, whose files must
+    agree on one schema.
+
+    Returns:
+        The first file's schema and its resolved image format.
+
+    Raises:
+        LaunchError: for the first file (in input order) that does not fit; the message counts
+            the others.
+    """
+    paths = list(dict.fromkeys(u.path for u in units))
+    if len(paths) > 1 and not all(_local(p) for p in paths):
+        with ThreadPoolExecutor(_SCHEMA_READERS) as pool:
+            schemas = list(pool.map(_read_schema, paths))
+    else:
+        schemas = [_read_schema(p) for p in paths]
+    first = schemas[0]
+    image_format = check_schema(spec, first, paths[0])
+    copied = [c for c in (spec.id_column, *spec.keep_columns) if c is not None]
+    problems: list[str] = []
+    for path, schema in zip(paths[1:], schemas[1:], strict=True):
+        try:
+            check_schema(spec, schema, path)
+        except LaunchError as exc:
+            problems.append(str(exc))
+            continue
+        changed = [c for c in copied if schema.field(c).type != first.field(c).type]
+        if changed:
+            detail = ", ".join(
+                f"{c!r} is {schema.field(c).type} there but {first.field(c).type} in {paths[0]}"
+                for c in changed
+            )
+            problems.append(
+                f"input file {path} does not match the first input file: {detail}. Output "
+                "files copy these columns and must agree on their types; convert the file or "
+                "leave it out of --input"
+            )
+    if problems:
+        others = len(problems) - 1
+        more = f" ({others} more input files do not fit)" if others else ""
+        raise LaunchError(problems[0] + more)
+    return first, image_format
+
+
+def _local(path: str) -> bool:
+    from transforms import storage
+
+    return storage.is_local(path)
 
 
 def check_device(spec: JobSpec, runner: str | None) -> None:
@@ -300,8 +370,7 @@ def validate(
     """
     check_device(spec, runner)
     units = plan(inputs)
-    schema = _read_schema(units[0].path)
-    image_format = check_schema(spec, schema, units[0].path)
+    schema, image_format = check_inputs(spec, units)
     check_output(spec, inputs)
     if load_model:
         check_model(spec)

@@ -1,24 +1,53 @@
 """Images from Parquet cells: binary columns, Hugging Face image structs, or paths and URLs.
 
 Every failure to get a decoded image out of a cell raises :class:`~transforms.errors.RowError`
-with a precise ``error_type``, so the row lands in ``errors/`` and the job goes on.
+with a precise ``error_type``, so the row lands in ``errors/`` and the job goes on. What a row may
+cost (bytes, pixels, fetch time, URL schemes) is bounded by :class:`~transforms.limits.Limits`.
+Only the raster formats of the web are decoded (:data:`WEB_IMAGE_FORMATS`), and every image comes
+out in a pixel mode the image processors turn into RGB faithfully.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import posixpath
 import re
+import struct
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
 from transforms.errors import RowError
+from transforms.limits import DEFAULT_LIMITS, Limits, read_limited
 
-__all__ = ["decode_image", "load_image", "read_image_bytes", "resolve_image_format"]
+__all__ = [
+    "WEB_IMAGE_FORMATS",
+    "decode_image",
+    "load_image",
+    "read_image_bytes",
+    "resolve_image_format",
+]
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
+
+# Formats a job decodes: those of images published on the web. Pillow opens many more, but each
+# decoder is attack surface for data nobody vetted, and one of them (EPS) runs Ghostscript, a
+# PostScript interpreter, on the file: a row must never make a worker execute what it holds.
+WEB_IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "ICO", "AVIF")
+
+# What Pillow's parsers and decoders raise on malformed files besides OSError (truncated data,
+# impossible header fields, broken chunk tables).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error)
+
+# Pixel modes the image processors convert to RGB faithfully (Pillow's convert, with alpha
+# composited onto white); 16-bit, 32-bit and float modes would be clipped there, not scaled.
+_RGB_READY_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
+)
 
 
 def resolve_image_format(column: str, arrow_type: pa.DataType, requested: str = "auto") -> str:
@@ -63,99 +92,241 @@ def resolve_image_format(column: str, arrow_type: pa.DataType, requested: str = 
     )
 
 
-def decode_image(data: bytes | None, *, what: str = "image") -> Image.Image:
+def decode_image(
+    data: bytes | None, *, what: str = "image", limits: Limits = DEFAULT_LIMITS
+) -> Image.Image:
     """Decodes encoded image bytes (JPEG, PNG, WebP, ...) into a fully loaded PIL image.
+
+    Animated images give their first frame. 16-bit, 32-bit and float images are scaled to 8 bits,
+    and modes such as LAB or HSV converted to RGB, so the image processors can take any result.
+
+    Args:
+        data: the encoded image.
+        what: how messages name the image (its path or URL, say).
+        limits: ``max_image_bytes`` and ``max_image_pixels`` apply; the pixel count is checked
+            from the header, before any pixel is decoded.
 
     Raises:
         RowError: ``missing_image`` for ``None``, ``empty_image`` for zero bytes,
-            ``corrupt_image`` when no decoder accepts the bytes.
+            ``image_too_large`` over a limit, ``not_an_image`` for another kind of file (HTML
+            page, SVG, PDF, text...), ``corrupt_image`` when the bytes cannot be decoded.
     """
     if data is None:
         raise RowError("missing_image", f"{what} is null")
     if len(data) == 0:
         raise RowError("empty_image", f"{what} has zero bytes")
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()  # decode now: truncated files fail here, not later in the processor
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        # PIL signals bad data with all of these (SyntaxError for some broken headers).
+    if len(data) > limits.max_image_bytes:
         raise RowError(
-            "corrupt_image", f"{what} ({len(data)} bytes) cannot be decoded: {exc}"
-        ) from exc
+            "image_too_large",
+            f"{what} has {len(data)} bytes, over --max-image-bytes {limits.max_image_bytes}; "
+            "raise it if such files are real images",
+        )
+    try:
+        image = Image.open(io.BytesIO(data), formats=_decodable_formats())
     except Image.DecompressionBombError as exc:
-        raise RowError("corrupt_image", f"{what} is too large to decode safely: {exc}") from exc
-    return image
+        # Pillow refuses twice its own threshold outright; the limit is never above that.
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{claimed.group(1)} pixels" if claimed else "more pixels than Pillow opens"
+        raise _too_many_pixels(what, pixels, limits) from None
+    except UnidentifiedImageError:
+        raise _unidentified(data, what) from None
+    except _DECODE_ERRORS as exc:
+        raise RowError(
+            "corrupt_image",
+            f"{what} ({len(data)} bytes): its header cannot be parsed ({exc}): the file is "
+            "truncated or corrupt",
+        ) from None
+    width, height = image.size
+    if width * height > limits.max_image_pixels:
+        raise _too_many_pixels(
+            what, f"{width}x{height} = {width * height} pixels ({image.format})", limits
+        )
+    try:
+        image.load()  # decode now: truncated files fail here, not later in the processor
+    except _DECODE_ERRORS as exc:
+        raise RowError(
+            "corrupt_image",
+            f"{what} is a {width}x{height} {image.format} whose pixel data cannot be decoded "
+            f"({exc}): the file is truncated or corrupt",
+        ) from None
+    return _rgb_ready(image, what)
 
 
-def read_image_bytes(location: str, *, timeout: float, base: str | None = None) -> bytes:
-    """Reads an image file through fsspec: a local path, ``gs://``, ``http(s)://`` and so on.
+@functools.cache
+def _decodable_formats() -> tuple[str, ...]:
+    """:data:`WEB_IMAGE_FORMATS` this Pillow build can open (AVIF needs libavif)."""
+    Image.init()
+    return tuple(f for f in WEB_IMAGE_FORMATS if f in Image.OPEN)
+
+
+def _too_many_pixels(what: str, pixels: str, limits: Limits) -> RowError:
+    return RowError(
+        "image_too_large",
+        f"{what} declares {pixels}, over --max-image-pixels {limits.max_image_pixels}: a "
+        "decompression bomb, or a huge scan (raise the limit if such images are real)",
+    )
+
+
+def _rgb_ready(image: Image.Image, what: str) -> Image.Image:
+    """``image`` in a mode the processors convert to RGB without clipping (see above)."""
+    if image.mode in _RGB_READY_MODES:
+        return image
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        top = float(pixels.max()) if pixels.size else 0.0
+        if image.mode.startswith("I;16"):
+            scale = 255 / 65535
+        elif image.mode == "F" and top <= 1.0:
+            scale = 255.0  # 0-1 floats
+        else:
+            # 32-bit integers (Pillow's mode for some 16-bit files) and other floats: by range.
+            scale = 255 / 65535 if 255 < top <= 65535 else 255 / top if top > 65535 else 1.0
+        eight_bit = np.clip(np.rint(pixels * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(eight_bit, mode="L")
+    try:
+        return image.convert("RGB")
+    except ValueError as exc:
+        raise RowError(
+            "corrupt_image",
+            f"{what} has pixel mode {image.mode}, which cannot be converted to RGB ({exc})",
+        ) from None
+
+
+def _unidentified(data: bytes, what: str) -> RowError:
+    """The error for bytes no allowed decoder accepts: what they are, if that can be told."""
+    kind = _sniff(data)
+    if kind is not None:
+        return RowError("not_an_image", f"{what} is {kind}, not an image")
+    for magic, name in _MAGIC:
+        if data.startswith(magic) and (name != "WebP" or data[8:12] == b"WEBP"):
+            return RowError(
+                "corrupt_image",
+                f"{what} ({len(data)} bytes) starts like a {name} file, but its header is corrupt "
+                "or truncated",
+            )
+    return RowError(
+        "corrupt_image",
+        f"{what} ({len(data)} bytes, starting {data[:8].hex(' ')}) is in none of the formats "
+        f"clipbeam decodes ({', '.join(WEB_IMAGE_FORMATS)}): a corrupt file, or another kind "
+        "of file",
+    )
+
+
+# Signatures of the formats clipbeam decodes, to tell a damaged image from another kind of file.
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"RIFF", "WebP"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def _sniff(data: bytes) -> str | None:
+    """Names the common things saved in place of an image, so a person knows what went wrong."""
+    head = data[:4096]
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith(b"%pdf-"):
+        return "a PDF document"
+    if text.startswith(b"%!ps"):
+        return "a PostScript (EPS) file, which is never rendered: that would run Ghostscript on it"
+    if b"<svg" in text:
+        return "an SVG drawing (vector graphics are not rasterized here; convert it to PNG)"
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in text:
+        title = re.search(rb"<title[^>]*>(.*?)</title>", head, re.IGNORECASE | re.DOTALL)
+        titled = ""
+        if title:
+            words = " ".join(title.group(1).decode("utf-8", errors="replace").split())
+            titled = f" titled {words[:80]!r}"
+        return f"an HTML page{titled} (a web server's error or login page saved as the image?)"
+    if text.startswith(b"<?xml"):
+        return "an XML document"
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if len(data) == len(head) or exc.start < len(head) - 3:
+            return None  # binary, not text
+        decoded = head[: exc.start].decode("utf-8")  # the cut split a multi-byte character
+    if decoded and all(c.isprintable() or c in "\t\r\n" for c in decoded):
+        preview = " ".join(decoded.split())[:60]
+        kind = "JSON" if text.startswith((b"{", b"[")) else "plain text"
+        return f"{kind} ({preview!r})"
+    return None
+
+
+def read_image_bytes(
+    location: str,
+    *,
+    timeout: float | None = None,
+    base: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> bytes:
+    """Reads an image file: a local path, ``gs://``, ``http(s)://`` and so on.
 
     Args:
         location: the path or URL; a relative path is taken relative to ``base``.
-        timeout: seconds before an HTTP request gives up.
+        timeout: seconds the read may take in all; overrides ``limits.fetch_timeout``.
         base: the folder relative paths start from (the Parquet file's folder).
+        limits: the job's limits (see :func:`transforms.limits.read_limited`).
 
     Raises:
-        RowError: ``missing_image`` if nothing is there, ``unreadable_image`` if reading fails.
+        RowError: ``missing_image`` if nothing is there, ``url_not_allowed``,
+            ``image_too_large`` or ``unreadable_image`` otherwise.
     """
-    from transforms import storage
-
     if not location:
         raise RowError("missing_image", "image path is empty")
     url = location
     if base and not _URL.match(location) and not posixpath.isabs(location):
         url = posixpath.join(base, location)
-    try:
-        return storage.read_bytes(url, timeout=timeout)
-    except FileNotFoundError as exc:
-        raise RowError("missing_image", f"no image at {url}") from exc
-    except _read_errors() as exc:
-        raise RowError("unreadable_image", f"reading {url} failed: {exc!r}") from exc
-
-
-def _read_errors() -> tuple[type[Exception], ...]:
-    """What a failed read raises: OSError and timeouts, and aiohttp's errors for HTTP statuses
-    other than 404 (aiohttp.ClientError is not an OSError)."""
-    errors: tuple[type[Exception], ...] = (OSError, TimeoutError, ValueError)
-    try:
-        import aiohttp
-    except ImportError:  # no HTTP filesystem installed: nothing aiohttp-specific can be raised
-        return errors
-    return (*errors, aiohttp.ClientError)
+    if timeout is not None:
+        limits = dataclasses.replace(limits, fetch_timeout=timeout)
+    return read_limited(url, limits)
 
 
 def load_image(
-    value: Any, image_format: str, *, timeout: float = 30.0, base: str | None = None
+    value: Any,
+    image_format: str,
+    *,
+    timeout: float | None = None,
+    base: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Image.Image:
     """Turns one image cell into a decoded PIL image.
 
     Args:
         value: the cell as Python (``bytes``, ``{"bytes": ..., "path": ...}`` or ``str``).
         image_format: ``"bytes"``, ``"hf-struct"`` or ``"path"`` (resolved, not ``"auto"``).
-        timeout: seconds before reading an image by URL gives up.
+        timeout: seconds reading an image by URL may take; overrides ``limits.fetch_timeout``.
         base: the folder relative paths start from.
+        limits: what one image may cost (:class:`~transforms.limits.Limits`).
 
     Raises:
-        RowError: the image is missing, empty, corrupt or unreadable.
+        RowError: the image is missing, empty, too large, not an image, corrupt or unreadable.
     """
+    if timeout is not None:
+        limits = dataclasses.replace(limits, fetch_timeout=timeout)
     if value is None:
         raise RowError("missing_image", "image cell is null")
     if image_format == "bytes":
         if not isinstance(value, bytes):
             raise RowError("invalid_value", f"expected bytes, got {type(value).__name__}")
-        return decode_image(value)
+        return decode_image(value, limits=limits)
     if image_format == "hf-struct":
         if not isinstance(value, dict):
             raise RowError("invalid_value", f"expected a {{bytes, path}} struct, got {value!r}")
         data, path = value.get("bytes"), value.get("path")
         # As in Hugging Face datasets: embedded bytes win; a path alone points to a file.
         if data is not None:
-            return decode_image(data, what=f"image {path!r}" if path else "image")
+            return decode_image(data, what=f"image {path!r}" if path else "image", limits=limits)
         if path:
-            return decode_image(read_image_bytes(path, timeout=timeout, base=base), what=path)
+            data = read_image_bytes(path, base=base, limits=limits)
+            return decode_image(data, what=path, limits=limits)
         raise RowError("missing_image", "image struct has neither bytes nor path")
     if image_format == "path":
         if not isinstance(value, str):
             raise RowError("invalid_value", f"expected a path string, got {type(value).__name__}")
-        return decode_image(read_image_bytes(value, timeout=timeout, base=base), what=value)
+        data = read_image_bytes(value, base=base, limits=limits)
+        return decode_image(data, what=value, limits=limits)
     raise ValueError(f"image_format must be bytes, hf-struct or path (got {image_format!r})")

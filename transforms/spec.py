@@ -12,6 +12,16 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from transforms.limits import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_TEXT_CHARS,
+    DEFAULT_URL_SCHEMES,
+    Limits,
+    limit_problems,
+)
+from transforms.redact import redact_obj
+
 __all__ = [
     "DEVICES",
     "DTYPES",
@@ -82,8 +92,13 @@ class JobSpec:
         templates: prompt templates, each with one ``{}`` for the label (classify) or the concept
             (filter); a label's text embedding is the normalized mean over its templates.
         top_k: classify: how many labels to keep per row.
-        http_timeout: seconds before reading one image by URL gives up.
-        options: the job's options as given (JSON-serializable), stored in output metadata.
+        http_timeout: seconds reading one image by URL may take in all.
+        max_image_pixels: largest ``width * height`` decoded (checked from the header).
+        max_image_bytes: largest encoded image read, from a cell, a file or a URL.
+        max_text_chars: longest caption accepted, in characters.
+        allowed_url_schemes: schemes image paths may use; ``"file"`` allows local paths.
+        options: the job's options as given (JSON-serializable), stored in output metadata with
+            credentials in URLs redacted.
     """
 
     kind: str
@@ -112,12 +127,21 @@ class JobSpec:
     templates: tuple[str, ...] = ("a photo of a {}.",)
     top_k: int = 5
     http_timeout: float = 30.0
+    # limits on what one row may cost (transforms.limits)
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    allowed_url_schemes: tuple[str, ...] = DEFAULT_URL_SCHEMES
     options: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience and stored as tuples, so specs stay hashable.
         for name in ("keep_columns", "reject_concepts", "labels", "templates"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        schemes = tuple(s.strip().lower() for s in self.allowed_url_schemes)
+        object.__setattr__(self, "allowed_url_schemes", schemes)
+        # Options end up in every output file's metadata and in summary.json.
+        object.__setattr__(self, "options", redact_obj(dict(self.options)))
         problems = self._problems()
         if problems:
             raise ValueError("invalid job options:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -141,8 +165,13 @@ class JobSpec:
             p.append("output is empty: pass --output with a directory")
         if self.batch_size < 1:
             p.append(f"batch_size must be at least 1 (got {self.batch_size})")
-        if self.http_timeout <= 0:
-            p.append(f"http_timeout must be positive (got {self.http_timeout})")
+        p += limit_problems(
+            max_image_pixels=self.max_image_pixels,
+            max_image_bytes=self.max_image_bytes,
+            max_text_chars=self.max_text_chars,
+            fetch_timeout=self.http_timeout,
+            allowed_url_schemes=self.allowed_url_schemes,
+        )
 
         needs = {
             "embed": "an image column or a text column",
@@ -234,6 +263,18 @@ class JobSpec:
         return OUTPUT_DIRS[self.kind]
 
     @property
+    def limits(self) -> Limits:
+        """What one row may cost, as :func:`transforms.images.load_image` and
+        :func:`transforms.limits.check_caption` take it."""
+        return Limits(
+            max_image_pixels=self.max_image_pixels,
+            max_image_bytes=self.max_image_bytes,
+            max_text_chars=self.max_text_chars,
+            fetch_timeout=self.http_timeout,
+            allowed_url_schemes=self.allowed_url_schemes,
+        )
+
+    @property
     def effective_top_k(self) -> int:
         """``top_k`` bounded by the number of labels."""
         return min(self.top_k, len(self.labels))
@@ -243,7 +284,10 @@ class JobSpec:
         return [t.replace("{}", n) for n in names for t in self.templates]
 
     def to_json(self) -> str:
-        """The spec (without ``options``) as compact, sorted JSON: stored in output metadata."""
+        """The spec (without ``options``) as compact, sorted JSON: stored in output metadata.
+
+        Credentials in URLs (a ``--model`` given as ``https://user:token@host/...``) are redacted.
+        """
         data = asdict(self)
         data.pop("options")
-        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return json.dumps(redact_obj(data), sort_keys=True, separators=(",", ":"))
