@@ -1,0 +1,168 @@
+"""Capacity planning for clipbeam on Dataflow: workers, GPUs and hours for a number of pairs.
+
+Measures, on this machine and on one CPU core, the two costs a pair has on a worker:
+
+- decoding and preprocessing one image (a 640x480 JPEG, resized and cropped to 224x224): the CPU
+  work a GPU worker's vCPUs must keep up with;
+- running CLIP ViT-B/16 (random weights, the same arithmetic as the real checkpoint) on the
+  image and its caption in float32: the model cost of a CPU worker;
+
+then prints the planning table of the README from those figures and from the GPU anchor
+(clip-retrieval's published 1,100 images/s per A100 on ViT-B/16; not measured by clipbeam)::
+
+    python -m templates.plan            # measure (about a minute), then print the table
+    python -m templates.plan --cpu-pairs-per-core 2.1 --decode-per-core 95   # table only
+
+Figures per core are scaled to a worker linearly (one SDK process per vCPU on CPU workers): an
+assumption, as are the GPU anchor and the absence of startup and I/O time in the hours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+# clip-retrieval `clip inference`, ViT-B/16 on one A100 (the project's published anchor).
+GPU_ANCHOR_PAIRS_PER_S = 1100.0
+DATASETS = (10_000_000, 100_000_000, 1_000_000_000)
+# Workers per dataset size in the table: enough to finish in hours, not days.
+GPU_WORKERS = {10_000_000: 4, 100_000_000: 16, 1_000_000_000: 64}
+CPU_WORKERS = {10_000_000: 50, 100_000_000: 200, 1_000_000_000: 1000}
+CPU_WORKER_VCPUS = 16  # e.g. n2-standard-16
+CAPTION = "a photo of a red double-decker bus parked next to a brick building on a sunny day"
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """What one CPU core does per second.
+
+    Attributes:
+        decode_per_core: images decoded and preprocessed.
+        cpu_pairs_per_core: pairs through decoding, both ViT-B/16 towers (float32) and the
+            normalization of the embeddings.
+    """
+
+    decode_per_core: float
+    cpu_pairs_per_core: float
+
+
+def _rate(work: Callable[[], int], seconds: float) -> float:
+    """Items per second of ``work`` (which returns how many items it did), after a warm-up."""
+    work()
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        done += work()
+    return done / (time.perf_counter() - start)
+
+
+def _jpeg(seed: int) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    # A smooth gradient with mild noise: photo-like entropy, unlike pure noise.
+    y, x = np.mgrid[0:480, 0:640]
+    base = np.stack([x / 640 * 255, y / 480 * 255, (x + y) / 1120 * 255], axis=-1)
+    pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def measure(seconds: float = 10.0, batch_size: int = 8) -> Throughput:
+    """Measures :class:`Throughput` on one core of this machine (``torch`` on one thread)."""
+    import torch
+    from PIL import Image
+
+    from model import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transforms.encoder import Encoder
+
+    torch.set_num_threads(1)
+    images = [_jpeg(seed) for seed in range(batch_size)]
+    processor = CLIPProcessor(
+        CLIPImageProcessor(size={"shortest_edge": 224}, crop_size=224),
+        CLIPTokenizer.from_openai_bpe(),
+    )
+
+    def decode() -> int:
+        decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+        processor.image_processor(decoded, return_tensors="pt")
+        return len(images)
+
+    # ViT-B/16 as openai/clip-vit-base-patch16 (random weights: same arithmetic, no download).
+    config = CLIPConfig(
+        text_config={"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8},
+        vision_config={"hidden_size": 768, "intermediate_size": 3072, "patch_size": 16},
+        projection_dim=512,
+    )
+    encoder = Encoder(
+        CLIPModel(config), processor, device=torch.device("cpu"), batch_size=batch_size
+    )
+
+    def pairs() -> int:
+        decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+        encoder.encode_images(decoded)
+        encoder.encode_texts([CAPTION] * len(images))
+        return len(images)
+
+    return Throughput(
+        decode_per_core=_rate(decode, seconds), cpu_pairs_per_core=_rate(pairs, seconds * 3)
+    )
+
+
+def _hours(pairs: int, per_second: float) -> float:
+    return pairs / per_second / 3600
+
+
+def _count(n: int) -> str:
+    return f"{n // 1_000_000_000}B" if n >= 1_000_000_000 else f"{n // 1_000_000}M"
+
+
+def table(throughput: Throughput) -> str:
+    """The planning table (Markdown) for :data:`DATASETS`."""
+    feed_vcpus = math.ceil(GPU_ANCHOR_PAIRS_PER_S / throughput.decode_per_core)
+    worker_rate = throughput.cpu_pairs_per_core * CPU_WORKER_VCPUS
+    lines = [
+        "| pairs | GPU workers (1 A100 each) | hours | GPU-hours "
+        f"| CPU workers ({CPU_WORKER_VCPUS} vCPUs each) | hours | vCPU-hours |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for pairs in DATASETS:
+        gpu_hours = _hours(pairs, GPU_ANCHOR_PAIRS_PER_S)
+        cpu_hours = _hours(pairs, throughput.cpu_pairs_per_core)
+        lines.append(
+            f"| {_count(pairs)} | {GPU_WORKERS[pairs]} | {gpu_hours / GPU_WORKERS[pairs]:.1f} "
+            f"| {gpu_hours:,.0f} | {CPU_WORKERS[pairs]} "
+            f"| {_hours(pairs, worker_rate * CPU_WORKERS[pairs]):.1f} | {cpu_hours:,.0f} |"
+        )
+    lines += [
+        "",
+        f"Measured on one core: {throughput.decode_per_core:.0f} images/s decoded and "
+        f"preprocessed, {throughput.cpu_pairs_per_core:.2f} pairs/s through ViT-B/16 float32 "
+        f"on CPU. Feeding {GPU_ANCHOR_PAIRS_PER_S:,.0f} images/s to one GPU takes about "
+        f"{feed_vcpus} vCPUs of decoding.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measures (unless both figures are given) and prints the planning table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decode-per-core", type=float, help="skip measuring: images/s")
+    parser.add_argument("--cpu-pairs-per-core", type=float, help="skip measuring: pairs/s")
+    parser.add_argument("--seconds", type=float, default=10.0, help="time per measurement")
+    args = parser.parse_args(argv)
+    if args.decode_per_core and args.cpu_pairs_per_core:
+        throughput = Throughput(args.decode_per_core, args.cpu_pairs_per_core)
+    else:
+        throughput = measure(args.seconds)
+    print(table(throughput))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

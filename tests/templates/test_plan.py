@@ -1,0 +1,17 @@
+"""The planning table of the README, from given throughput figures (measuring is not a test)."""
+
+from templates import plan
+
+
+def test_table_from_throughput(capsys):
+    assert plan.main(["--decode-per-core", "100", "--cpu-pairs-per-core", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split("|")[1].strip(): line for line in lines if line.startswith("| 1")}
+    # 1B pairs at 1,100 pairs/s per GPU: 252.5 GPU-hours (253), over 64 GPUs 3.9 hours; on CPU at
+    # 2 pairs/s per vCPU: 138,889 vCPU-hours, over 1000 workers of 16 vCPUs 8.7 hours.
+    assert [c.strip() for c in rows["1B"].split("|")[1:-1]] == [
+        "1B", "64", "3.9", "253", "1000", "8.7", "138,889"
+    ]  # fmt: skip
+    assert [c.strip() for c in rows["10M"].split("|")[2:5]] == ["4", "0.6", "3"]
+    # 1,100 images/s at 100 per core: 11 vCPUs of decoding.
+    assert "takes about 11 vCPUs of decoding" in lines[-1]
