@@ -105,7 +105,7 @@ def translate(argv: Sequence[str]) -> TemplateCall:
 
     Args:
         argv: the launcher's arguments, e.g. ``["--runner=DataflowRunner", "--job=score",
-            "--input=gs://b/in/*.parquet", "--labels={\\"team\\": \\"data\\"}", ...]``.
+            "--input=gs://b/in/*.parquet", '--labels={"team": "data"}', ...]``.
 
     Returns:
         The clipbeam command line and, apart, the Dataflow job labels.
