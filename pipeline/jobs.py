@@ -10,8 +10,8 @@
                                                                   both passes' UnitStats -> summary
 
 Work units are planned on the launcher (:mod:`pipeline.validate`); each is processed on its own,
-so ``Reshuffle`` spreads them over workers instead of leaving them in the one bundle ``Create``
-makes. The summary and the metrics counters come from the same per-unit stats.
+so one explicit ``Reshuffle`` spreads them over workers (``Create``'s own reshuffle is turned off:
+two would shuffle twice). The summary and the metrics counters come from the same per-unit stats.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ def build_job(
         done.
     """
     spec = plan.spec
-    units = pipeline | "PlanUnits" >> beam.Create(plan.units) | "SpreadUnits" >> beam.Reshuffle()
+    units = pipeline | "PlanUnits" >> beam.Create(plan.units, reshuffle=False)
+    units = units | "SpreadUnits" >> beam.Reshuffle()
     extras: dict[str, beam.PCollection] = {}
     if spec.kind == "filter" and spec.top_fraction is not None:
         # Composed here rather than through ProcessUnits so the cut lands in the summary.
