@@ -62,6 +62,7 @@ __all__ = [
     "center_crop",
     "convert_array_to_rgb",
     "convert_pil_to_rgb",
+    "draft_image",
     "normalize",
     "process_image",
     "rescale",
@@ -395,7 +396,13 @@ class ImageSettings:
     input_data_format: str | None = None
 
 
-def process_image(image: ImageInput, settings: ImageSettings, *, mode: str = "exact") -> np.ndarray:
+def process_image(
+    image: ImageInput,
+    settings: ImageSettings,
+    *,
+    mode: str = "exact",
+    box: tuple[float, float, float, float] | None = None,
+) -> np.ndarray:
     """Preprocesses one image: RGB conversion, resize, center crop, rescale, normalize.
 
     Stateless and thread-safe (Pillow releases the GIL while decoding and resampling), so batches
@@ -409,17 +416,25 @@ def process_image(image: ImageInput, settings: ImageSettings, *, mode: str = "ex
         settings: resolved options (see :meth:`CLIPImageProcessor.resolve_settings`).
         mode: ``"exact"`` (the reference's values, bit for bit) or ``"fast"`` (see the module
             docstring).
+        box: fast mode, for an image already drafted and loaded: what :func:`draft_image`
+            returned for it, so that the output covers the whole picture as exact mode's does.
 
     Returns:
         A channels-first (C, H, W) array; float32 whenever rescaling or normalizing is on.
 
     Raises:
-        ValueError: the mode is unknown, or the image is unusable.
+        ValueError: the mode is unknown, a box was given in exact mode, or the image is
+            unusable.
         OSError: the data of an image that was not loaded yet cannot be decoded (from Pillow).
     """
     fast = _check_mode(mode) == "fast"
+    if box is not None and not (fast and _in_pil_lane(image, settings)):
+        raise ValueError(
+            "box is for fast mode and a PIL image to resize (what draft_image returned for it); "
+            f"got mode {mode!r}, a {type(image).__name__}, do_resize={settings.do_resize}"
+        )
     if _in_pil_lane(image, settings):
-        pixels = _resize_pil(image, settings, fast=fast)  # type: ignore[arg-type]
+        pixels = _resize_pil(image, settings, fast=fast, box=box)  # type: ignore[arg-type]
     else:
         pixels = to_channels_last(
             image,
@@ -457,24 +472,56 @@ def _in_pil_lane(image: ImageInput, settings: ImageSettings) -> bool:
     return settings.do_convert_rgb or image.mode in _PIL_LANE_MODES
 
 
-def _resize_pil(image: PIL.Image.Image, settings: ImageSettings, *, fast: bool) -> np.ndarray:
+def draft_image(
+    image: PIL.Image.Image, settings: ImageSettings
+) -> tuple[float, float, float, float] | None:
+    """Makes Pillow decode a JPEG at reduced scale: fast mode's first step, done before loading.
+
+    A JPEG that is opened but not loaded yet is set to decode at 1/2, 1/4 or 1/8 scale in the
+    DCT domain, the smallest that still covers the resize target, which skips most of the
+    decoding work. The image object changes in place (its ``size`` becomes the reduced one).
+    Other formats, loaded images and settings without a resize are left alone.
+
+    Returns:
+        Where the whole picture lies in the reduced image, ``(0, 0, width / s, height / s)``
+        (the reduced size is rounded up), to pass to :func:`process_image` as ``box``; ``None``
+        when nothing changed.
+    """
+    if not _in_pil_lane(image, settings):
+        return None
+    width, height = image.size
+    if width == 0 or height == 0:
+        return None
+    target_height, target_width = resize_output_size(height, width, settings.size)
+    drafted = image.draft(None, (target_width, target_height))
+    return drafted[1] if drafted is not None else None
+
+
+def _resize_pil(
+    image: PIL.Image.Image,
+    settings: ImageSettings,
+    *,
+    fast: bool,
+    box: tuple[float, float, float, float] | None,
+) -> np.ndarray:
     """Resizes a PIL image with Pillow directly; channels-last uint8 out.
 
     In exact mode this gives what :func:`to_channels_last` + :func:`resize` give (Pillow receives
     the same pixels in the same mode) without copying the full-size image to numpy and back.
     """
+    gap = None
+    if fast:
+        if box is None:
+            box = draft_image(image, settings)
+        gap = FAST_REDUCING_GAP
     width, height = image.size
     if width == 0 or height == 0:
         raise ValueError(f"the image is empty: height {height}, width {width}")
+    if box is not None:
+        # The target follows the whole picture's proportions; dividing both sides by the same
+        # power of two leaves their ratio, and so the truncated size, exactly as it was.
+        width, height = box[2] - box[0], box[3] - box[1]
     target_height, target_width = resize_output_size(height, width, settings.size)
-    box, gap = None, None
-    if fast:
-        # A JPEG not yet decoded is decoded at 1/2, 1/4 or 1/8 scale, never below the target.
-        # `box` is where the whole picture lies in the reduced image (its size is rounded up),
-        # so the output covers exactly what exact mode's covers.
-        drafted = image.draft(None, (target_width, target_height))
-        box = drafted[1] if drafted is not None else None
-        gap = FAST_REDUCING_GAP
     if settings.do_convert_rgb:
         image = _as_rgb(image)
     resized = image.resize(

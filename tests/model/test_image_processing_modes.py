@@ -21,6 +21,7 @@ from model.image_processing import (
     PREPROCESS_MODES,
     ChineseCLIPImageProcessor,
     CLIPImageProcessor,
+    draft_image,
     process_image,
 )
 
@@ -151,6 +152,25 @@ def test_fast_mode_odd_sizes_cover_the_same_picture():
     for axis in (1, 2):
         for shift in (-1, 1):
             assert aligned < np.abs(np.roll(fast, shift, axis=axis) - exact).mean()
+
+
+def test_draft_then_load_then_process_with_the_box_equals_fast_mode_in_one_call():
+    """A pipeline drafts and loads itself (to report decoding errors as such), then hands the
+    box over: the result is the same as letting process_image do all of it."""
+    data = jpeg(camera_size("chelsea.png", (1601, 1203)))
+    settings = CLIPImageProcessor().resolve_settings()
+    image = opened(data)
+    box = draft_image(image, settings)
+    assert box == (0, 0, 1601 / 4, 1203 / 4) and image.size == (401, 301)
+    image.load()
+    assert draft_image(image, settings) is None  # loaded: nothing left to draft
+    got = process_image(image, settings, mode="fast", box=box)
+    assert np.array_equal(got, process_image(opened(data), settings, mode="fast"))
+    with pytest.raises(ValueError, match="box is for fast mode"):
+        process_image(image, settings, box=box)
+    png = io.BytesIO()
+    camera_size("chelsea.png", (800, 600)).save(png, "PNG")
+    assert draft_image(PIL.Image.open(png), settings) is None  # only JPEGs decode reduced
 
 
 def test_fast_mode_on_loaded_images_and_arrays_reduces_before_resampling(photo_jpegs):
