@@ -79,7 +79,14 @@ def redact(text: str) -> str:
     """Redacts every URL found in ``text`` (see :func:`redact_url`); the rest is unchanged."""
     if "://" not in text:  # the common case: no URL, no regex work
         return text
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), text)
+    return _URL_IN_TEXT.sub(_redact_match, text)
+
+
+def _redact_match(match: re.Match[str]) -> str:
+    # Punctuation that ends a sentence or closes a bracket after a URL is not part of it.
+    url = match.group()
+    bare = url.rstrip(".,;:!?)]}")
+    return redact_url(bare) + url[len(bare) :]
 
 
 def redact_obj(value: Any) -> Any:

@@ -1,0 +1,132 @@
+"""Launch errors the corpus brings: a bad shard among good ones, and models that try to run code.
+
+Every error is one line on stderr, exit status 2, no traceback and no pipeline built (the other
+launch errors are in tests/pipeline/test_launch_errors.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline import cli
+from tests.datasets import build_dataset
+
+
+@pytest.fixture(autouse=True)
+def no_pipeline(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a pipeline was built although launch checks should have failed")
+
+    monkeypatch.setattr("pipeline.jobs.build_job", refuse)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return build_dataset(tmp_path / "data", num_files=2, rows_per_file=3, seed=3)
+
+
+def launch_error(capsys, *argv: str) -> str:
+    status = cli.main(list(argv))
+    captured = capsys.readouterr()
+    assert status == 2, captured
+    assert "Traceback" not in captured.err
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
+    return captured.err.strip().removeprefix("clipbeam: error: ")
+
+
+def job(inputs: str, output, model, *more: str) -> list[str]:
+    return ["score", "--input", inputs, "--output", str(output), "--model", str(model), *more]
+
+
+def write_shard(dataset, name: str, columns: dict[str, pa.Array]) -> str:
+    path = f"{dataset.root}/{name}"
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"id": ["x"], "image": [b"x"]}, "--text-column 'text' is not a column of the input"),
+        ({"id": ["x"], "image": [b"x"], "text": [1]}, "--text-column 'text' has type int64"),
+        ({"id": ["x"], "image": [1], "text": ["a"]}, "image column 'image' has type int64"),
+        (
+            {"id": [7], "image": [b"x"], "text": ["a"]},
+            "'id' is int64 there but string in",
+        ),
+    ],
+)
+def test_a_later_shard_that_does_not_fit_fails_at_launch(
+    capsys, tmp_path, dataset, clip_checkpoint, columns, message
+):
+    shard = write_shard(dataset, "part-zzz.parquet", columns)
+    inputs = f"{dataset.root}/*.parquet"
+    found = launch_error(capsys, *job(inputs, tmp_path / "o", clip_checkpoint, "--id-column", "id"))
+    assert message in found and shard in found
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_zero_byte_shard_fails_at_launch(capsys, tmp_path, dataset, clip_checkpoint):
+    empty = tmp_path / "data" / "part-empty.parquet"
+    empty.write_bytes(b"")
+    found = launch_error(capsys, *job(f"{dataset.root}/*.parquet", tmp_path / "o", clip_checkpoint))
+    assert found.startswith(f"cannot read input file {empty} as Parquet")
+
+
+class _Exploit:
+    """Unpickling this would create ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _weights_only_checkpoint(source, target):
+    """A copy of ``source`` without model.safetensors, so pytorch_model.bin is what loads."""
+    shutil.copytree(source, target)
+    (target / "model.safetensors").unlink()
+    return target
+
+
+def test_a_model_whose_pickle_would_run_code_is_refused(capsys, tmp_path, dataset, clip_checkpoint):
+    model = _weights_only_checkpoint(clip_checkpoint, tmp_path / "evil")
+    marker = tmp_path / "pwned"
+    torch.save({"payload": _Exploit(marker)}, model / "pytorch_model.bin")
+    found = launch_error(capsys, *job(dataset.pattern, tmp_path / "o", model))
+    assert found.startswith(f"--model {model}: refused to load {model / 'pytorch_model.bin'}")
+    assert "weights_only=True" in found and "Pickled code is never executed" in found
+    assert not marker.exists()
+
+
+def test_a_torchscript_archive_is_refused(capsys, tmp_path, dataset, clip_checkpoint):
+    model = _weights_only_checkpoint(clip_checkpoint, tmp_path / "scripted")
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), model / "pytorch_model.bin")
+    found = launch_error(capsys, *job(dataset.pattern, tmp_path / "o", model))
+    # torch.load(weights_only=True) refuses the archive before torch.jit.load could run it.
+    assert found.startswith(f"--model {model}: cannot read {model / 'pytorch_model.bin'}")
+    assert "Cannot use ``weights_only=True`` with TorchScript archives" in found
+
+
+def test_remote_code_in_a_checkpoint_is_never_imported(tmp_path, clip_checkpoint):
+    from pipeline.options import parse_args
+    from pipeline.validate import check_model
+
+    model = tmp_path / "remote-code"
+    shutil.copytree(clip_checkpoint, model)
+    marker = tmp_path / "imported"
+    (model / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (model / "config.json").write_text(json.dumps(config))
+    spec = parse_args(job("in/*.parquet", tmp_path / "o", model)).spec
+    check_model(spec)  # loads the built-in CLIP model from the weights, as always
+    assert not marker.exists()
