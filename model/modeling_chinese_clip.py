@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .configuration import ChineseCLIPConfig, ChineseCLIPTextConfig, ChineseCLIPVisionConfig
+from .kernels import get_activation, linear
 from .loading import PreTrainedModel
 from .modeling_clip import (
     BaseModelOutputWithPooling,
@@ -24,7 +25,7 @@ from .modeling_clip import (
     _normalize,
     _require_both,
     attend,
-    get_activation,
+    fused_projection,
     mask_to_bias,
     run_layers,
 )
@@ -114,7 +115,8 @@ class ChineseCLIPTextEmbeddings(nn.Module):
 
 
 class ChineseCLIPTextSelfAttention(nn.Module):
-    """BERT's query / key / value projections and the attention itself."""
+    """BERT's query / key / value projections (computed as one product, see
+    :func:`model.modeling_clip.fused_projection`) and the attention itself."""
 
     def __init__(self, config: ChineseCLIPTextConfig) -> None:
         super().__init__()
@@ -131,14 +133,13 @@ class ChineseCLIPTextSelfAttention(nn.Module):
         self, hidden_states: torch.Tensor, bias: torch.Tensor | None, need_weights: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, seq, width = hidden_states.shape
-
-        def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)  # BSD -> BHSd
-
+        qkv = linear(hidden_states, *fused_projection(self.query, self.key, self.value))
+        qkv = qkv.view(batch, seq, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4)  # [B, S, 3, H, d] -> 3 x [B, H, S, d]
         out, weights = attend(
-            heads(self.query(hidden_states)),
-            heads(self.key(hidden_states)),
-            heads(self.value(hidden_states)),
+            query,
+            key,
+            value,
             bias,
             dropout_p=self.dropout if self.training else 0.0,
             need_weights=need_weights,
@@ -157,7 +158,8 @@ class ChineseCLIPTextSelfOutput(nn.Module):
         _init_bert_linear(self.dense, config.initializer_range)
 
     def forward(self, hidden_states: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + residual)
+        projected = linear(hidden_states, self.dense.weight, self.dense.bias)
+        return self.LayerNorm(self.dropout(projected) + residual)
 
 
 class ChineseCLIPTextAttention(nn.Module):
@@ -181,11 +183,12 @@ class ChineseCLIPTextIntermediate(nn.Module):
     def __init__(self, config: ChineseCLIPTextConfig) -> None:
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.hidden_act = config.hidden_act
         self.intermediate_act_fn = get_activation(config.hidden_act)
         _init_bert_linear(self.dense, config.initializer_range)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.intermediate_act_fn(self.dense(hidden_states))
+        return linear(hidden_states, self.dense.weight, self.dense.bias, self.hidden_act)
 
 
 class ChineseCLIPTextLayer(nn.Module):
@@ -233,7 +236,7 @@ class ChineseCLIPTextPooler(nn.Module):
         _init_bert_linear(self.dense, config.initializer_range)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.dense(cls_pool(hidden_states)))
+        return self.activation(linear(cls_pool(hidden_states), self.dense.weight, self.dense.bias))
 
 
 class ChineseCLIPTextModel(PreTrainedModel):
@@ -366,7 +369,7 @@ class ChineseCLIPModel(PreTrainedModel):
             position_ids: ``[batch, seq]`` positions; default ``0..seq-1``.
         """
         out = self.text_model(input_ids, attention_mask, token_type_ids, position_ids, False, False)
-        return self.text_projection(cls_pool(out.last_hidden_state))
+        return linear(cls_pool(out.last_hidden_state), self.text_projection.weight)
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected, unnormalized image embeddings ``[batch, projection_dim]``.
@@ -375,7 +378,7 @@ class ChineseCLIPModel(PreTrainedModel):
             pixel_values: ``[batch, channels, image_size, image_size]`` normalized pixels.
         """
         out = self.vision_model(pixel_values, False, False)
-        return self.visual_projection(out.pooler_output)
+        return linear(out.pooler_output, self.visual_projection.weight)
 
     def forward(
         self,
@@ -412,8 +415,10 @@ class ChineseCLIPModel(PreTrainedModel):
         text_out = self.text_model(
             input_ids, attention_mask, token_type_ids, position_ids, attentions, states
         )
-        image_embeds = _normalize(self.visual_projection(vision_out.pooler_output))
-        text_embeds = _normalize(self.text_projection(cls_pool(text_out.last_hidden_state)))
+        image_embeds = _normalize(linear(vision_out.pooler_output, self.visual_projection.weight))
+        text_embeds = _normalize(
+            linear(cls_pool(text_out.last_hidden_state), self.text_projection.weight)
+        )
         return _dual_output(
             ChineseCLIPOutput,
             self.logit_scale,
