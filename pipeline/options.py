@@ -27,7 +27,15 @@ from transforms.limits import (
     DEFAULT_URL_SCHEMES,
 )
 from transforms.redact import redact
-from transforms.spec import DEVICES, DTYPES, EMBEDDING_DTYPES, IMAGE_FORMATS, KINDS, JobSpec
+from transforms.spec import (
+    DEVICES,
+    DTYPES,
+    EMBEDDING_DTYPES,
+    IMAGE_FORMATS,
+    KINDS,
+    PREPROCESS_MODES,
+    JobSpec,
+)
 
 __all__ = ["JOB_KINDS", "NONE", "LaunchError", "ParsedArgs", "build_parser", "parse_args"]
 
@@ -312,28 +320,22 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
         default="auto",
         help="auto: CUDA when the worker has a GPU, else CPU; cuda without a GPU is an error",
     )
-    _add(
-        compute,
-        "dtype",
-        choices=DTYPES,
-        default="auto",
-        help="dtype the model computes in; auto: float16 on GPU, bfloat16 on CPUs with native "
-        "bfloat16 (AVX512-BF16, AMX), else float32",
-    )
-    _add(
-        compute,
-        "compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="torch.compile the model (default: on GPU only; on CPU it gains about 10%% for "
-        "30-60 s of compilation per worker process)",
-    )
+    _add(compute, "dtype", choices=DTYPES, default="float32", help="dtype the model computes in")
     _add(
         compute,
         "embedding-dtype",
         choices=EMBEDDING_DTYPES,
         default="float32",
         help="dtype embeddings are stored in",
+    )
+    _add(
+        compute,
+        "preprocess",
+        choices=PREPROCESS_MODES,
+        default="exact",
+        help="exact: image inputs equal to transformers' bit for bit; fast: JPEGs decoded at "
+        "1/2-1/8 scale and resized in steps, several times less decoding work, image features "
+        "within 0.995 cosine of exact",
     )
 
     limits = parser.add_argument_group(
@@ -581,8 +583,8 @@ def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = 
             batch_size=args["batch_size"],
             device=args["device"],
             dtype=args["dtype"],
-            compile=args["compile"],
             embedding_dtype=args["embedding_dtype"],
+            preprocess=args["preprocess"],
             resume=args["resume"],
             min_score=args.get("min_score"),
             top_fraction=args.get("top_fraction"),

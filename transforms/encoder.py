@@ -28,6 +28,8 @@ __all__ = [
     "weights_fingerprint",
 ]
 
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
 # One handle for the whole process: every DoFn of every pass shares the loaded model. The handle
 # holds only a key; the model is built on first acquire, on the worker.
 _SHARED = shared.Shared()
@@ -119,6 +121,8 @@ class Encoder:
         positions = int(model.config.text_config.max_position_embeddings)
         self.context_length = min(int(self.tokenizer.model_max_length), positions)
         self.pad_token_id = int(self.tokenizer.pad_token_id)
+        # Resolved once: every image of the job is preprocessed with these.
+        self.image_settings = self.image_processor.resolve_settings()
         # Batch sizes shrink after an out-of-memory error and stay shrunk (per tower).
         self._limits = {"image": batch_size, "text": batch_size}
         self._lock = threading.Lock()
@@ -132,26 +136,14 @@ class Encoder:
         device: str = "auto",
         dtype: str = "float32",
         batch_size: int = 32,
-        compile: bool | None = None,
     ) -> Encoder:
-        """Loads model and processor from ``source`` onto ``device``.
-
-        Args:
-            source: checkpoint folder, fsspec URL or hub id.
-            device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-            dtype: ``"auto"`` (float16 on GPU, bfloat16 on CPUs with native bfloat16, else
-                float32; see ``model.runtime.compute_dtype``), ``"float32"``, ``"bfloat16"`` or
-                ``"float16"``.
-            batch_size: most rows per model call.
-            compile: ``torch.compile`` the towers; ``None`` compiles on GPU only.
-        """
+        """Loads model and processor from ``source`` onto ``device`` in ``dtype``."""
         from model import load_model, load_processor
-        from model.runtime import compile_towers, compute_dtype, should_compile
 
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {list(_DTYPES)} (got {dtype!r})")
         target = resolve_device(device)
-        model = load_model(source, device=target, dtype=compute_dtype(dtype, target))
-        if should_compile(compile, target):
-            compile_towers(model)
+        model = load_model(source, device=target, dtype=_DTYPES[dtype])
         processor = load_processor(source)
         return cls(model, processor, device=target, source=source, batch_size=batch_size)
 
@@ -167,14 +159,39 @@ class Encoder:
 
     # -- images -------------------------------------------------------------------------------
 
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Normalized image embeddings, ``float32[len(images), projection_dim]``."""
-        return self._run("image", len(images), lambda lo, hi: self._image_batch(images[lo:hi]))
+    def encode_images(self, images: Sequence[Image.Image], *, mode: str = "exact") -> np.ndarray:
+        """Normalized image embeddings, ``float32[len(images), projection_dim]``.
+
+        Args:
+            images: PIL images, loaded or only opened (fast mode then decodes JPEGs at reduced
+                scale).
+            mode: the preprocessing mode, ``"exact"`` or ``"fast"`` (see
+                ``model.image_processing``).
+        """
+        from model.image_processing import process_image
+
+        def batch(lo: int, hi: int) -> torch.Tensor:
+            pixels = [
+                process_image(image, self.image_settings, mode=mode) for image in images[lo:hi]
+            ]
+            return self._image_batch(np.stack(pixels))
+
+        return self._run("image", len(images), batch)
+
+    def encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Normalized image embeddings of preprocessed images, ``float32[N, projection_dim]``.
+
+        Args:
+            pixel_values: ``(N, C, H, W)`` model input, as ``process_image`` makes it with
+                :attr:`image_settings`.
+        """
+        return self._run(
+            "image", len(pixel_values), lambda lo, hi: self._image_batch(pixel_values[lo:hi])
+        )
 
     @torch.inference_mode()
-    def _image_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        pixels = self.image_processor(list(images), return_tensors="pt")["pixel_values"]
-        pixels = pixels.to(self.device, self.dtype)
+    def _image_batch(self, pixel_values: np.ndarray) -> torch.Tensor:
+        pixels = torch.from_numpy(pixel_values).to(self.device, self.dtype)
         return _features(self.model.get_image_features(pixel_values=pixels))
 
     # -- texts --------------------------------------------------------------------------------
@@ -249,12 +266,6 @@ class Encoder:
                 continue
             features = torch.nn.functional.normalize(features.float(), dim=-1)
             out[start:stop] = features.cpu().numpy()
-            if not np.isfinite(out[start:stop]).all():
-                raise FloatingPointError(
-                    f"the model produced non-finite {tower} features in {self.dtype}: its "
-                    "activations overflow this dtype. Run with --dtype bfloat16 (same range "
-                    "as float32) or --dtype float32."
-                )
             start = stop
         return out
 
@@ -301,21 +312,16 @@ def _jsonable(value: Any) -> bool:
     return True
 
 
-def acquire_encoder(
-    source: str, *, device: str, dtype: str, batch_size: int, compile: bool | None = None
-) -> Encoder:
-    """The process-wide encoder for this model, device, dtype and compile setting; loaded on first
-    use (see :meth:`Encoder.load` for the arguments).
+def acquire_encoder(source: str, *, device: str, dtype: str, batch_size: int) -> Encoder:
+    """The process-wide encoder for this model, device and dtype; loaded on first use.
 
     Beam runs many DoFn instances and threads per worker process; they all get the same model.
     Callers keep the returned object referenced while they use it (``Shared`` holds it weakly).
     """
 
     def build() -> Encoder:
-        encoder = Encoder.load(
-            source, device=device, dtype=dtype, batch_size=batch_size, compile=compile
-        )
+        encoder = Encoder.load(source, device=device, dtype=dtype, batch_size=batch_size)
         encoder.metadata()  # hash the weights once, here, not on the first write
         return encoder
 
-    return _SHARED.acquire(build, tag=(source, device, dtype, batch_size, compile))
+    return _SHARED.acquire(build, tag=(source, device, dtype, batch_size))

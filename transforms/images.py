@@ -15,7 +15,8 @@ import io
 import posixpath
 import re
 import struct
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,10 +25,18 @@ from PIL import Image, UnidentifiedImageError
 from transforms.errors import RowError
 from transforms.limits import DEFAULT_LIMITS, Limits, read_limited
 
+if TYPE_CHECKING:
+    from model.image_processing import ImageSettings
+
 __all__ = [
     "WEB_IMAGE_FORMATS",
+    "PreparedImage",
     "decode_image",
+    "image_bytes",
     "load_image",
+    "load_pixels",
+    "open_image",
+    "prepare_image",
     "read_image_bytes",
     "resolve_image_format",
 ]
@@ -111,6 +120,21 @@ def decode_image(
             ``image_too_large`` over a limit, ``not_an_image`` for another kind of file (HTML
             page, SVG, PDF, text...), ``corrupt_image`` when the bytes cannot be decoded.
     """
+    return load_pixels(open_image(data, what=what, limits=limits), what)
+
+
+def open_image(
+    data: bytes | None, *, what: str = "image", limits: Limits = DEFAULT_LIMITS
+) -> Image.Image:
+    """Opens encoded image bytes and checks them against ``limits``, without decoding pixels.
+
+    The first half of :func:`decode_image`: the header is parsed, the format allowed and the
+    pixel count checked. :func:`load_pixels` is the second half; in between, a caller may ask
+    for a reduced decoding (``model.image_processing.draft_image``).
+
+    Raises:
+        RowError: as :func:`decode_image`, except for errors in the pixel data.
+    """
     if data is None:
         raise RowError("missing_image", f"{what} is null")
     if len(data) == 0:
@@ -141,6 +165,16 @@ def decode_image(
         raise _too_many_pixels(
             what, f"{width}x{height} = {width * height} pixels ({image.format})", limits
         )
+    return image
+
+
+def load_pixels(image: Image.Image, what: str = "image") -> Image.Image:
+    """Decodes the pixels of an image from :func:`open_image`, in a mode the processors take.
+
+    Raises:
+        RowError: ``corrupt_image`` when the pixel data cannot be decoded.
+    """
+    width, height = image.size
     try:
         image.load()  # decode now: truncated files fail here, not later in the processor
     except _DECODE_ERRORS as exc:
@@ -307,26 +341,97 @@ def load_image(
     """
     if timeout is not None:
         limits = dataclasses.replace(limits, fetch_timeout=timeout)
+    data, what = image_bytes(value, image_format, base=base, limits=limits)
+    return decode_image(data, what=what, limits=limits)
+
+
+def image_bytes(
+    value: Any, image_format: str, *, base: str | None = None, limits: Limits = DEFAULT_LIMITS
+) -> tuple[bytes, str]:
+    """The encoded image of one cell, read from its file or URL if need be, and how to name it.
+
+    Args:
+        value: the cell as Python (``bytes``, ``{"bytes": ..., "path": ...}`` or ``str``).
+        image_format: ``"bytes"``, ``"hf-struct"`` or ``"path"`` (resolved, not ``"auto"``).
+        base: the folder relative paths start from.
+        limits: what one image may cost (:class:`~transforms.limits.Limits`).
+
+    Returns:
+        ``(data, what)``: the bytes, and the name messages use for them (a path, or "image").
+
+    Raises:
+        RowError: the cell is null or of the wrong type, or its file cannot be read.
+    """
     if value is None:
         raise RowError("missing_image", "image cell is null")
     if image_format == "bytes":
         if not isinstance(value, bytes):
             raise RowError("invalid_value", f"expected bytes, got {type(value).__name__}")
-        return decode_image(value, limits=limits)
+        return value, "image"
     if image_format == "hf-struct":
         if not isinstance(value, dict):
             raise RowError("invalid_value", f"expected a {{bytes, path}} struct, got {value!r}")
         data, path = value.get("bytes"), value.get("path")
         # As in Hugging Face datasets: embedded bytes win; a path alone points to a file.
         if data is not None:
-            return decode_image(data, what=f"image {path!r}" if path else "image", limits=limits)
+            return data, f"image {path!r}" if path else "image"
         if path:
-            data = read_image_bytes(path, base=base, limits=limits)
-            return decode_image(data, what=path, limits=limits)
+            return read_image_bytes(path, base=base, limits=limits), path
         raise RowError("missing_image", "image struct has neither bytes nor path")
     if image_format == "path":
         if not isinstance(value, str):
             raise RowError("invalid_value", f"expected a path string, got {type(value).__name__}")
-        data = read_image_bytes(value, base=base, limits=limits)
-        return decode_image(data, what=value, limits=limits)
+        return read_image_bytes(value, base=base, limits=limits), value
     raise ValueError(f"image_format must be bytes, hf-struct or path (got {image_format!r})")
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image cell made ready for the model.
+
+    Attributes:
+        pixels: ``(C, H, W)`` model input, from ``model.image_processing.process_image``.
+        size: ``(width, height)`` of the image as stored (before any reduced decoding).
+    """
+
+    pixels: np.ndarray
+    size: tuple[int, int]
+
+
+def prepare_image(
+    value: Any,
+    image_format: str,
+    settings: ImageSettings,
+    *,
+    mode: str = "exact",
+    base: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> PreparedImage:
+    """Reads, decodes and preprocesses one image cell: all the per-image work before the model.
+
+    Thread-safe, and most of its time is spent in Pillow's decoder and resampler, which release
+    the GIL: :mod:`transforms.prefetch` runs it on a pool of threads.
+
+    Args:
+        value: the cell as Python (``bytes``, ``{"bytes": ..., "path": ...}`` or ``str``).
+        image_format: ``"bytes"``, ``"hf-struct"`` or ``"path"`` (resolved, not ``"auto"``).
+        settings: the model's resolved image settings
+            (``CLIPImageProcessor.resolve_settings()``).
+        mode: ``"exact"`` (transformers' values) or ``"fast"`` (JPEGs decoded at reduced scale,
+            see ``model.image_processing``).
+        base: the folder relative paths start from.
+        limits: what one image may cost (:class:`~transforms.limits.Limits`).
+
+    Raises:
+        RowError: the image is missing, empty, too large, not an image, corrupt or unreadable.
+    """
+    from model.image_processing import draft_image, process_image
+
+    data, what = image_bytes(value, image_format, base=base, limits=limits)
+    image = open_image(data, what=what, limits=limits)
+    size = image.size
+    # Drafting only sets up the decoder; the pixels are decoded by load_pixels, whose errors
+    # are the row's, unlike those of the preprocessing that follows.
+    box = draft_image(image, settings) if mode == "fast" else None
+    image = load_pixels(image, what)
+    return PreparedImage(process_image(image, settings, mode=mode, box=box), size)

@@ -2,8 +2,9 @@
 
 :func:`encode_window` takes one record batch of a unit, sorts its rows into good rows (with their
 normalized embeddings, image sizes and captions) and error rows (with a :class:`RowError`), and
-never raises for a bad cell. Images are decoded ``batch_size`` at a time and dropped once embedded,
-so memory holds at most one batch of decoded images whatever the window size.
+never raises for a bad cell. Images are decoded and preprocessed on a thread pool a batch ahead of
+the model (:mod:`transforms.prefetch`) and dropped once embedded, so memory holds at most two
+batches of preprocessed images whatever the window size.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import pyarrow as pa
 
 from transforms.encoder import Encoder
 from transforms.errors import RowError
-from transforms.images import load_image
+from transforms.images import PreparedImage, prepare_image
+from transforms.prefetch import prefetch
 from transforms.spec import JobSpec
 from transforms.units import WorkUnit
 
@@ -77,29 +79,43 @@ def encode_window(
             elif not isinstance(text, str):
                 failed[i] = RowError("invalid_value", f"caption is {type(text).__name__}, not str")
 
+    # Images are read, decoded and preprocessed on a thread pool, a batch ahead of the model;
+    # the first batches start now, so they decode while the texts are embedded.
+    todo = [i for i in range(n) if i not in failed]
+    batches = iter(())
+    if spec.image_column is not None:
+        cells = batch.column(spec.image_column)
+        settings, limits = encoder.image_settings, spec.limits
+
+        def prepare(i: int) -> PreparedImage:
+            cell = cells[i].as_py()
+            return prepare_image(
+                cell, image_format, settings, mode=spec.preprocess, base=base, limits=limits
+            )
+
+        batches = prefetch(todo, prepare, spec.batch_size)
+
+    # Texts of rows whose image fails are embedded too (and dropped): the model is busy while
+    # the images decode, instead of waiting for them.
+    text_rows = todo if spec.text_column is not None else []
+    text_embedded = encoder.encode_texts([texts[i] for i in text_rows]) if text_rows else None
+
     image_rows: list[int] = []
     image_chunks: list[np.ndarray] = []
     sizes: dict[int, tuple[int, int]] = {}
-    if spec.image_column is not None:
-        cells = batch.column(spec.image_column)
-        todo = [i for i in range(n) if i not in failed]
-        for start in range(0, len(todo), spec.batch_size):
-            chunk, images = [], []
-            for i in todo[start : start + spec.batch_size]:
-                try:
-                    image = load_image(
-                        cells[i].as_py(), image_format, timeout=spec.http_timeout, base=base
-                    )
-                except RowError as exc:
-                    failed[i] = exc
-                    continue
-                chunk.append(i)
-                images.append(image)
-                sizes[i] = image.size
-            if images:
-                image_chunks.append(encoder.encode_images(images))
-                image_rows.extend(chunk)
-            del images  # decoded pixels are the big objects here: free them before the next chunk
+    for start, results in zip(range(0, len(todo), spec.batch_size), batches, strict=False):
+        chunk, pixels = [], []
+        for i, result in zip(todo[start : start + spec.batch_size], results, strict=True):
+            if isinstance(result, RowError):
+                failed[i] = result
+                continue
+            chunk.append(i)
+            pixels.append(result.pixels)
+            sizes[i] = result.size
+        if pixels:
+            image_chunks.append(encoder.encode_pixels(np.stack(pixels)))
+            image_rows.extend(chunk)
+        del pixels, results  # preprocessed pixels are the big objects: free them before the next
 
     good = [i for i in range(n) if i not in failed]
     image_embeddings = None
@@ -110,8 +126,9 @@ def encode_window(
     good_texts: list[str] = []
     if spec.text_column is not None:
         good_texts = [texts[i] for i in good]  # type: ignore[misc]  # nulls are in `failed`
-        if good_texts:
-            text_embeddings = encoder.encode_texts(good_texts)
+        if text_embedded is not None:
+            position = {row: k for k, row in enumerate(text_rows)}
+            text_embeddings = text_embedded[[position[i] for i in good]]
         else:
             text_embeddings = np.empty((0, encoder.projection_dim), dtype=np.float32)
     return EncodedWindow(
