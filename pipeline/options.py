@@ -320,7 +320,22 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
         default="auto",
         help="auto: CUDA when the worker has a GPU, else CPU; cuda without a GPU is an error",
     )
-    _add(compute, "dtype", choices=DTYPES, default="float32", help="dtype the model computes in")
+    _add(
+        compute,
+        "dtype",
+        choices=DTYPES,
+        default="auto",
+        help="dtype the model computes in; auto: float16 on GPU, bfloat16 on CPUs with native "
+        "bfloat16 (AVX512-BF16, AMX), else float32",
+    )
+    _add(
+        compute,
+        "compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the model (default: on GPU only; on CPU it gains about 10%% for "
+        "30-60 s of compilation per worker process)",
+    )
     _add(
         compute,
         "embedding-dtype",
@@ -583,6 +598,7 @@ def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = 
             batch_size=args["batch_size"],
             device=args["device"],
             dtype=args["dtype"],
+            compile=args["compile"],
             embedding_dtype=args["embedding_dtype"],
             preprocess=args["preprocess"],
             resume=args["resume"],

@@ -28,8 +28,6 @@ __all__ = [
     "weights_fingerprint",
 ]
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
 # One handle for the whole process: every DoFn of every pass shares the loaded model. The handle
 # holds only a key; the model is built on first acquire, on the worker.
 _SHARED = shared.Shared()
@@ -136,14 +134,26 @@ class Encoder:
         device: str = "auto",
         dtype: str = "float32",
         batch_size: int = 32,
+        compile: bool | None = None,
     ) -> Encoder:
-        """Loads model and processor from ``source`` onto ``device`` in ``dtype``."""
-        from model import load_model, load_processor
+        """Loads model and processor from ``source`` onto ``device``.
 
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {list(_DTYPES)} (got {dtype!r})")
+        Args:
+            source: checkpoint folder, fsspec URL or hub id.
+            device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+            dtype: ``"auto"`` (float16 on GPU, bfloat16 on CPUs with native bfloat16, else
+                float32; see ``model.runtime.compute_dtype``), ``"float32"``, ``"bfloat16"`` or
+                ``"float16"``.
+            batch_size: most rows per model call.
+            compile: ``torch.compile`` the towers; ``None`` compiles on GPU only.
+        """
+        from model import load_model, load_processor
+        from model.runtime import compile_towers, compute_dtype, should_compile
+
         target = resolve_device(device)
-        model = load_model(source, device=target, dtype=_DTYPES[dtype])
+        model = load_model(source, device=target, dtype=compute_dtype(dtype, target))
+        if should_compile(compile, target):
+            compile_towers(model)
         processor = load_processor(source)
         return cls(model, processor, device=target, source=source, batch_size=batch_size)
 
@@ -266,6 +276,12 @@ class Encoder:
                 continue
             features = torch.nn.functional.normalize(features.float(), dim=-1)
             out[start:stop] = features.cpu().numpy()
+            if not np.isfinite(out[start:stop]).all():
+                raise FloatingPointError(
+                    f"the model produced non-finite {tower} features in {self.dtype}: its "
+                    "activations overflow this dtype. Run with --dtype bfloat16 (same range "
+                    "as float32) or --dtype float32."
+                )
             start = stop
         return out
 
@@ -312,16 +328,21 @@ def _jsonable(value: Any) -> bool:
     return True
 
 
-def acquire_encoder(source: str, *, device: str, dtype: str, batch_size: int) -> Encoder:
-    """The process-wide encoder for this model, device and dtype; loaded on first use.
+def acquire_encoder(
+    source: str, *, device: str, dtype: str, batch_size: int, compile: bool | None = None
+) -> Encoder:
+    """The process-wide encoder for this model, device, dtype and compile setting; loaded on first
+    use (see :meth:`Encoder.load` for the arguments).
 
     Beam runs many DoFn instances and threads per worker process; they all get the same model.
     Callers keep the returned object referenced while they use it (``Shared`` holds it weakly).
     """
 
     def build() -> Encoder:
-        encoder = Encoder.load(source, device=device, dtype=dtype, batch_size=batch_size)
+        encoder = Encoder.load(
+            source, device=device, dtype=dtype, batch_size=batch_size, compile=compile
+        )
         encoder.metadata()  # hash the weights once, here, not on the first write
         return encoder
 
-    return _SHARED.acquire(build, tag=(source, device, dtype, batch_size))
+    return _SHARED.acquire(build, tag=(source, device, dtype, batch_size, compile))
