@@ -17,6 +17,7 @@ from typing import Any
 
 import apache_beam as beam
 
+from transforms.redact import redact
 from transforms.spec import JobSpec
 from transforms.stats import UnitStats, histogram_edges
 
@@ -92,9 +93,10 @@ def make_summary(
         "finished_at": _iso(finished_at),
         "seconds": round(finished_at - started_at, 3),
     }
-    summary["model"] = spec.model
-    summary["inputs"] = list(inputs)
-    summary["output"] = spec.output
+    # Locations may carry credentials (https://user:token@...): never write them out.
+    summary["model"] = redact(spec.model)
+    summary["inputs"] = [redact(i) for i in inputs]
+    summary["output"] = redact(spec.output)
     summary["options"] = dict(spec.options)
     from transforms.encoder import clipbeam_version
 

@@ -75,7 +75,7 @@ def test_decode_grayscale_and_rgba_keep_their_mode():
     [
         (None, "missing_image"),
         (b"", "empty_image"),
-        (b"not an image at all", "corrupt_image"),
+        (b"not an image at all", "not_an_image"),  # plain text saved in place of an image
         (b"\xff\xd8\xff\xe0" + bytes(range(64)), "corrupt_image"),  # JPEG header, then garbage
         (noisy_png()[:2000], "corrupt_image"),  # truncated: fails when pixels are decoded
     ],
