@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -358,7 +359,23 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from exc
 
 
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files carrying compiled code (``code/``, ``constants.pkl``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(
+            name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist()
+        )
+
+
 def _read_torch(path: Path) -> dict[str, torch.Tensor]:
+    if _is_torchscript(path):
+        raise CheckpointError(
+            f"refused to load {path}: it is a TorchScript archive, which carries code. clipbeam "
+            "never loads TorchScript; use a checkpoint saved as model.safetensors or as a "
+            "state_dict with torch.save."
+        )
     try:
         # weights_only=True: the unpickler accepts tensors and plain containers only, so a
         # malicious file cannot run code here.
