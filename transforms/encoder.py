@@ -20,6 +20,8 @@ import torch
 from apache_beam.utils import shared
 from PIL import Image
 
+from transforms.redact import redact_url
+
 __all__ = [
     "Encoder",
     "acquire_encoder",
@@ -301,7 +303,7 @@ class Encoder:
         }
         return {
             "clipbeam.version": clipbeam_version(),
-            "clipbeam.model": self.source,
+            "clipbeam.model": redact_url(self.source),
             "clipbeam.model_family": self.family,
             "clipbeam.model_sha256": weights_fingerprint(self.source) if self.source else "",
             "clipbeam.projection_dim": str(self.projection_dim),

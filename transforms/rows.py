@@ -17,6 +17,7 @@ import pyarrow as pa
 from transforms.encoder import Encoder
 from transforms.errors import RowError
 from transforms.images import PreparedImage, prepare_image
+from transforms.limits import check_caption
 from transforms.prefetch import prefetch
 from transforms.spec import JobSpec
 from transforms.units import WorkUnit
@@ -72,12 +73,11 @@ def encode_window(
 
     texts: list[str | None] = [None] * n
     if spec.text_column is not None:
-        texts = batch.column(spec.text_column).to_pylist()
-        for i, text in enumerate(texts):
-            if text is None:
-                failed[i] = RowError("null_text", f"caption column {spec.text_column!r} is null")
-            elif not isinstance(text, str):
-                failed[i] = RowError("invalid_value", f"caption is {type(text).__name__}, not str")
+        for i, value in enumerate(batch.column(spec.text_column).to_pylist()):
+            try:
+                texts[i] = check_caption(value, spec.limits, column=spec.text_column)
+            except RowError as exc:
+                failed[i] = exc
 
     # Images are read, decoded and preprocessed on a thread pool, a batch ahead of the model;
     # the first batches start now, so they decode while the texts are embedded.
