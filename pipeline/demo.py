@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["DemoResult", "main", "run_demo"]
+__all__ = ["MARKER_FILE", "DemoResult", "main", "run_demo"]
 
 _DEFAULT_OUTPUT = "clipbeam-demo"
+# Written first into the output folder: marks it as the demo's, so a rerun may replace it.
+MARKER_FILE = "demo.json"
+_PARTS = ("data", "score", "filter")
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,9 @@ def run_demo(argv: Sequence[str] | None = None, *, quiet: bool = False) -> DemoR
     out = Path(args.output)
     data = out / "data" / "scenes.parquet"
     say = (lambda *_: None) if quiet else print
+    _prepare_output(out, parser)
+    record = {"arguments": vars(args), "text_column": text_column, "min_score": min_score}
+    (out / MARKER_FILE).write_text(json.dumps({**record, "finished": False}, indent=2) + "\n")
     say(
         f"clipbeam demo: generating {args.rows:,} image-caption pairs, "
         f"{args.mismatch_fraction:.0%} with a wrong caption -> {data}"
@@ -183,9 +191,29 @@ def run_demo(argv: Sequence[str] | None = None, *, quiet: bool = False) -> DemoR
         errors=sum(s["error_rows"] for s in summaries),
         seconds=time.monotonic() - started,
     )
+    (out / MARKER_FILE).write_text(
+        json.dumps({**record, "finished": True, "result": asdict(result)}, indent=2) + "\n"
+    )
     if not quiet:
         print(_report(result, scores, rejected, text_column, language, calibration))
     return result
+
+
+def _prepare_output(out: Path, parser: argparse.ArgumentParser) -> None:
+    """Creates the output folder; replaces the results of an earlier demo run, nothing else."""
+    if out.is_file():
+        parser.error(f"--output {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER_FILE).is_file():
+            parser.error(
+                f"--output {out} is not empty and holds no earlier demo run ({MARKER_FILE}); "
+                "choose a new or empty folder"
+            )
+        # Our own earlier run: its results are replaced, so a rerun starts clean.
+        for part in _PARTS:
+            if (out / part).exists():
+                shutil.rmtree(out / part)
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def _percent(part: int, whole: int) -> str:
@@ -231,7 +259,7 @@ def _report(
                 f"    {r['id']}: caption {r[text_column]!r} but the image shows "
                 f"{r['true_' + text_column]!r} (clip_score {r['clip_score']:.2f})"
             )
-    other = "demo-chinese-clip" if language == "en" else "demo-clip"
+    other, suffix = ("demo-chinese-clip", "zh") if language == "en" else ("demo-clip", "en")
     lines += [
         "",
         f"outputs in {out}/:",
@@ -241,9 +269,10 @@ def _report(
         "  */summary.json                 counts and timings of each job",
         "",
         "next:",
+        f"  clipbeam report {out}/filter      (an HTML page: score histogram, rejected pairs)",
         f"  clipbeam filter --input {out}/data/scenes.parquet --output {out}/top "
         f"--model {result.model} --text-column {text_column} --top-fraction 0.8",
-        f"  clipbeam demo --model {other} --output {out}-{other}",
+        f"  clipbeam demo --model {other} --output {out}-{suffix}",
         "  clipbeam score --help",
         f"(done in {result.seconds:.0f}s)",
     ]
@@ -251,8 +280,18 @@ def _report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pipeline.demo``: the same as ``clipbeam demo``."""
-    run_demo(argv)
+    """``clipbeam demo`` (also ``python -m pipeline.demo``).
+
+    Returns:
+        0 on success, 2 when a job refused to start (the reason is printed on one line).
+    """
+    from pipeline.options import LaunchError
+
+    try:
+        run_demo(argv)
+    except LaunchError as exc:
+        print(f"clipbeam demo: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

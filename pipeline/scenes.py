@@ -85,8 +85,8 @@ COLORS: dict[str, Color] = {
 }
 # Size name -> (Chinese, range of the shape's radius as a fraction of the image side).
 SIZES: dict[str, tuple[str, tuple[float, float]]] = {
-    "small": ("小", (0.10, 0.12)),
-    "large": ("大", (0.18, 0.21)),
+    "small": ("小", (0.12, 0.135)),
+    "large": ("大", (0.18, 0.195)),
 }
 # Position name -> (English phrase, Chinese word, centre as fractions of width and height).
 POSITIONS: dict[str, tuple[str, str, tuple[float, float]]] = {
@@ -96,7 +96,8 @@ POSITIONS: dict[str, tuple[str, str, tuple[float, float]]] = {
     "bottom": ("at the bottom", "下方", (0.5, 0.74)),
     "center": ("in the center", "中间", (0.5, 0.5)),
 }
-# Two objects always sit on opposite sides, so even two large shapes never overlap.
+# Two objects always sit on opposite sides; with the sizes, outlines and jitter in this file
+# even two large shapes never touch, nor does any shape cross the image border.
 _POSITION_PAIRS = (("left", "right"), ("top", "bottom"))
 BACKGROUNDS = ("plain", "gradient", "noise")
 # Mid-luminance, low-saturation tones: every object colour, black and white included, contrasts.
@@ -339,11 +340,11 @@ def render(scene: Scene, image_size: int = 128) -> Image.Image:
         low, high = SIZES[obj.size][1]
         radius = rng.uniform(low, high) * side
         fx, fy = POSITIONS[obj.position][2]
-        cx = (fx + rng.uniform(-0.04, 0.04)) * side
-        cy = (fy + rng.uniform(-0.04, 0.04)) * side
+        cx = (fx + rng.uniform(-0.02, 0.02)) * side
+        cy = (fy + rng.uniform(-0.02, 0.02)) * side
         rgb = tuple(int(np.clip(c + rng.integers(-18, 19), 0, 255)) for c in COLORS[obj.color].rgb)
         # A slight rotation only: 45 degrees would turn a square into a diamond.
-        angle = rng.uniform(-0.15, 0.15)
+        angle = rng.uniform(-0.1, 0.1)
         if obj.shape == "circle":
             draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=rgb)
         else:
@@ -370,8 +371,8 @@ def _star(points: int, outer: float, inner: float) -> list[tuple[float, float]]:
 # so the shapes cover similar areas: "large" means the same thing for all of them.
 _OUTLINES: dict[str, list[tuple[float, float]]] = {
     "square": [(-0.88, -0.88), (0.88, -0.88), (0.88, 0.88), (-0.88, 0.88)],
-    "triangle": [(0.0, -1.15), (1.15, 0.85), (-1.15, 0.85)],
-    "star": _star(5, 1.2, 0.5),
+    "triangle": [(0.0, -1.1), (1.05, 0.8), (-1.05, 0.8)],
+    "star": _star(5, 1.15, 0.48),
     "cross": [
         (-0.34, -1.0),
         (0.34, -1.0),
@@ -386,7 +387,7 @@ _OUTLINES: dict[str, list[tuple[float, float]]] = {
         (-1.0, -0.34),
         (-0.34, -0.34),
     ],
-    "diamond": [(0.0, -1.2), (0.8, 0.0), (0.0, 1.2), (-0.8, 0.0)],
+    "diamond": [(0.0, -1.1), (0.75, 0.0), (0.0, 1.1), (-0.75, 0.0)],
 }
 
 

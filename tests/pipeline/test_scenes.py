@@ -164,3 +164,26 @@ def test_command_line(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         scenes.main(["--rows", "6", "--out", str(out), "--mismatch-fraction", "1.5"])
     assert "mismatch_fraction must be between 0.0 and 1.0, got 1.5" in capsys.readouterr().err
+
+
+def test_two_large_shapes_never_touch_and_stay_inside_the_image() -> None:
+    rng = np.random.default_rng(8)
+    for _ in range(150):
+        scene = sample_scene(rng, two_object_fraction=1.0)
+        objects = tuple(
+            SceneObject(o.shape, color, "large", o.position)
+            for o, color in zip(scene.objects, ("red", "blue"), strict=True)
+        )
+        pixels = np.asarray(render(Scene(objects, "plain", 0, scene.seed), 128), dtype=np.int32)
+        red = np.abs(pixels - np.array(COLORS["red"].rgb)).max(axis=-1) < 60
+        blue = np.abs(pixels - np.array(COLORS["blue"].rgb)).max(axis=-1) < 60
+        grown = red.copy()  # red grown by one pixel in the four directions
+        grown[1:] |= red[:-1]
+        grown[:-1] |= red[1:]
+        grown[:, 1:] |= red[:, :-1]
+        grown[:, :-1] |= red[:, 1:]
+        assert not (grown & blue).any(), scene
+        shapes = red | blue
+        assert not (
+            shapes[0].any() or shapes[-1].any() or shapes[:, 0].any() or shapes[:, -1].any()
+        )
