@@ -52,6 +52,10 @@ def run_job(
     from pipeline import run
 
     patterns = [inputs] if isinstance(inputs, str) else list(inputs)
+    if not any(arg.startswith("--dtype") for arg in args):
+        # The outputs are compared with model/ called directly in float32 (to 1e-5); the
+        # command-line default, auto, picks bfloat16 on CPUs that have it.
+        args = ("--dtype", "float32", *args)
     argv = [command, "--output", output, "--model", str(model), *args, *beam_args]
     for pattern in patterns:
         argv += ["--input", pattern]

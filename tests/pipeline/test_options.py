@@ -27,7 +27,7 @@ def test_defaults():
     assert parsed.beam_args == ()
     assert (spec.image_column, spec.text_column, spec.id_column) == ("image", "text", None)
     assert (spec.image_format, spec.batch_size, spec.device) == ("auto", 32, "auto")
-    assert (spec.dtype, spec.embedding_dtype, spec.resume) == ("float32", "float32", False)
+    assert (spec.dtype, spec.embedding_dtype, spec.resume) == ("auto", "float32", False)
     assert spec.options["input"] == ["data/*.parquet"]
 
 
