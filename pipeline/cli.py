@@ -26,7 +26,7 @@ __all__ = ["main", "run"]
 _log = logging.getLogger("clipbeam")
 
 # Subcommands that are not Beam jobs: command -> module whose ``main(argv) -> int`` runs it.
-_TOOLS = {"report": "pipeline.report"}
+_TOOLS = {"demo": "pipeline.demo", "report": "pipeline.report", "train": "pipeline.train"}
 
 
 def run(
