@@ -25,7 +25,7 @@ def test_killed_run_resumes(clip_checkpoint, tmp_path):
         seed=17,
     )
     out = tmp_path / "out"
-    args = ["--id-column", "id", "--batch-size", "2"]
+    args = ["--id-column", "id", "--batch-size", "2", "--dtype", "float32"]
     command = [
         sys.executable,
         "-m",
