@@ -78,6 +78,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per variant")
     parser.add_argument("--dtype", default="auto", help="as the jobs' --dtype")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0: torch's default). On a machine shared with other work, 1 keeps "
+        "the small operations of short batches from waiting on descheduled threads",
+    )
     args = parser.parse_args(argv)
     if min(args.captions, args.batch_size, args.repeats) < 1:
         parser.error("--captions, --batch-size and --repeats must be at least 1")
@@ -87,6 +94,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     """Runs the benchmark with command-line arguments ``argv`` (default ``sys.argv[1:]``)."""
     args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     print(f"machine: {describe_machine()}")
     print(f"load average at start: {load_average()}")
     start = time.perf_counter()
