@@ -1,0 +1,1 @@
+"""Measured comparisons (not tests); see benchmarks/README.md for the command that runs them."""
