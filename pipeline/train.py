@@ -57,6 +57,7 @@ __all__ = [
     "main",
     "read_pairs",
     "train_contrastive",
+    "write_calibration",
     "zero_shot_accuracy",
 ]
 
@@ -555,10 +556,14 @@ def calibrate_min_score(scores: Sequence[float], is_mismatched: Sequence[bool]) 
         threshold = np.nextafter(sorted_scores[-1], np.inf)
     else:
         threshold = (sorted_scores[k - 1] + sorted_scores[k]) / 2
+    # A threshold people can type; the rates are those of the rounded value, under the
+    # filter's rule (a pair is rejected when its score is below min_score).
+    min_score = round(float(threshold), 4)
+    rejects = s < min_score
     return Calibration(
-        min_score=round(float(threshold), 4),
-        caught=float(caught[k]),
-        good_rejected=float(rejected[k]),
+        min_score=min_score,
+        caught=float(rejects[bad].mean()),
+        good_rejected=float(rejects[~bad].mean()),
         mismatched=int(bad.sum()),
         good=int((~bad).sum()),
     )
@@ -796,7 +801,6 @@ def build_recipe(
     Returns:
         The metrics also written to :data:`CALIBRATION_FILE`.
     """
-    from model import load_model, load_processor
     from pipeline.scenes import write_scenes
 
     if name not in RECIPES:
@@ -819,7 +823,27 @@ def build_recipe(
     out.mkdir(parents=True, exist_ok=True)
     model.half().save_pretrained(out)
     processor.save_pretrained(out)
-    # Measure what was written, not what is in memory: the float16 weights as a job loads them.
+    on_log(f"{name}: trained and saved in {time.monotonic() - started:.0f}s")
+    return write_calibration(out, name, on_log=on_log)
+
+
+def write_calibration(
+    checkpoint: str | Path, name: str, *, on_log: Callable[[str], None] = _log.info
+) -> dict[str, Any]:
+    """Measures a demo checkpoint on held-out scenes and writes :data:`CALIBRATION_FILE`.
+
+    The last step of :func:`build_recipe`; on its own, it re-measures a checkpoint after a change
+    to the evaluation without training again. The record holds no timing or path, so the same
+    weights always give the same file.
+
+    Returns:
+        The record written.
+    """
+    from model import load_model, load_processor
+
+    recipe = RECIPES[name]
+    out = Path(checkpoint)
+    # Measure what was written, not what was in memory: float16 weights as a job loads them.
     model, processor = load_model(out), load_processor(out)
     metrics = evaluate_on_scenes(model, processor, recipe)
     calibration: Calibration = metrics["calibration"]
@@ -834,9 +858,12 @@ def build_recipe(
             "calibration": dataclasses.asdict(calibration),
         },
         "recipe_settings": dataclasses.asdict(recipe),
-        "train_seconds": round(time.monotonic() - started),
     }
     (out / CALIBRATION_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    # Package data must be readable by every user of an installation (safetensors writes 0600).
+    for path in out.iterdir():
+        if path.is_file():
+            path.chmod(0o644)
     on_log(
         f"{name}: zero-shot accuracy {metrics['zero_shot_accuracy']:.1%} on {recipe.eval_rows} "
         f"held-out scenes; min_score {calibration.min_score:.4f} catches {calibration.caught:.1%} "
