@@ -25,9 +25,10 @@ from .modeling_clip import (
     _normalize,
     _require_both,
     attend,
-    fused_projection,
+    attention_inputs,
     mask_to_bias,
     run_layers,
+    take_rows,
 )
 
 __all__ = [
@@ -130,12 +131,17 @@ class ChineseCLIPTextSelfAttention(nn.Module):
             _init_bert_linear(proj, config.initializer_range)
 
     def forward(
-        self, hidden_states: torch.Tensor, bias: torch.Tensor | None, need_weights: bool
+        self,
+        hidden_states: torch.Tensor,
+        bias: torch.Tensor | None,
+        need_weights: bool,
+        rows: torch.Tensor | int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch, seq, width = hidden_states.shape
-        qkv = linear(hidden_states, *fused_projection(self.query, self.key, self.value))
-        qkv = qkv.view(batch, seq, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4)  # [B, S, 3, H, d] -> 3 x [B, H, S, d]
+        """Attends from every position, or only from ``rows``."""
+        batch, _, width = hidden_states.shape
+        query, key, value, bias = attention_inputs(
+            hidden_states, bias, rows, self.num_heads, self.query, self.key, self.value
+        )
         out, weights = attend(
             query,
             key,
@@ -144,7 +150,7 @@ class ChineseCLIPTextSelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             need_weights=need_weights,
         )
-        return out.transpose(1, 2).reshape(batch, seq, width), weights  # BHSd -> BSD
+        return out.transpose(1, 2).reshape(batch, -1, width), weights  # BHSd -> BSD
 
 
 class ChineseCLIPTextSelfOutput(nn.Module):
@@ -171,10 +177,15 @@ class ChineseCLIPTextAttention(nn.Module):
         self.output = ChineseCLIPTextSelfOutput(config, config.hidden_size)
 
     def forward(
-        self, hidden_states: torch.Tensor, bias: torch.Tensor | None, need_weights: bool
+        self,
+        hidden_states: torch.Tensor,
+        bias: torch.Tensor | None,
+        need_weights: bool,
+        rows: torch.Tensor | int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn, weights = self.self(hidden_states, bias, need_weights)
-        return self.output(attn, hidden_states), weights
+        attn, weights = self.self(hidden_states, bias, need_weights, rows)
+        residual = hidden_states if rows is None else take_rows(hidden_states, rows)
+        return self.output(attn, residual), weights
 
 
 class ChineseCLIPTextIntermediate(nn.Module):
@@ -201,9 +212,14 @@ class ChineseCLIPTextLayer(nn.Module):
         self.output = ChineseCLIPTextSelfOutput(config, config.intermediate_size)
 
     def forward(
-        self, hidden_states: torch.Tensor, bias: torch.Tensor | None, need_weights: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        bias: torch.Tensor | None,
+        need_weights: bool = False,
+        rows: torch.Tensor | int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, weights = self.attention(hidden_states, bias, need_weights)
+        """The block's output at every position, or at ``rows`` only (``[B, 1, D]``)."""
+        attended, weights = self.attention(hidden_states, bias, need_weights, rows)
         return self.output(self.intermediate(attended), attended), weights
 
 
@@ -222,8 +238,11 @@ class ChineseCLIPTextEncoder(nn.Module):
         bias: torch.Tensor | None,
         output_attentions: bool,
         output_hidden_states: bool,
+        rows: torch.Tensor | int | None = None,
     ) -> BaseModelOutputWithPooling:
-        return run_layers(self.layer, hidden_states, bias, output_attentions, output_hidden_states)
+        return run_layers(
+            self.layer, hidden_states, bias, output_attentions, output_hidden_states, rows
+        )
 
 
 class ChineseCLIPTextPooler(nn.Module):
@@ -282,6 +301,8 @@ class ChineseCLIPTextModel(PreTrainedModel):
         position_ids: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        *,
+        pooled_only: bool = False,
     ) -> BaseModelOutputWithPooling:
         """Encodes token ids.
 
@@ -294,6 +315,8 @@ class ChineseCLIPTextModel(PreTrainedModel):
                 (default: ``config.output_attentions``).
             output_hidden_states: return the embeddings and every layer's output
                 (default: ``config.output_hidden_states``).
+            pooled_only: compute only the [CLS] position on the last layer (all that pooling
+                needs); ``last_hidden_state`` is then its ``[batch, 1, hidden]`` state.
 
         Returns:
             ``last_hidden_state`` and ``pooler_output`` (BERT pooler over [CLS]; ``None``
@@ -320,6 +343,7 @@ class ChineseCLIPTextModel(PreTrainedModel):
             bias,
             _flag(output_attentions, self.config.output_attentions),
             _flag(output_hidden_states, self.config.output_hidden_states),
+            0 if pooled_only else None,
         )
         if self.pooler is not None:
             out.pooler_output = self.pooler(out.last_hidden_state)
@@ -368,7 +392,9 @@ class ChineseCLIPModel(PreTrainedModel):
             token_type_ids: ``[batch, seq]`` segment ids; default all 0.
             position_ids: ``[batch, seq]`` positions; default ``0..seq-1``.
         """
-        out = self.text_model(input_ids, attention_mask, token_type_ids, position_ids, False, False)
+        out = self.text_model(
+            input_ids, attention_mask, token_type_ids, position_ids, False, False, pooled_only=True
+        )
         return linear(cls_pool(out.last_hidden_state), self.text_projection.weight)
 
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -377,7 +403,7 @@ class ChineseCLIPModel(PreTrainedModel):
         Args:
             pixel_values: ``[batch, channels, image_size, image_size]`` normalized pixels.
         """
-        out = self.vision_model(pixel_values, False, False)
+        out = self.vision_model(pixel_values, False, False, pooled_only=True)
         return linear(out.pooler_output, self.visual_projection.weight)
 
     def forward(

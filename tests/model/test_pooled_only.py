@@ -1,0 +1,73 @@
+"""Towers computing only the pooled position on their last layer give the full pass's pooling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.configuration import ChineseCLIPConfig, CLIPConfig
+from model.modeling_chinese_clip import ChineseCLIPModel
+from model.modeling_clip import CLIPModel, take_rows
+
+SMALL = {"hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4}
+VISION = {**SMALL, "num_hidden_layers": 2, "image_size": 32, "patch_size": 8}
+
+
+def _ids(vocab: int, lengths: list[int], eos: int, pad: int, left: bool = False):
+    """Token ids ending in ``eos``, padded to the longest (on the left if asked), and a mask."""
+    gen = torch.Generator().manual_seed(0)
+    longest = max(lengths)
+    ids = torch.full((len(lengths), longest), pad)
+    mask = torch.zeros((len(lengths), longest), dtype=torch.long)
+    for row, n in enumerate(lengths):
+        span = slice(longest - n, longest) if left else slice(0, n)
+        ids[row, span] = torch.randint(3, vocab - 2, (n,), generator=gen)
+        ids[row, span.stop - 1] = eos
+        mask[row, span] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("left_padding", [False, True])
+@pytest.mark.parametrize("eos_token_id", [2, 63])  # legacy argmax pooling, and the real EOS
+def test_clip_towers(left_padding, eos_token_id):
+    torch.manual_seed(0)
+    text = {**SMALL, "num_hidden_layers": 3, "vocab_size": 64, "eos_token_id": eos_token_id}
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=VISION)).eval()
+    ids, mask = _ids(64, [3, 7, 5], eos=63, pad=0, left=left_padding)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        full = model.text_model(ids, mask)
+        pooled = model.text_model(ids, mask, pooled_only=True)
+        torch.testing.assert_close(pooled.pooler_output, full.pooler_output)
+        assert pooled.last_hidden_state.shape == (3, 1, 32)
+        full_image = model.vision_model(pixels)
+        pooled_image = model.vision_model(pixels, pooled_only=True)
+        torch.testing.assert_close(pooled_image.pooler_output, full_image.pooler_output)
+        torch.testing.assert_close(
+            pooled_image.last_hidden_state, full_image.last_hidden_state[:, :1]
+        )
+
+
+def test_chinese_clip_text_tower():
+    torch.manual_seed(0)
+    text = {**SMALL, "num_hidden_layers": 2, "vocab_size": 64, "max_position_embeddings": 16}
+    model = ChineseCLIPModel(ChineseCLIPConfig(text_config=text, vision_config=VISION)).eval()
+    ids, mask = _ids(64, [4, 9], eos=63, pad=0)
+    with torch.inference_mode():
+        full = model.text_model(ids, mask)
+        pooled = model.text_model(ids, mask, pooled_only=True)
+    torch.testing.assert_close(pooled.last_hidden_state, full.last_hidden_state[:, :1])
+
+
+def test_pooled_only_cannot_return_every_layer():
+    model = CLIPModel(
+        CLIPConfig(text_config={**SMALL, "num_hidden_layers": 1}, vision_config=VISION)
+    )
+    with pytest.raises(ValueError, match="cannot return every layer's hidden states"):
+        model.vision_model(torch.randn(1, 3, 32, 32), output_hidden_states=True, pooled_only=True)
+
+
+def test_take_rows():
+    x = torch.arange(24).view(2, 4, 3)
+    assert torch.equal(take_rows(x, 0), x[:, :1])
+    assert torch.equal(take_rows(x, torch.tensor([3, 1])), torch.stack([x[0, 3:4], x[1, 1:2]]))
