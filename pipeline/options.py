@@ -333,8 +333,8 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
         "compile",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="torch.compile the model (default: on GPU only; on CPU it gains about 10%% for "
-        "30-60 s of compilation per worker process)",
+        help="torch.compile the model (default: on GPU only; on CPU it gains 0-12%% for about "
+        "20 s of compilation per worker process)",
     )
     _add(
         compute,

@@ -86,7 +86,7 @@ class JobSpec:
             command line defaults to ``"auto"``; this class to float32, which gives the same
             rows on every machine.
         compile: ``torch.compile`` the model's towers; ``None``: on GPU only (on CPU it gains
-            about 10% for 30-60 s of compilation per worker process).
+            0-12% for about 20 s of compilation per worker process).
         embedding_dtype: dtype embeddings are stored in.
         preprocess: ``"exact"`` (image inputs equal to transformers') or ``"fast"`` (JPEGs
             decoded at reduced scale and resized in steps: several times faster, image features
