@@ -5,6 +5,12 @@ Module attribute names are the checkpoint keys (``text_model.embeddings.token_em
 Attention runs through ``torch.nn.functional.scaled_dot_product_attention``; the weights are
 computed explicitly only when ``output_attentions`` asks for them.
 
+For speed (``benchmarks/bench_model.py``): linear layers run through :func:`model.kernels.linear`
+(oneDNN on CPU) with their ``weight`` and ``bias`` read directly, so forward hooks on the
+``nn.Linear`` submodules are not called; q, k and v are one product (:func:`fused_projection`);
+and ``get_text_features`` / ``get_image_features`` run each tower's last layer at the pooled
+position only (``pooled_only``).
+
 The image tower and the building blocks here are shared with Chinese-CLIP
 (:mod:`model.modeling_chinese_clip`).
 """
