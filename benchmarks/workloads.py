@@ -105,8 +105,8 @@ def camera_photos(kind: str = "both", seed: int = 0) -> dict[str, bytes]:
     photos = [photo(name) for name in PHOTOS]
     out: dict[str, bytes] = {}
     if kind in ("upscaled", "both"):
-        for name, photo in zip(PHOTOS, photos, strict=True):
-            out[f"upscaled/{name.split('.')[0]}"] = _jpeg(_upscaled(photo))
+        for name, source in zip(PHOTOS, photos, strict=True):
+            out[f"upscaled/{name.split('.')[0]}"] = _jpeg(_upscaled(source))
     if kind in ("mosaic", "both"):
         rng = random.Random(seed)
         for index in range(len(photos)):
