@@ -17,6 +17,7 @@ opaque call and fuses the elementwise work around it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -106,13 +107,26 @@ def _(
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-def onednn_linear_available() -> bool:
-    """Whether this torch build has oneDNN's linear kernel and oneDNN is enabled."""
-    return (
+def onednn_linear_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether oneDNN's linear kernel can run ``dtype`` products here.
+
+    float32 needs only a torch build with oneDNN, enabled. bfloat16 also needs a CPU that oneDNN
+    runs it on (AVX-512 or newer on x86): on an AVX2-only CPU its inner product refuses bfloat16
+    ("could not create a primitive descriptor"), so ``F.linear`` computes those instead.
+    """
+    if not (
         torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    )
+    ):
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and _onednn_bf16_supported())
+
+
+@functools.cache
+def _onednn_bf16_supported() -> bool:
+    """oneDNN's own check that this CPU can run bfloat16 kernels (asked once per process)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -124,7 +138,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         t is not None and t.requires_grad for t in (x, weight, bias)
     ):
         return False  # the oneDNN kernel has no backward
-    return onednn_linear_available()
+    return onednn_linear_available(x.dtype)
 
 
 def linear(

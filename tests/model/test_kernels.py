@@ -58,7 +58,10 @@ def _postop(activation: str | None) -> str:
     return "swish" if activation in ("silu", "swish") else activation.split("_")[0]
 
 
-@needs_onednn
+@pytest.mark.skipif(
+    not kernels.onednn_linear_available(torch.bfloat16),
+    reason="oneDNN runs no bfloat16 products on this CPU",
+)
 def test_bfloat16_runs_on_onednn_and_without_bias(onednn_calls):
     x, weight, _ = _inputs(torch.bfloat16)
     with torch.no_grad():
@@ -66,6 +69,17 @@ def test_bfloat16_runs_on_onednn_and_without_bias(onednn_calls):
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got, F.linear(x, weight), atol=0.05, rtol=0.02)
     assert onednn_calls == ["none"]
+
+
+def test_bfloat16_without_onednn_support_runs_on_torch(onednn_calls, monkeypatch):
+    # An AVX2-only CPU: oneDNN refuses bfloat16 there, so the product must not be sent to it.
+    monkeypatch.setattr(kernels, "_onednn_bf16_supported", lambda: False)
+    x, weight, bias = _inputs(torch.bfloat16)
+    with torch.no_grad():
+        got = linear(x, weight, bias, "gelu")
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, F.gelu(F.linear(x, weight, bias)), atol=0.05, rtol=0.02)
+    assert onednn_calls == []
 
 
 def test_gradients_flow_through_the_torch_kernel(onednn_calls):
