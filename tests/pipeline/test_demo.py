@@ -64,3 +64,47 @@ def test_demo_needs_a_threshold_for_an_uncalibrated_model(
     with pytest.raises(SystemExit):
         run_demo(["--output", str(tmp_path / "o"), "--model", str(checkpoint)], quiet=True)
     assert "pass --min-score X" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("model", "language"), [("demo-clip", "en"), ("demo-chinese-clip", "zh")])
+def test_bundled_models_run_embed_and_classify(model: str, language: str, tmp_path: Path) -> None:
+    """``--model demo-*`` selects the bundled model in every job, not only score and filter:
+    classify names the shape and colour of held-out scenes, embed writes unit vectors."""
+    import numpy as np
+
+    from model import ChineseCLIPConfig, CLIPConfig
+    from model.hub import resolve_source
+    from pipeline.scenes import class_labels, class_prompt, write_scenes
+    from tests.pipeline.jobtools import run_job
+
+    # A seed neither training (1), calibration (3) nor the other tests here use.
+    data = write_scenes(tmp_path / "scenes.parquet", 120, seed=31, two_object_fraction=0.0)
+    prompts = [class_prompt(shape, color, language) for shape, color in class_labels()]
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("\n".join(prompts) + "\n", encoding="utf-8")
+
+    common = ("--image-column", "image", "--id-column", "id")
+    classify = run_job(
+        "classify", data, str(tmp_path / "classify"), model, *common,
+        "--labels-file", str(labels_file), "--template", "{}", "--top-k", "3",
+    )  # fmt: skip
+    assert classify.summary["input_rows"] == 120 and classify.summary["error_rows"] == 0
+    truth = pq.read_table(data, columns=["id", "shapes", "colors"]).to_pylist()
+    expected = {r["id"]: class_prompt(r["shapes"][0], r["colors"][0], language) for r in truth}
+    labelled = classify.table("labels").to_pylist()
+    assert sorted(r["id"] for r in labelled) == sorted(expected)
+    hits = sum(r["labels"][0] == expected[r["id"]] for r in labelled)
+    assert hits / len(labelled) >= 0.9, f"{model}: {hits} of {len(labelled)} scenes labelled right"
+
+    embed = run_job(
+        "embed", data, str(tmp_path / "embed"), model, *common,
+        "--text-column", f"caption_{language}",
+    )  # fmt: skip
+    assert embed.summary["output_rows"] == 120
+    table = embed.table("embeddings")
+    config_class = ChineseCLIPConfig if language == "zh" else CLIPConfig
+    dim = config_class.from_pretrained(resolve_source(model).location).projection_dim
+    for column in ("image_embedding", "text_embedding"):
+        vectors = np.asarray(table.column(column).to_pylist(), dtype=np.float32)
+        assert vectors.shape == (120, dim)
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
