@@ -4,7 +4,9 @@
 
     Create(units) -> Reshuffle -> ProcessUnits(spec) ----------------------> UnitStats -> summary
     (filter --top-fraction:)
-    Create(units) -> Reshuffle -> StageScores -> scores -> ApproximateQuantiles -> threshold
+    Create(units) -> Reshuffle -> StageScores -> scores -> ApproximateQuantiles -> cut
+                                       |                                     PersistCut (stored,
+                                       |                                      or an earlier run's)
                                        |                                           | (side input)
                                        +-> UnitStats    units -> SelectStaged <----+ -> UnitStats
                                                                   both passes' UnitStats -> summary
@@ -12,6 +14,8 @@
 Work units are planned on the launcher (:mod:`pipeline.validate`); each is processed on its own,
 so one explicit ``Reshuffle`` spreads them over workers (``Create``'s own reshuffle is turned off:
 two would shuffle twice). The summary and the metrics counters come from the same per-unit stats.
+Before ``summary.json`` is written, ``errors/`` gets an empty file if the job had no error rows
+(:func:`transforms.process.settle_errors`), so every job's ``errors/`` reads as a table.
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ import apache_beam as beam
 
 from pipeline.summary import WriteSummary
 from pipeline.validate import LaunchPlan
-from transforms.process import ProcessUnits, SelectStaged, StageScores, top_fraction_threshold
+from transforms.process import (
+    ProcessUnits,
+    SelectStaged,
+    StageScores,
+    persist_threshold,
+    top_fraction_threshold,
+)
+from transforms.rows import error_schema
 
 __all__ = ["build_job"]
 
@@ -50,10 +61,14 @@ def build_job(
         # Composed here rather than through ProcessUnits so the cut lands in the summary.
         staged = units | "ScoreAndStage" >> StageScores(spec)
         threshold = top_fraction_threshold(staged["scores"], spec.top_fraction)
+        # A resumed run splits by the cut its first run stored, so that one output has one cut.
+        threshold = persist_threshold(threshold, spec)
         # The side input also orders the passes: no unit is split before every unit is staged.
         selected = units | "SplitStaged" >> SelectStaged(spec, beam.pvalue.AsSingleton(threshold))
         stats = (staged["stats"], selected) | "BothPasses" >> beam.Flatten()
         extras["top_fraction_threshold"] = threshold
     else:
         stats = units | "Process" >> ProcessUnits(spec)
-    return stats | "Summary" >> WriteSummary(spec, inputs, started_at, extras)
+    return stats | "Summary" >> WriteSummary(
+        spec, inputs, started_at, extras, errors_schema=error_schema(spec, plan.schema)
+    )

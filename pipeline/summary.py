@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 
 from transforms.redact import redact
 from transforms.spec import JobSpec
@@ -124,17 +125,28 @@ class _Write(beam.DoFn):
     """Writes the summary; side-input values arrive positionally, named by ``side_keys``."""
 
     def __init__(
-        self, spec: JobSpec, inputs: Sequence[str], started_at: float, side_keys: Sequence[str]
+        self,
+        spec: JobSpec,
+        inputs: Sequence[str],
+        started_at: float,
+        side_keys: Sequence[str],
+        errors_schema: pa.Schema | None = None,
     ):
         self._spec = spec
         self._inputs = list(inputs)
         self._started_at = started_at
         self._side_keys = list(side_keys)
+        self._errors_schema = errors_schema
 
     # No annotation on *side_values: Beam would read one as the type of a tuple of side inputs.
     def process(self, stats: UnitStats, *side_values) -> Iterable[str]:
         from transforms import storage
 
+        if self._errors_schema is not None:
+            from transforms.process import settle_errors
+
+            # Before summary.json: once it exists, every output folder is complete.
+            settle_errors(self._spec, self._errors_schema, stats.error_rows)
         summary = make_summary(
             self._spec,
             stats,
@@ -157,6 +169,8 @@ class WriteSummary(beam.PTransform):
         started_at: launch time, seconds since the epoch.
         extras: named singleton side inputs whose values are added to the summary (e.g. the
             ``--top-fraction`` threshold).
+        errors_schema: the schema of ``errors/`` files; when given, ``errors/`` is settled
+            (:func:`transforms.process.settle_errors`) before the summary is written.
 
     The output is a one-element PCollection holding the summary's path.
     """
@@ -167,17 +181,20 @@ class WriteSummary(beam.PTransform):
         inputs: Sequence[str],
         started_at: float,
         extras: Mapping[str, beam.pvalue.PCollection] | None = None,
+        *,
+        errors_schema: pa.Schema | None = None,
     ):
         super().__init__()
         self._spec = spec
         self._inputs = list(inputs)
         self._started_at = started_at
         self._extras = dict(extras or {})
+        self._errors_schema = errors_schema
 
     def expand(self, stats: beam.PCollection) -> beam.PCollection:
         total = stats | "Sum" >> beam.CombineGlobally(SumStats())
         keys = list(self._extras)
         sides = [beam.pvalue.AsSingleton(self._extras[k]) for k in keys]
         return total | "Write" >> beam.ParDo(
-            _Write(self._spec, self._inputs, self._started_at, keys), *sides
+            _Write(self._spec, self._inputs, self._started_at, keys, self._errors_schema), *sides
         )

@@ -8,18 +8,24 @@ so it runs in two passes, also offered separately for custom pipelines:
    the unit's scores;
 2. :func:`top_fraction_threshold` turns all scores into one cut with
    ``beam.ApproximateQuantiles``;
-3. :class:`SelectStaged` reads the staged rows back and writes ``kept/`` and ``rejected/`` with
+3. :func:`persist_threshold` stores that cut in ``<output>/_top_fraction.json``; a resumed run
+   reads it back instead of using its own, so every unit of one output is split by one cut;
+4. :class:`SelectStaged` reads the staged rows back and writes ``kept/`` and ``rejected/`` with
    the cut as a side input.
 
 Every unit writes ``<output>/<dir>/part-FFFFF-GGGGG.parquet`` (and its errors to
 ``<output>/errors/``), then a completion marker ``<output>/_units/<pass>-part-FFFFF-GGGGG.json``
 holding its :class:`~transforms.stats.UnitStats`. With ``resume``, a unit whose marker exists is
-skipped and its stored counts are emitted again, so totals stay exact across runs.
+skipped and its stored counts are emitted again, so totals stay exact across runs. A unit
+without error rows writes no errors file; :func:`settle_errors`, run once at the end of a job,
+leaves an empty one when the whole job had none, so ``errors/`` always reads as a table.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import posixpath
 from collections.abc import Iterator
 from typing import Any
@@ -38,17 +44,24 @@ from transforms.rows import EncodedWindow, encode_window, error_schema, error_ta
 from transforms.spec import JobSpec
 from transforms.stats import UnitStats, score_histogram
 from transforms.units import WorkUnit
-from transforms.writer import ParquetSpool, job_metadata
+from transforms.writer import COMPRESSION, ParquetSpool, job_metadata
 
 __all__ = [
+    "EMPTY_ERRORS_FILE",
+    "ERRORS_DIR",
     "METRICS_NAMESPACE",
+    "THRESHOLD_FILE",
     "TOP_FRACTION_QUANTILES",
     "ProcessUnits",
     "SelectStaged",
     "StageScores",
     "UnitDoFn",
+    "persist_threshold",
+    "settle_errors",
     "top_fraction_threshold",
 ]
+
+_LOGGER = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "clipbeam"
 # 1001 quantiles = cuts every 0.1% of rows; Beam's sketch then guarantees a rank error below
@@ -56,6 +69,12 @@ METRICS_NAMESPACE = "clipbeam"
 TOP_FRACTION_QUANTILES = 1001
 STAGING_DIR = "_staging"
 MARKER_DIR = "_units"
+ERRORS_DIR = "errors"
+# Written to errors/ by settle_errors when a job had no error rows at all. Not hidden (no "_" or
+# "." prefix): pyarrow.dataset must see it to learn the folder's schema.
+EMPTY_ERRORS_FILE = "empty.parquet"
+# The --top-fraction cut of the run that first computed it, next to the launcher's _job.json.
+THRESHOLD_FILE = "_top_fraction.json"
 SCORES_TAG = "scores"
 
 # Rows read from Parquet per window. Texts of a window are sorted by length before batching,
@@ -140,7 +159,7 @@ class UnitDoFn(beam.DoFn):
                     unit, schema, encoder.projection_dim, metadata
                 )
             }
-            errors_path = self._path("errors", f"{unit.name}.parquet")
+            errors_path = self._path(ERRORS_DIR, f"{unit.name}.parquet")
             errors = spools.enter_context(ParquetSpool(errors_path, error_schema(spec, schema)))
             input_rows, scores = 0, []
             for batch in parquet.iter_batches(
@@ -223,7 +242,11 @@ class UnitDoFn(beam.DoFn):
         if self._encoder is None:
             spec = self.spec
             self._encoder = acquire_encoder(
-                spec.model, device=spec.device, dtype=spec.dtype, batch_size=spec.batch_size
+                spec.model,
+                device=spec.device,
+                dtype=spec.dtype,
+                batch_size=spec.batch_size,
+                compile=spec.compile,
             )
             self._prompts = Prompts.build(spec, self._encoder)
         return self._encoder
@@ -338,7 +361,11 @@ def top_fraction_threshold(
     """The ``clip_score`` above which ``fraction`` of all rows lie, from batched scores.
 
     Beam's ``ApproximateQuantiles`` sketch with :data:`TOP_FRACTION_QUANTILES` cuts bounds the
-    rank error by ``1 / TOP_FRACTION_QUANTILES`` of the number of scores.
+    rank error by ``1 / TOP_FRACTION_QUANTILES`` of the number of scores (its default epsilon).
+    For 1001 cuts it keeps up to 17 buffers of 15,259 scores, so below 18 buffers (274,662
+    scores) it holds every score and the cut is exact; above, it merges buffers and the cut is
+    approximate, and may differ between runs over the same scores (see
+    :func:`persist_threshold`).
     """
     return (
         scores
@@ -348,12 +375,85 @@ def top_fraction_threshold(
     )
 
 
+class _PersistThreshold(beam.DoFn):
+    """Stores the cut this run computed, or, resuming, returns the one stored by an earlier run."""
+
+    def __init__(self, spec: JobSpec):
+        self.spec = spec
+
+    def process(self, computed: float | None) -> Iterator[float | None]:
+        spec = self.spec
+        path = storage.join(spec.output, THRESHOLD_FILE)
+        if spec.resume and storage.exists(path):
+            stored = json.loads(storage.read_bytes(path))
+            if stored.get("top_fraction") != spec.top_fraction:
+                raise ValueError(
+                    f"{path} holds the cut of --top-fraction {stored.get('top_fraction')}, this "
+                    f"job asks for {spec.top_fraction}: --resume must repeat the earlier run's "
+                    "options. Rerun with them, or choose an empty --output folder."
+                )
+            threshold = stored["threshold"]
+            if threshold != computed:
+                _LOGGER.info(
+                    "--resume: splitting by the earlier run's cut %r (%s), not this run's %r",
+                    threshold,
+                    path,
+                    computed,
+                )
+            yield threshold
+            return
+        record = {"top_fraction": spec.top_fraction, "threshold": computed}
+        storage.write_atomic(path, (json.dumps(record, indent=2) + "\n").encode("utf-8"))
+        yield computed
+
+
+def persist_threshold(
+    threshold: beam.PCollection[float | None], spec: JobSpec
+) -> beam.PCollection[float | None]:
+    """The cut that splits every unit of ``spec.output``: one run's, whatever the resumes.
+
+    A fresh run stores its cut (from :func:`top_fraction_threshold`) in
+    ``<output>/_top_fraction.json`` and passes it on. A run with ``resume`` whose output folder
+    already holds that file passes the stored cut on instead of its own: above about 275,000
+    scores Beam's sketch is approximate and its result may change from run to run (bundles are
+    merged in another order), and units split by an earlier run must not mix with units split
+    by another cut. The file is written before any unit is split (the cut reaches pass 2 only as
+    a side input), so a unit split by an earlier run always has its cut stored.
+
+    Raises:
+        ValueError: (when run) the stored cut belongs to another ``top_fraction``.
+    """
+    return threshold | "PersistCut" >> beam.ParDo(_PersistThreshold(spec))
+
+
+def settle_errors(spec: JobSpec, input_schema: pa.Schema, error_rows: int) -> None:
+    """Makes ``<output>/errors/`` readable as a table, errors or none: call once, after every unit.
+
+    Units write an errors file only when they have error rows (the file count stays that of the
+    units that failed somewhere). When the whole job had none, this writes
+    :data:`EMPTY_ERRORS_FILE`, no rows in the errors schema, so that ``pyarrow.dataset`` and
+    query engines read ``errors/`` as an empty table with the right columns; when it had some,
+    it deletes a leftover empty file. Writing is atomic and repeatable (retries, resumes).
+
+    Args:
+        spec: the job.
+        input_schema: the Arrow schema of the (first) input file, which types the id column.
+        error_rows: the job's total of error rows, resumed units included.
+    """
+    path = storage.join(spec.output, ERRORS_DIR, EMPTY_ERRORS_FILE)
+    if error_rows:
+        storage.delete(path, missing_ok=True)
+        return
+    with storage.atomic_writer(path) as f:
+        pq.write_table(error_schema(spec, input_schema).empty_table(), f, compression=COMPRESSION)
+
+
 class ProcessUnits(beam.PTransform):
     """The whole job: work units in, one :class:`UnitStats` per unit and pass out.
 
     The stats add up (``beam.CombineGlobally(sum)``) to the job's totals. For a filter with
-    ``top_fraction`` this runs :class:`StageScores`, :func:`top_fraction_threshold` and
-    :class:`SelectStaged`; otherwise one pass.
+    ``top_fraction`` this runs :class:`StageScores`, :func:`top_fraction_threshold`,
+    :func:`persist_threshold` and :class:`SelectStaged`; otherwise one pass.
     """
 
     def __init__(self, spec: JobSpec):
@@ -366,6 +466,7 @@ class ProcessUnits(beam.PTransform):
             return units | "Process" >> beam.ParDo(UnitDoFn(spec, "write"))
         staged = units | "Pass1" >> StageScores(spec)
         threshold = top_fraction_threshold(staged["scores"], spec.top_fraction)
+        threshold = persist_threshold(threshold, spec)
         # Pass 2 must only start once every unit is staged: the side input enforces that.
         selected = units | "Pass2" >> SelectStaged(spec, beam.pvalue.AsSingleton(threshold))
         return (staged["stats"], selected) | "AllStats" >> beam.Flatten()

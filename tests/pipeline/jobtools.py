@@ -75,22 +75,27 @@ def read_json(path: str) -> dict[str, Any]:
 
 
 def read_folder(folder: str) -> pa.Table:
-    """Every Parquet file of an output folder as one table (pyarrow.dataset on local disk)."""
+    """Every Parquet file of an output folder as one table (pyarrow.dataset on local disk).
+
+    Every folder a job writes holds at least one file, errors/ included (an empty one when no
+    row failed): a missing or empty folder fails here.
+    """
     from transforms import storage
 
     if "://" not in folder:
-        if not Path(folder).is_dir():
-            return pa.table({})
-        return pads.dataset(folder, format="parquet").to_table()
+        table = pads.dataset(folder, format="parquet").to_table()
+        assert table.schema.names, f"{folder} holds no file"  # an empty folder has no schema
+        return table
     tables = []
     for path in storage.list_files(folder):
         with storage.open_input(path) as f:
             tables.append(pq.read_table(f))
-    return pa.concat_tables(tables) if tables else pa.table({})
+    assert tables, f"{folder} holds no file"
+    return pa.concat_tables(tables)
 
 
 def ids(table: pa.Table, column: str = "id") -> list[Any]:
-    return table.column(column).to_pylist() if table.num_rows else []
+    return table.column(column).to_pylist()
 
 
 def check_accounting(run: JobRun, dataset: Dataset, *, output_folders: Sequence[str]) -> None:

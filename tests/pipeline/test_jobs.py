@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
@@ -317,3 +318,24 @@ def test_embed_one_modality(modality, clip_checkpoint, references, tmp_path):
         want = reference.text(source.text) if only_text else reference.image(source)
         assert np.abs(np.asarray(row[column]) - want).max() <= TOLERANCE
     assert "clip_score_histogram" not in run.summary
+
+
+def test_a_job_without_errors_leaves_an_empty_errors_table(clip_checkpoint, tmp_path):
+    data = build_dataset(tmp_path / "in", num_files=1, rows_per_file=3, seed=18)
+    out = tmp_path / "out"
+    run = run_job("score", data.pattern, str(out), clip_checkpoint, "--id-column", "id")
+    check_accounting(run, data, output_folders=["scores"])
+    assert run.summary["error_rows"] == 0
+    errors = pads.dataset(out / "errors", format="parquet").to_table()
+    assert errors.num_rows == 0
+    assert errors.schema == pa.schema(
+        [
+            ("id", pq.read_schema(data.files[0]).field("id").type),
+            ("source_file", pa.string()),
+            ("row_number", pa.int64()),
+            ("error_type", pa.string()),
+            ("error_message", pa.string()),
+        ]
+    )
+    # One file for the job, not one per unit.
+    assert [p.name for p in (out / "errors").iterdir()] == ["empty.parquet"]

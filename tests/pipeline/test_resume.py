@@ -1,7 +1,9 @@
-"""A job killed half way, then rerun with --resume: no id missing, none twice, exact counts."""
+"""A job killed half way, then rerun with --resume: no id missing, none twice, exact counts; a
+resumed --top-fraction filter splits by the cut its first run stored."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -77,3 +79,42 @@ def test_killed_run_resumes(clip_checkpoint, tmp_path):
     check_errors(run, data)
     assert run.summary["resumed_units"] >= finished
     assert run.summary["units"] == data.num_row_groups()
+
+
+def test_resumed_top_fraction_keeps_the_first_runs_cut(clip_checkpoint, tmp_path):
+    data = build_dataset(
+        tmp_path / "in",
+        num_files=2,
+        rows_per_file=6,
+        row_group_size=3,
+        plant={"null_text": 1},
+        seed=18,
+    )
+    out = tmp_path / "out"
+    args = ["--id-column", "id", "--top-fraction", "0.5"]
+    first = run_job("filter", data.pattern, str(out), clip_checkpoint, *args)
+    stored_path = out / "_top_fraction.json"
+    stored = json.loads(stored_path.read_text())
+    assert stored == {"top_fraction": 0.5, "threshold": first.summary["top_fraction_threshold"]}
+
+    # Another cut, as another run's sketch could give above ~275k rows (the sketch is exact on
+    # these 11); then the run dies after storing it, before splitting any unit.
+    scores = sorted(
+        first.table("kept").column("clip_score").to_pylist()
+        + first.table("rejected").column("clip_score").to_pylist()
+    )
+    other = (scores[2] + scores[3]) / 2  # keeps 8 of 11 rows instead of 5 or 6
+    assert other < first.summary["top_fraction_threshold"]
+    stored_path.write_text(json.dumps({**stored, "threshold": other}))
+    for marker in (out / "_units").glob("select-*.json"):
+        marker.unlink()
+
+    second = run_job("filter", data.pattern, str(out), clip_checkpoint, *args, "--resume")
+    check_accounting(second, data, output_folders=["kept", "rejected"])
+    check_errors(second, data)
+    assert second.summary["top_fraction_threshold"] == other  # read back, not recomputed
+    assert json.loads(stored_path.read_text())["threshold"] == other
+    kept = second.table("kept").column("clip_score").to_pylist()
+    rejected = second.table("rejected").column("clip_score").to_pylist()
+    assert len(kept) == 8 and min(kept) >= other > max(rejected)
+    assert second.summary["resumed_units"] == data.num_row_groups()  # pass 1 only

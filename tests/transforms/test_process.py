@@ -8,7 +8,9 @@ the engine's batching, bucketing, decoding, id handling and bookkeeping, not the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
 
 import apache_beam as beam
@@ -19,10 +21,20 @@ import pytest
 import torch
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
-from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
+from apache_beam.transforms.stats import ApproximateQuantilesCombineFn
 
 from tests.datasets import build_dataset
-from transforms.process import UnitDoFn
+from transforms.process import (
+    EMPTY_ERRORS_FILE,
+    THRESHOLD_FILE,
+    TOP_FRACTION_QUANTILES,
+    UnitDoFn,
+    persist_threshold,
+    settle_errors,
+    top_fraction_threshold,
+)
+from transforms.rows import error_schema
 from transforms.spec import JobSpec
 from transforms.stats import UnitStats, score_histogram
 from transforms.units import plan_units
@@ -323,6 +335,133 @@ def test_top_fraction_keeps_the_best_scores_of_the_whole_dataset(clip_checkpoint
     assert counters["kept"] == len(kept) and counters["rejected"] == len(rejected)
     assert counters["units"] == data.num_row_groups()  # each unit counted once over two passes
     assert counters["error_rows"] == 2 and counters["input_rows"] == 30
+
+
+@pytest.mark.parametrize("compile", [True, False])
+def test_compile_option_reaches_the_model(clip_checkpoint, tmp_path, monkeypatch, compile):
+    from apache_beam.utils import shared
+
+    from model import runtime
+    from transforms import encoder
+
+    # A model of its own (not one an earlier test loaded), "compiled" by a stand-in: the real
+    # torch.compile costs about 20 s per tower on two cores.
+    monkeypatch.setattr(encoder, "_SHARED", shared.Shared())
+    compiled = []
+    monkeypatch.setattr(runtime, "compile_towers", lambda model: compiled.append(model) or model)
+    data = build_dataset(tmp_path / "data", num_files=1, rows_per_file=2, seed=8)
+    spec = spec_for("score", clip_checkpoint, tmp_path / "out", compile=compile)
+    counters = run(spec, data.pattern)
+    assert counters["output_rows"] == 2
+    assert len(compiled) == (1 if compile else 0)
+
+
+# Beam's default rank error for N quantiles (ApproximateQuantilesCombineFn.create in
+# apache_beam/transforms/stats.py): epsilon = 1 / N, i.e. the cut's rank is off by less than
+# epsilon * rows. --top-fraction promises 0.1% (TOP_FRACTION_QUANTILES' comment).
+SKETCH_EPSILON = 1 / TOP_FRACTION_QUANTILES
+SKETCH_ROWS = 300_000
+SKETCH_BATCH = 2_000
+# name -> requested fraction. Scores are float32, as clip_score is.
+SKETCH_CASES = {
+    "normal": 0.3,  # typical CLIP scores
+    "heavy_tails": 0.01,  # Cauchy: a few extreme scores, the cut far in the upper tail
+    "ties": 0.5,  # a 2-decimal grid plus 40% of rows on one value, the cut inside that block
+    "sorted": 0.9,  # arriving in ascending order, the sketch's worst order
+}
+
+
+@functools.cache
+def sketch_scores(name: str) -> np.ndarray:
+    rng = np.random.default_rng(list(SKETCH_CASES).index(name))
+    if name == "heavy_tails":
+        values = 0.25 + 0.05 * rng.standard_cauchy(SKETCH_ROWS)
+    elif name == "ties":
+        values = np.round(rng.normal(0.25, 0.05, SKETCH_ROWS), 2)
+        values[rng.random(SKETCH_ROWS) < 0.4] = 0.25
+    else:
+        values = rng.normal(0.25, 0.05, SKETCH_ROWS)
+        if name == "sorted":
+            values.sort()
+    return values.astype(np.float32)
+
+
+def test_top_fraction_cut_is_within_the_sketch_error_on_a_large_dataset():
+    # Below 18 full buffers the sketch keeps every value and is exact; the job tests' few dozen
+    # rows cannot show its error. This size makes it collapse buffers, i.e. approximate.
+    spec = ApproximateQuantilesCombineFn.create(TOP_FRACTION_QUANTILES, input_batched=True)._spec
+    assert (spec.num_buffers + 1) * spec.buffer_size <= SKETCH_ROWS
+    assert SKETCH_EPSILON <= 0.001
+
+    def check(name: str, fraction: float):
+        def matcher(cuts: list) -> None:
+            (cut,) = cuts
+            scores = sketch_scores(name).astype(np.float64)
+            n = len(scores)
+            kept = int((scores >= cut).sum())  # split_filtered keeps clip_score >= cut
+            above = int((scores > cut).sum())  # kept rows not tied with the cut
+            # The cut's rank is within epsilon * n of the exact one (+ 1 for the rank's
+            # rounding); ties widen what is kept, never what is strictly above.
+            slack = SKETCH_EPSILON * n + 1
+            if not (kept >= fraction * n - slack and above <= fraction * n + slack):
+                raise BeamAssertException(
+                    f"{name}: --top-fraction {fraction} of {n} rows: cut {cut} keeps {kept} "
+                    f"({above} above it), expected {fraction * n:.0f} +- {slack:.0f}"
+                )
+
+        return matcher
+
+    pipeline = BeamTestPipeline()
+    for name, fraction in SKETCH_CASES.items():
+        batches = (
+            pipeline
+            # Shuffled batches (several partial sketches merged), except "sorted", kept in order.
+            | f"Batches {name}"
+            >> beam.Create(range(SKETCH_ROWS // SKETCH_BATCH), reshuffle=name != "sorted")
+            | f"Scores {name}"
+            >> beam.Map(
+                lambda i, n: sketch_scores(n)[i * SKETCH_BATCH : (i + 1) * SKETCH_BATCH].tolist(),
+                name,
+            )
+        )
+        cut = batches | f"Cut {name}" >> beam.ptransform_fn(top_fraction_threshold)(fraction)
+        assert_that(cut, check(name, fraction), label=f"Check {name}")
+    pipeline.run().wait_until_finish()
+
+
+def test_the_first_runs_cut_is_stored_and_reused_on_resume(tmp_path):
+    def check(spec: JobSpec, computed: float | None, expected: float | None) -> None:
+        pipeline = BeamTestPipeline()
+        cuts = persist_threshold(pipeline | beam.Create([computed]), spec)
+        assert_that(cuts, equal_to([expected]))
+        pipeline.run().wait_until_finish()
+
+    first = JobSpec(kind="filter", model="m", output=str(tmp_path), top_fraction=0.25)
+    check(first, 0.125, 0.125)
+    path = tmp_path / THRESHOLD_FILE
+    assert json.loads(path.read_text()) == {"top_fraction": 0.25, "threshold": 0.125}
+    resumed = dataclasses.replace(first, resume=True)
+    check(resumed, 0.5, 0.125)  # the stored cut, not this run's
+    assert json.loads(path.read_text())["threshold"] == 0.125
+    check(first, 0.5, 0.5)  # without --resume: this run's cut, stored
+    assert json.loads(path.read_text())["threshold"] == 0.5
+    other = dataclasses.replace(resumed, top_fraction=0.75)
+    with pytest.raises(Exception, match=r"cut of --top-fraction 0\.25, this job asks for 0\.75"):
+        check(other, 0.5, 0.5)
+
+
+def test_errors_folder_is_a_table_with_or_without_errors(tmp_path):
+    spec = JobSpec(kind="score", model="m", output=str(tmp_path), id_column="id")
+    schema = pa.schema([("id", pa.int64()), ("image", pa.binary()), ("text", pa.string())])
+    settle_errors(spec, schema, error_rows=0)
+    table = ds.dataset(tmp_path / "errors", format="parquet").to_table()
+    assert table.num_rows == 0
+    assert table.schema == error_schema(spec, schema)
+    assert table.schema.field("id").type == pa.int64()
+    settle_errors(spec, schema, error_rows=0)  # again (a retry, a resume): still one file
+    assert os.listdir(tmp_path / "errors") == [EMPTY_ERRORS_FILE]
+    settle_errors(spec, schema, error_rows=2)  # the units wrote their own files: no empty one
+    assert os.listdir(tmp_path / "errors") == []
 
 
 def test_a_killed_run_resumes_with_every_id_exactly_once(clip_checkpoint, tmp_path, monkeypatch):
