@@ -77,6 +77,16 @@ def _launch(
     if pipeline is not None and runner is None:
         runner = type(pipeline.runner).__name__
     plan = validate(spec, parsed.inputs, runner=runner if isinstance(runner, str) else None)
+    if plan.spec.allowed_url_schemes != spec.allowed_url_schemes and spec.image_column:
+        _log.info(
+            "image paths must be URLs the workers can read (%s); pass --allowed-url-schemes "
+            "with file to read paths on the workers' own disks",
+            ",".join(plan.spec.allowed_url_schemes),
+        )
+    spec = plan.spec  # the job as it runs on this runner
+    if pipeline is None:
+        # After the checks: a Dataflow pipeline checks its options against Cloud Storage.
+        pipeline = _new_pipeline(options)
     _log.info(
         "%s: %d rows in %d work units from %d files -> %s",
         spec.kind,
@@ -92,13 +102,32 @@ def _launch(
     storage.makedirs(spec.output)
     storage.write_atomic(storage.join(spec.output, JOB_FILE), record.encode("utf-8"))
 
-    if pipeline is None:
-        pipeline = beam.Pipeline(options=options)
     build_job(pipeline, plan, parsed.inputs, started_at=started_at)
     result = pipeline.run()
     if wait:
         result.wait_until_finish()
     return spec, result
+
+
+def _new_pipeline(options: PipelineOptions) -> beam.Pipeline:
+    """A pipeline on the runner ``options`` name; nothing is written yet when it fails.
+
+    Raises:
+        LaunchError: the runner's package is not installed (Dataflow needs apache-beam[gcp]),
+            or the runner refuses the pipeline options (Dataflow without --project...).
+    """
+    runner = options.view_as(StandardOptions).runner
+    try:
+        return beam.Pipeline(options=options)
+    except ImportError as exc:
+        raise LaunchError(f"--runner {runner} cannot be used here: {exc}") from None
+    except ValueError as exc:
+        # Beam lists one problem per line after a heading: make it one line.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        problems = "; ".join(lines[1:] if len(lines) > 1 else lines)
+        raise LaunchError(
+            f"the Beam pipeline options do not fit --runner {runner}: {problems}"
+        ) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

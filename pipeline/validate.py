@@ -4,24 +4,31 @@ A job that would fail on its workers because of its arguments must fail here ins
 with one message that says what to fix: an input pattern that matches nothing, a missing column or
 one of an unusable type (in any input file, not only the first), a model that does not load, an
 output folder that cannot be written or that holds another run's results, CUDA asked for on a
-machine without a GPU.
+machine without a GPU, a path on the launcher's disk given to a Dataflow job.
+
+Every check reads; only the last one, that the output folder can be written, creates anything (the
+folder): a job refused at launch leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.options import NONE, LaunchError
+from pipeline.options import NONE, LaunchError, runner_name
+from transforms.limits import DEFAULT_URL_SCHEMES, LOCAL_SCHEME
 from transforms.spec import JobSpec
 from transforms.units import WorkUnit
 
 __all__ = [
+    "DATAFLOW_RUNNERS",
     "JOB_FILE",
     "LOCAL_RUNNERS",
     "LaunchPlan",
@@ -29,7 +36,11 @@ __all__ = [
     "check_inputs",
     "check_model",
     "check_output",
+    "check_output_writable",
+    "check_remote",
     "check_schema",
+    "for_runner",
+    "is_dataflow",
     "plan",
     "validate",
 ]
@@ -44,6 +55,11 @@ JOB_FILE = "_job.json"
 LOCAL_RUNNERS = frozenset(
     {"DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PrismRunner"}
 )
+# Runners whose workers are Google Cloud VMs: they read and write only what a URL reaches.
+DATAFLOW_RUNNERS = frozenset({"DataflowRunner", "TestDataflowRunner"})
+
+# A URL with a scheme (gs://, s3://, https://...); file:// is a path on the launcher's disk.
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
 
 # Spec fields that do not change a job's output rows: a resumed run may change them.
 _RESUMABLE_CHANGES = frozenset({"resume", "batch_size", "device", "http_timeout"})
@@ -260,7 +276,7 @@ def check_device(spec: JobSpec, runner: str | None) -> None:
     """
     if not spec.device.startswith("cuda"):
         return
-    if runner is not None and runner.rsplit(".", 1)[-1] not in LOCAL_RUNNERS:
+    if _runner_class(runner) not in LOCAL_RUNNERS:
         return  # workers check their own GPU when they load the model
     from transforms.encoder import resolve_device
 
@@ -268,6 +284,81 @@ def check_device(spec: JobSpec, runner: str | None) -> None:
         resolve_device(spec.device)
     except RuntimeError as exc:
         raise LaunchError(str(exc)) from None
+
+
+def _runner_class(runner: str | None) -> str:
+    """The runner's class name (``dataflow`` -> ``DataflowRunner``); any name Beam does not know
+    (a runner class of a test pipeline) is returned as it is."""
+    try:
+        return runner_name(runner)
+    except LaunchError:
+        return (runner or "").rsplit(".", 1)[-1]
+
+
+def is_dataflow(runner: str | None) -> bool:
+    """Whether ``runner`` (any spelling Beam accepts) runs the job on Dataflow workers."""
+    return _runner_class(runner) in DATAFLOW_RUNNERS
+
+
+def check_remote(
+    spec: JobSpec,
+    inputs: Sequence[str],
+    *,
+    labels_file: str | None = None,
+    name: Callable[[str], str] = lambda option: f"--{option}",
+) -> None:
+    """Refuses paths that exist only on the launching machine: every worker is another machine.
+
+    The input and output must be URLs (``gs://...``); the model too, unless it is a checkpoint
+    bundled with clipbeam (the workers have clipbeam installed). A ``--labels-file`` is read on
+    the launcher and its labels travel in the job, so it is only checked when given here.
+
+    Args:
+        spec: the job.
+        inputs: the ``--input`` patterns.
+        labels_file: a labels file to check too (the template launcher has no user files).
+        name: how messages name an option, from its dashed name (``labels-file``).
+
+    Raises:
+        LaunchError: the first local path (or ``file://`` URL), naming the option.
+    """
+    from model.hub import BUNDLED
+
+    places = [("input", p) for p in inputs]
+    places += [("output", spec.output), ("model", spec.model)]
+    if labels_file is not None:
+        places.append(("labels-file", labels_file))
+    for option, path in places:
+        remote = bool(_URL.match(path)) and not path.lower().startswith("file://")
+        if remote or (option == "model" and path in BUNDLED):
+            continue
+        if option == "model":
+            raise LaunchError(
+                f"{name(option)} {path!r} is a local path or a Hugging Face Hub id, but on "
+                "Dataflow every worker is a different machine that cannot read the launcher's "
+                "disk, and clipbeam's worker images do not download from the hub: pass a gs:// "
+                "URL (copy the checkpoint folder there, e.g. `gcloud storage cp -r DIR "
+                f"gs://BUCKET/`), or use a bundled model: {', '.join(BUNDLED)}"
+            )
+        raise LaunchError(
+            f"{name(option)} {path!r} is a local path, but on Dataflow every worker is a "
+            "different machine that cannot read the launcher's disk: pass a gs:// URL"
+        )
+
+
+def for_runner(spec: JobSpec, runner: str | None) -> JobSpec:
+    """The job as it runs on ``runner``: on Dataflow, image paths default to URLs only.
+
+    Local image paths (``file`` in ``--allowed-url-schemes``) name files on each worker's own
+    disk, which on Dataflow hold no dataset: unless ``--allowed-url-schemes`` was given, a
+    Dataflow job refuses them row by row (``url_not_allowed`` in ``errors/``, saying how to
+    allow them) instead of reporting every image as missing.
+    """
+    given = spec.options.get("allowed_url_schemes")
+    if not is_dataflow(runner) or given or spec.allowed_url_schemes != DEFAULT_URL_SCHEMES:
+        return spec
+    schemes = tuple(s for s in DEFAULT_URL_SCHEMES if s != LOCAL_SCHEME)
+    return dataclasses.replace(spec, allowed_url_schemes=schemes)
 
 
 def check_model(spec: JobSpec) -> None:
@@ -293,20 +384,16 @@ def check_model(spec: JobSpec) -> None:
 
 
 def check_output(spec: JobSpec, inputs: Sequence[str]) -> None:
-    """Checks that the output folder can be written and holds no other job's results.
+    """Checks that the output folder holds no other job's results; reads only.
 
     Without ``--resume`` the folder must hold no results of an earlier run (they would mix with
-    this run's). With ``--resume`` an earlier run's record must describe the same job.
+    this run's). With ``--resume`` an earlier run's record must describe the same job. Whether
+    the folder can be written is :func:`check_output_writable`.
 
     Raises:
-        LaunchError: the folder is not writable, or holds results this job must not mix with.
+        LaunchError: the folder holds results this job must not mix with.
     """
     from transforms import storage
-
-    try:
-        storage.check_writable(spec.output)
-    except OSError as exc:
-        raise LaunchError(f"--output {spec.output} is not writable: {exc}") from None
 
     record_path = storage.join(spec.output, JOB_FILE)
     if not spec.resume:
@@ -344,6 +431,22 @@ def check_output(spec: JobSpec, inputs: Sequence[str]) -> None:
         )
 
 
+def check_output_writable(spec: JobSpec) -> None:
+    """Checks that files can be created and deleted in the output folder, creating it.
+
+    The one launch check that writes: :func:`validate` runs it last.
+
+    Raises:
+        LaunchError: the folder cannot be created or written.
+    """
+    from transforms import storage
+
+    try:
+        storage.check_writable(spec.output)
+    except OSError as exc:
+        raise LaunchError(f"--output {spec.output} is not writable: {exc}") from None
+
+
 def job_record(spec: JobSpec, inputs: Sequence[str]) -> dict[str, object]:
     """What identifies a job's output: the spec's fields and the input patterns."""
     record = json.loads(spec.to_json())
@@ -354,24 +457,31 @@ def job_record(spec: JobSpec, inputs: Sequence[str]) -> dict[str, object]:
 def validate(
     spec: JobSpec, inputs: Sequence[str], *, runner: str | None = None, load_model: bool = True
 ) -> LaunchPlan:
-    """Runs every launch check, cheapest first.
+    """Runs every launch check, cheapest first; only the last one creates anything.
 
     Args:
         spec: the job.
         inputs: the ``--input`` patterns.
-        runner: the Beam runner's name (``None`` for Beam's default, the DirectRunner).
+        runner: the Beam runner's name, in any spelling Beam accepts (``None`` for Beam's
+            default, the DirectRunner).
         load_model: also load the model (the slowest check).
 
     Returns:
-        The validated plan.
+        The validated plan, whose spec is the job as it runs on ``runner`` (see
+        :func:`for_runner`).
 
     Raises:
-        LaunchError: the first problem found.
+        LaunchError: the first problem found; nothing was created.
     """
+    spec = for_runner(spec, runner)
     check_device(spec, runner)
+    if is_dataflow(runner):
+        check_remote(spec, inputs)
     units = plan(inputs)
     schema, image_format = check_inputs(spec, units)
     check_output(spec, inputs)
     if load_model:
         check_model(spec)
+    # Last: it creates the output folder, which a job refused by any other check must not leave.
+    check_output_writable(spec)
     return LaunchPlan(spec=spec, units=units, image_format=image_format, schema=schema)

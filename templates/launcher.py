@@ -10,7 +10,8 @@ into a ``clipbeam JOB ...`` command line:
 - ``class_labels`` becomes classify's ``--labels``. Dataflow passes the job's own labels as
   ``--labels={"key": "value"}``, so a template parameter cannot be called ``labels``: every
   ``--labels`` the launcher receives is a Dataflow job label and goes to Beam untouched;
-- ``name=true`` / ``name=false`` of an on/off option becomes the bare flag, or nothing;
+- ``name=true`` / ``name=false`` of an on/off option becomes the bare flag, or its ``--no-``
+  form (``--no-compile``; nothing for an option without one);
 - everything else passes through: clipbeam accepts its options spelled with underscores, and
   whatever clipbeam does not define is a Beam pipeline option.
 
@@ -52,8 +53,6 @@ _RENAMED = {"labels": CLASS_LABELS}
 
 # A gs:// URL: a bucket, then optionally an object path, folder or glob.
 _GCS_URL = r"^gs://[^/\s]+(?:/.*)?$"
-# Any URL with a scheme other than file://: something every worker can read.
-_REMOTE = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
 
 
 # -- from template parameters to a clipbeam command line --------------------------------------
@@ -93,11 +92,21 @@ def _template_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _flags(job: str) -> frozenset[str]:
-    """The option strings of ``job``'s on/off options (options that take no value)."""
-    return frozenset(
-        s for action in _job_actions(job) if action.nargs == 0 for s in action.option_strings
-    )
+def _flags(job: str) -> dict[str, str | None]:
+    """``job``'s on/off options (options that take no value): each option string that turns one
+    on, to the option string that turns it off (``--no-compile``), or ``None`` where leaving the
+    option out does."""
+    flags: dict[str, str | None] = {}
+    for action in _job_actions(job):
+        if action.nargs != 0:
+            continue
+        negative = [s for s in action.option_strings if s.startswith(("--no-", "--no_"))]
+        for option in action.option_strings:
+            if option in negative:
+                continue
+            off = f"--no-{option[2:]}"
+            flags[option] = off if off in negative else (negative[0] if negative else None)
+    return flags
 
 
 def translate(argv: Sequence[str]) -> TemplateCall:
@@ -131,8 +140,12 @@ def translate(argv: Sequence[str]) -> TemplateCall:
         name, has_value, value = arg.partition("=")
         if has_value and name in flags:
             # Flex Templates pass every parameter with a value; an on/off option takes none.
+            # false must say so where the option has a --no- form: its default may be "decide".
+            off = flags[name]
             if _parse_bool(value, name):
                 command.append(name)
+            elif off is not None:
+                command.append(off)
             continue
         command.append(arg)
     if known.class_labels is not None:
@@ -151,12 +164,12 @@ def _parse_bool(text: str, name: str) -> bool:
     raise LaunchError(f"{name} takes true or false, got {text!r}")
 
 
-def _is_remote(path: str) -> bool:
-    return bool(_REMOTE.match(path)) and not path.lower().startswith("file://")
-
-
 def check_remote(parsed: Any) -> None:
     """Refuses paths that only exist on the launcher: every worker is another machine.
+
+    :func:`pipeline.validate.check_remote`, which every Dataflow launch runs, with the template's
+    parameter names; a template also refuses a local labels file (the launcher's container holds
+    none of the user's files).
 
     Args:
         parsed: the :class:`pipeline.options.ParsedArgs` of the job.
@@ -165,27 +178,14 @@ def check_remote(parsed: Any) -> None:
         LaunchError: the input, output, model or labels file is a local path (or a file:// URL).
             A model may also be a checkpoint bundled with clipbeam (it is in the image).
     """
-    from model.hub import BUNDLED
-    from pipeline.options import LaunchError
+    from pipeline.validate import check_remote as check
 
-    spec = parsed.spec
-    places = [("input", p) for p in parsed.inputs]
-    places += [("output", spec.output), ("model", spec.model)]
-    if parsed.labels_file is not None:
-        places.append(("labels_file", parsed.labels_file))
-    for name, path in places:
-        if _is_remote(path) or (name == "model" and path in BUNDLED):
-            continue
-        hint = (
-            " (copy the checkpoint folder there, e.g. `gcloud storage cp -r DIR gs://BUCKET/`, "
-            f"or use a bundled model: {', '.join(BUNDLED)})"
-            if name == "model"
-            else ""
-        )
-        raise LaunchError(
-            f"{name} {path!r} is a local path, but on Dataflow every worker is a different "
-            f"machine that cannot read the launcher's disk: pass a gs:// URL{hint}"
-        )
+    check(
+        parsed.spec,
+        parsed.inputs,
+        labels_file=parsed.labels_file,
+        name=lambda option: option.replace("-", "_"),
+    )
 
 
 def launch(argv: Sequence[str]) -> Any:

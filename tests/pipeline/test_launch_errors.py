@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli
+from pipeline.options import LaunchError
 from tests.datasets import build_dataset
 
 
@@ -41,6 +42,22 @@ def job(command: str, inputs: str, output: Path | str, model: str | Path, *more:
     return [command, "--input", inputs, "--output", str(output), "--model", str(model), *more]
 
 
+# What each job needs beside --input, --output and --model to be a valid job.
+REQUIRED = {
+    "embed": [],
+    "score": [],
+    "filter": ["--min-score", "0.1"],
+    "classify": ["--labels", "cat,dog"],
+}
+JOBS = list(REQUIRED)
+COLUMNS = "id (string), image (binary), text (string), source (string), rank (int64)"
+
+
+def job_of(command: str, inputs: str, output: Path | str, model: str | Path, *more: str):
+    """``command`` with the options it needs to be valid, then ``more``."""
+    return job(command, inputs, output, model, *REQUIRED[command], *more)
+
+
 def test_no_input_file(capsys, tmp_path, clip_checkpoint):
     message = launch_error(
         capsys, *job("embed", str(tmp_path / "none" / "*.parquet"), tmp_path / "o", clip_checkpoint)
@@ -57,25 +74,45 @@ def test_not_parquet(capsys, tmp_path, clip_checkpoint):
     assert "cannot read input file" in message and "bad.parquet" in message
 
 
-def test_missing_column_lists_the_columns(capsys, tmp_path, dataset, clip_checkpoint):
+@pytest.mark.parametrize("command", JOBS)
+@pytest.mark.parametrize(
+    ("option", "column"),
+    [("--image-column", "picture"), ("--text-column", "caption"), ("--id-column", "key")],
+)
+def test_missing_column_lists_the_columns(
+    capsys, tmp_path, dataset, clip_checkpoint, command, option, column
+):
     message = launch_error(
         capsys,
-        *job("score", dataset.pattern, tmp_path / "o", clip_checkpoint, "--text-column", "caption"),
+        *job_of(command, dataset.pattern, tmp_path / "o", clip_checkpoint, option, column),
     )
-    assert message.startswith("--text-column 'caption' is not a column of the input;")
-    assert "id (string), image (binary), text (string), source (string), rank (int64)" in message
+    assert message.startswith(f"{option} {column!r} is not a column of the input;")
+    assert COLUMNS in message
+    assert not (tmp_path / "o").exists()
 
 
-def test_wrong_column_types(capsys, tmp_path, dataset, clip_checkpoint):
-    base = job("score", dataset.pattern, tmp_path / "o", clip_checkpoint)
-    message = launch_error(capsys, *base, "--text-column", "rank")
-    assert "--text-column 'rank' has type int64, but captions must be strings" in message
-    message = launch_error(capsys, *base, "--image-column", "rank")
-    assert "image column 'rank' has type int64" in message
-    message = launch_error(capsys, *base, "--id-column", "image")
-    assert "--id-column 'image' has type binary, but ids must be strings or integers" in message
-    message = launch_error(capsys, *base, "--keep-columns", "width,rank")
-    assert message.startswith("--keep-columns width: not in the input")
+@pytest.mark.parametrize("command", JOBS)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--text-column", "rank"],
+            "--text-column 'rank' has type int64, but captions must be strings",
+        ),
+        (["--image-column", "rank"], "image column 'rank' has type int64"),
+        (
+            ["--id-column", "image"],
+            "--id-column 'image' has type binary, but ids must be strings or integers",
+        ),
+        (["--keep-columns", "width,rank"], "--keep-columns width: not in the input"),
+    ],
+)
+def test_wrong_column_types(capsys, tmp_path, dataset, clip_checkpoint, command, args, message):
+    found = launch_error(
+        capsys, *job_of(command, dataset.pattern, tmp_path / "o", clip_checkpoint, *args)
+    )
+    assert message in found
+    assert not (tmp_path / "o").exists()
 
 
 def test_image_format_does_not_fit_the_column(capsys, tmp_path, dataset, clip_checkpoint):
@@ -101,20 +138,26 @@ def test_text_only_dataset(capsys, tmp_path, clip_checkpoint):
     assert "score needs both an image column and a text column" in message
 
 
-def test_model_not_found(capsys, tmp_path, dataset):
+@pytest.mark.parametrize("command", JOBS)
+def test_model_not_found(capsys, tmp_path, dataset, command):
+    out = tmp_path / "o"
     message = launch_error(
-        capsys, *job("embed", dataset.pattern, tmp_path / "o", tmp_path / "no-such-model")
+        capsys, *job_of(command, dataset.pattern, out, tmp_path / "no-such-model")
     )
     assert message.startswith(f"--model {tmp_path / 'no-such-model'}:")
     assert "not found" in message
+    # The model is checked before anything is created: no output folder is left behind.
+    assert not out.exists()
 
 
 def test_model_does_not_load(capsys, tmp_path, dataset):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "resnet"}))
-    message = launch_error(capsys, *job("embed", dataset.pattern, tmp_path / "o", broken))
+    out = tmp_path / "nested" / "o"
+    message = launch_error(capsys, *job("embed", dataset.pattern, out, broken))
     assert message.startswith(f"--model {broken}")
+    assert not (tmp_path / "nested").exists()
 
 
 def test_output_not_writable(capsys, tmp_path, dataset, clip_checkpoint):
@@ -154,12 +197,158 @@ def test_conflicting_options(capsys, tmp_path, dataset, clip_checkpoint):
     assert "unknown option --min_scor" in message and "did you mean --min_score" in message
 
 
-def test_cuda_without_gpu(capsys, tmp_path, dataset, clip_checkpoint):
+@pytest.mark.parametrize("runner", [[], ["--runner", "DirectRunner"], ["--runner", "direct"]])
+def test_cuda_without_gpu(capsys, tmp_path, dataset, clip_checkpoint, runner):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     message = launch_error(
-        capsys, *job("embed", dataset.pattern, tmp_path / "o", clip_checkpoint, "--device", "cuda")
+        capsys,
+        *job("embed", dataset.pattern, tmp_path / "o", clip_checkpoint, "--device", "cuda"),
+        *runner,
     )
     assert "--device cuda was asked for" in message and "sees no CUDA GPU" in message
+
+
+# -- Beam pipeline options with a bad value: one line, not Beam's usage and exit ---------------
+
+
+@pytest.mark.parametrize(
+    ("beam_args", "message"),
+    [
+        (
+            ["--direct_num_workers", "abc"],
+            "Beam pipeline option --direct_num_workers takes an integer, got 'abc'",
+        ),
+        (["--runner"], "Beam pipeline option --runner is given without a value: it takes a runner"),
+        (
+            ["--direct_running_mode", "bogus"],
+            "Beam pipeline option --direct_running_mode takes one of in_memory, "
+            "multi_threading, multi_processing, got 'bogus'",
+        ),
+        (["--runner", "bogus"], "Beam pipeline option --runner takes a runner name"),
+        (["--runner=DataflowRunner", "--num_workers=x"], "--num_workers takes an integer, got 'x'"),
+    ],
+)
+def test_bad_beam_option_value(capsys, tmp_path, dataset, clip_checkpoint, beam_args, message):
+    out = tmp_path / "o"
+    found = launch_error(capsys, *job("embed", dataset.pattern, out, clip_checkpoint), *beam_args)
+    assert message in found
+    assert "\n" not in found and "usage:" not in found
+    assert not out.exists()
+
+
+def test_bad_beam_option_value_from_the_shell(tmp_path):
+    """The console script as a user runs it: one error line, status 2, no usage and no
+    traceback (Beam's own parser would print 134 lines of usage and exit)."""
+    import subprocess
+    import sys
+
+    argv = job("embed", "x", tmp_path / "o", "m", "--direct_num_workers", "abc")
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", *argv], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2, done.stderr
+    assert "usage:" not in done.stderr and "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("clipbeam: error: ")]
+    assert errors == [
+        "clipbeam: error: Beam pipeline option --direct_num_workers takes an integer, got 'abc'"
+    ]
+    assert done.stdout == ""
+
+
+# -- Dataflow: workers are other machines, so local paths are refused at launch ------------------
+
+DATAFLOW = [
+    "--project=clipbeam-test",
+    "--region=us-central1",
+    "--temp_location=gs://clipbeam-test/tmp",
+    "--dry_run=true",
+]
+
+
+@pytest.mark.parametrize("runner", ["DataflowRunner", "dataflow", "Dataflow"])
+@pytest.mark.parametrize("command", JOBS)
+@pytest.mark.parametrize(
+    ("local", "message"),
+    [
+        ("input", "--input '{data}' is a local path, but on Dataflow every worker"),
+        ("output", "--output '{out}' is a local path, but on Dataflow every worker"),
+        ("model", "--model '{model}' is a local path or a Hugging Face Hub id, but on Dataflow"),
+    ],
+)
+def test_dataflow_refuses_local_paths(
+    capsys, tmp_path, dataset, clip_checkpoint, runner, command, local, message
+):
+    out = tmp_path / "o"
+    remote = {
+        "input": "gs://clipbeam-test/in/*.parquet",
+        "output": "gs://clipbeam-test/out",
+        "model": "gs://clipbeam-test/model",
+    }
+    on_disk = {"input": dataset.pattern, "output": str(out), "model": str(clip_checkpoint)}
+    paths = {**remote, local: on_disk[local]}
+    argv = job_of(command, paths["input"], paths["output"], paths["model"])
+    found = launch_error(capsys, *argv, f"--runner={runner}", *DATAFLOW)
+    expected = message.format(data=dataset.pattern, out=out, model=clip_checkpoint)
+    assert found.startswith(expected), found
+    assert "pass a gs:// URL" in found and "\n" not in found
+    assert not out.exists()  # refused before anything was created
+
+
+@pytest.mark.parametrize(
+    "model", ["openai/clip-vit-base-patch32", "file:///models/clip", "models/clip"]
+)
+def test_dataflow_refuses_a_model_workers_cannot_fetch(capsys, model):
+    argv = job("score", "gs://clipbeam-test/in/*.parquet", "gs://clipbeam-test/out", model)
+    found = launch_error(capsys, *argv, "--runner", "DataflowRunner", *DATAFLOW)
+    assert found.startswith(f"--model {model!r} is a local path or a Hugging Face Hub id")
+    assert "or use a bundled model: demo-clip, demo-chinese-clip" in found
+
+
+def test_check_remote_accepts_urls_bundled_models_and_a_local_labels_file(tmp_path):
+    """A labels file is read on the launcher and its labels travel in the job: a direct run may
+    read it from the launcher's disk (the template launcher has no user files, and refuses it)."""
+    from pipeline.options import parse_args
+    from pipeline.validate import check_remote
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\n")
+    for model in ("gs://clipbeam-test/model", "demo-clip", "s3://bucket/model"):
+        parsed = parse_args(
+            job(
+                "classify",
+                "gs://clipbeam-test/in/*.parquet",
+                "gs://clipbeam-test/out",
+                model,
+                "--labels-file",
+                str(labels),
+            )
+        )
+        check_remote(parsed.spec, parsed.inputs)
+    with pytest.raises(LaunchError, match=r"^--labels-file '.*labels.txt' is a local path"):
+        check_remote(parsed.spec, parsed.inputs, labels_file=parsed.labels_file)
+
+
+@pytest.mark.parametrize(
+    ("runner", "given", "schemes"),
+    [
+        ("DataflowRunner", [], ("gs", "http", "https")),
+        ("dataflow", [], ("gs", "http", "https")),
+        ("DataflowRunner", ["--allowed-url-schemes", "file,gs"], ("file", "gs")),
+        (
+            "DataflowRunner",
+            ["--allowed-url-schemes", "file,gs,http,https"],
+            ("file", "gs", "http", "https"),
+        ),
+        (None, [], ("file", "gs", "http", "https")),
+        ("DirectRunner", [], ("file", "gs", "http", "https")),
+    ],
+)
+def test_local_image_paths_are_refused_on_dataflow_unless_allowed(runner, given, schemes):
+    from pipeline.options import parse_args
+    from pipeline.validate import for_runner
+
+    parsed = parse_args(job("score", "gs://b/in", "gs://b/out", "demo-clip", *given))
+    assert for_runner(parsed.spec, runner).allowed_url_schemes == schemes

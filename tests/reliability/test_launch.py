@@ -41,8 +41,27 @@ def launch_error(capsys, *argv: str) -> str:
     return captured.err.strip().removeprefix("clipbeam: error: ")
 
 
-def job(inputs: str, output, model, *more: str) -> list[str]:
-    return ["score", "--input", inputs, "--output", str(output), "--model", str(model), *more]
+# What each job needs beside --input, --output and --model to be a valid job.
+REQUIRED = {
+    "embed": [],
+    "score": [],
+    "filter": ["--min-score", "0.1"],
+    "classify": ["--labels", "cat,dog"],
+}
+
+
+def job(inputs: str, output, model, *more: str, command: str = "score") -> list[str]:
+    return [
+        command,
+        "--input",
+        inputs,
+        "--output",
+        str(output),
+        "--model",
+        str(model),
+        *REQUIRED[command],
+        *more,
+    ]
 
 
 def write_shard(dataset, name: str, columns: dict[str, pa.Array]) -> str:
@@ -51,33 +70,45 @@ def write_shard(dataset, name: str, columns: dict[str, pa.Array]) -> str:
     return path
 
 
+# A later shard that does not fit, and whether the job reads captions for it to matter
+# (classify reads images only: a shard without a text column is fine there).
+SHARDS = [
+    ({"id": ["x"], "image": [b"x"]}, "--text-column 'text' is not a column of the input", True),
+    ({"id": ["x"], "image": [b"x"], "text": [1]}, "--text-column 'text' has type int64", True),
+    ({"id": ["x"], "text": ["a"]}, "--image-column 'image' is not a column of the input", False),
+    ({"id": ["x"], "image": [1], "text": ["a"]}, "image column 'image' has type int64", False),
+    ({"id": [7], "image": [b"x"], "text": ["a"]}, "'id' is int64 there but string in", False),
+]
+
+
 @pytest.mark.parametrize(
-    ("columns", "message"),
+    ("command", "columns", "message"),
     [
-        ({"id": ["x"], "image": [b"x"]}, "--text-column 'text' is not a column of the input"),
-        ({"id": ["x"], "image": [b"x"], "text": [1]}, "--text-column 'text' has type int64"),
-        ({"id": ["x"], "image": [1], "text": ["a"]}, "image column 'image' has type int64"),
-        (
-            {"id": [7], "image": [b"x"], "text": ["a"]},
-            "'id' is int64 there but string in",
-        ),
+        pytest.param(command, columns, message, id=f"{command}-shard{i}")
+        for command in REQUIRED
+        for i, (columns, message, reads_text) in enumerate(SHARDS)
+        if command != "classify" or not reads_text
     ],
 )
 def test_a_later_shard_that_does_not_fit_fails_at_launch(
-    capsys, tmp_path, dataset, clip_checkpoint, columns, message
+    capsys, tmp_path, dataset, clip_checkpoint, command, columns, message
 ):
     shard = write_shard(dataset, "part-zzz.parquet", columns)
     inputs = f"{dataset.root}/*.parquet"
-    found = launch_error(capsys, *job(inputs, tmp_path / "o", clip_checkpoint, "--id-column", "id"))
+    argv = job(inputs, tmp_path / "o", clip_checkpoint, "--id-column", "id", command=command)
+    found = launch_error(capsys, *argv)
     assert message in found and shard in found
     assert not (tmp_path / "o").exists()
 
 
-def test_a_zero_byte_shard_fails_at_launch(capsys, tmp_path, dataset, clip_checkpoint):
+@pytest.mark.parametrize("command", list(REQUIRED))
+def test_a_zero_byte_shard_fails_at_launch(capsys, tmp_path, dataset, clip_checkpoint, command):
     empty = tmp_path / "data" / "part-empty.parquet"
     empty.write_bytes(b"")
-    found = launch_error(capsys, *job(f"{dataset.root}/*.parquet", tmp_path / "o", clip_checkpoint))
+    argv = job(f"{dataset.root}/*.parquet", tmp_path / "o", clip_checkpoint, command=command)
+    found = launch_error(capsys, *argv)
     assert found.startswith(f"cannot read input file {empty} as Parquet")
+    assert not (tmp_path / "o").exists()
 
 
 class _Exploit:

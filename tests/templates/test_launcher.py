@@ -5,6 +5,8 @@ the storage emulator, as Dataflow's template launcher would call it."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from apache_beam.internal import pickler
@@ -44,14 +46,19 @@ def test_translate_maps_job_and_class_labels_and_keeps_job_labels_apart():
 
 
 def test_translate_turns_on_off_values_into_flags(monkeypatch):
-    # No clipbeam option is a bare flag today; the translation must hold for the first one.
-    monkeypatch.setattr(launcher, "_flags", lambda job: frozenset({"--compile"}))
+    # --compile has a --no-compile form: false must say so, as its default (None) means "on GPU".
     on = launcher.translate(["--job=embed", "--compile=True", "--batch_size=8"])
     off = launcher.translate(["--job=embed", "--compile=false", "--batch_size=8"])
     assert on.command == ("embed", "--compile", "--batch_size=8")
-    assert off.command == ("embed", "--batch_size=8")
+    assert off.command == ("embed", "--no-compile", "--batch_size=8")
+    assert parse_args([*on.command, *REMOTE, "--model=demo-clip"]).spec.compile is True
+    assert parse_args([*off.command, *REMOTE, "--model=demo-clip"]).spec.compile is False
     with pytest.raises(LaunchError, match="--compile takes true or false, got 'maybe'"):
         launcher.translate(["--job=embed", "--compile=maybe"])
+    # A flag without a --no- form (a store_true option) is left out for false.
+    monkeypatch.setattr(launcher, "_flags", lambda job: {"--fast": None})
+    assert launcher.translate(["--job=embed", "--fast=yes"]).command == ("embed", "--fast")
+    assert launcher.translate(["--job=embed", "--fast=0"]).command == ("embed",)
 
 
 @pytest.mark.parametrize(
@@ -173,9 +180,150 @@ def test_launch_builds_the_dataflow_job_without_running_it(case, gcs_inputs, gcs
     # The launch recorded the job in the output folder, with the parameters' values.
     record = json.loads(storage.read_bytes(f"{output}/_job.json"))
     assert record["kind"] == job and record["model"] == f"{root}/model"
+    # On Dataflow, image paths are URLs unless allowed_url_schemes says otherwise.
+    assert record["allowed_url_schemes"] == ["gs", "http", "https"]
     if job == "classify":
         assert record["labels"] == ["cat", "rocket"]
     # Nothing ran: no unit was processed.
+    assert not storage.exists(f"{output}/summary.json")
+
+
+# -- every parameter at once ---------------------------------------------------------------
+
+# One valid, non-default value for every template parameter but job, input, output and model,
+# and the JobSpec field (and value) it must become on the workers.
+FULL = {
+    "resume": ("true", "resume", True),
+    "image_column": ("jpg", "image_column", "jpg"),
+    "text_column": ("caption", "text_column", "caption"),
+    "id_column": ("key", "id_column", "key"),
+    "image_format": ("bytes", "image_format", "bytes"),
+    "keep_columns": ("source,rank", "keep_columns", ("source", "rank")),
+    "batch_size": ("7", "batch_size", 7),
+    "device": ("cuda", "device", "cuda"),
+    "dtype": ("float16", "dtype", "float16"),
+    "compile": ("false", "compile", False),
+    "embedding_dtype": ("float16", "embedding_dtype", "float16"),
+    "preprocess": ("fast", "preprocess", "fast"),
+    "max_image_pixels": ("1000000", "max_image_pixels", 1_000_000),
+    "max_image_bytes": ("8MiB", "max_image_bytes", 8 * 1024 * 1024),
+    "max_text_chars": ("500", "max_text_chars", 500),
+    "http_timeout": ("12.5", "http_timeout", 12.5),
+    "allowed_url_schemes": ("gs,https", "allowed_url_schemes", ("gs", "https")),
+    "min_score": ("0.15", "min_score", 0.15),
+    "top_fraction": ("0.4", "top_fraction", 0.4),
+    "min_image_side": ("8", "min_image_side", 8),
+    "max_aspect_ratio": ("3.5", "max_aspect_ratio", 3.5),
+    "min_text_chars": ("2", "min_text_chars", 2),
+    "reject_concepts": ("watermark,text", "reject_concepts", ("watermark", "text")),
+    "concept_threshold": ("0.3", "concept_threshold", 0.3),
+    "template": ("a picture of a {}.", "templates", ("a picture of a {}.",)),
+    "class_labels": ("cat,rocket", "labels", ("cat", "rocket")),
+    "labels_file": ("{root}/labels.txt", "labels", ("cat", "dog", "sea otter")),
+    "top_k": ("1", "top_k", 1),
+}
+# Parameters that exclude each other are set in different cases of the same job.
+FULL_CASES = {
+    "embed": [],
+    "score": [],
+    "filter": ["top_fraction"],
+    "filter-top-fraction": ["min_score"],
+    "classify": ["labels_file"],
+    "classify-labels-file": ["class_labels"],
+}
+METADATA = json.loads(
+    (Path(launcher.__file__).parent / "metadata.json").read_text(encoding="utf-8")
+)
+
+
+def _parameters_of(job: str) -> list[str]:
+    """The template parameters that apply to ``job``, as templates/metadata.json lists them."""
+    return [
+        p["name"]
+        for p in METADATA["parameters"]
+        if p["name"] not in ("job", "input", "output", "model")
+        and job in p.get("parentTriggerValues", [job])
+    ]
+
+
+def test_full_cases_set_every_parameter_of_every_job():
+    for job in ("embed", "score", "filter", "classify"):
+        cases = [c for c in FULL_CASES if c.split("-")[0] == job]
+        covered = {p for c in cases for p in _parameters_of(job) if p not in FULL_CASES[c]}
+        assert covered == set(_parameters_of(job)), f"{job}: no full case sets these"
+        missing = set(_parameters_of(job)) - set(FULL)
+        assert not missing, f"add a value for {sorted(missing)} to FULL"
+
+
+@pytest.fixture(scope="module")
+def gcs_full_inputs(gcs_emulator, gcs_inputs):
+    """A dataset whose columns all have non-default names, and a labels file, on the bucket."""
+    root, _ = gcs_inputs
+    data = build_dataset(
+        f"{root}/full-in",
+        num_files=2,
+        rows_per_file=5,
+        image_column="jpg",
+        text_column="caption",
+        id_column="key",
+        seed=5,
+    )
+    storage.write_atomic(f"{root}/labels.txt", b"cat\ndog\nsea otter\n")
+    return root, data.pattern
+
+
+@pytest.mark.parametrize("case", list(FULL_CASES))
+def test_launch_takes_every_parameter_to_the_workers(case, gcs_full_inputs, gcs_dir):
+    pytest.importorskip("google.cloud.dataflow", reason="the Dataflow runner (apache-beam[gcp])")
+    root, pattern = gcs_full_inputs
+    job = case.split("-")[0]
+    parameters = [p for p in _parameters_of(job) if p not in FULL_CASES[case]]
+    values = {p: FULL[p][0].replace("{root}", root) for p in parameters}
+    output = f"{gcs_dir}/out"
+    argv = [
+        "--runner=DataflowRunner",
+        "--project=clipbeam-test",
+        "--region=us-central1",
+        "--job_name=clipbeam-template-full",
+        f"--temp_location={root}/tmp",
+        f"--staging_location={root}/staging",
+        f"--template_location={root}/templates/full.json",
+        "--sdk_container_image=us-docker.pkg.dev/clipbeam-test/images/clipbeam-gpu:1",
+        f"--labels={JOB_LABELS}",
+        "--dry_run=true",
+        f"--job={job}",
+        f"--input={pattern}",
+        f"--output={output}",
+        f"--model={root}/model",
+        *(f"--{p}={value}" for p, value in values.items()),
+    ]
+    # Every value passes the parameter's regex, as Dataflow checks them before the launcher.
+    regexes = {p["name"]: p["regexes"] for p in METADATA["parameters"]}
+    for p, value in values.items():
+        assert all(re.fullmatch(r, value) for r in regexes[p]), (p, value)
+
+    result = launcher.launch(argv)
+
+    assert result.state == "DONE"
+    proto = result.job.proto_pipeline
+    names = {t.unique_name for t in proto.components.transforms.values()}
+    main_step = "ScoreAndStage" if "top_fraction" in parameters else "Process"
+    assert {"PlanUnits", "SpreadUnits", main_step, "Summary"} <= names
+    # The workers' job: what the pipeline proto carries, unpickled as a worker unpickles it.
+    unit_fns = [fn for fn in _do_fns(proto) if isinstance(fn, UnitDoFn)]
+    assert len(unit_fns) == (2 if main_step == "ScoreAndStage" else 1)
+    for fn in unit_fns:
+        spec = fn.spec
+        assert (spec.kind, spec.model, spec.output) == (job, f"{root}/model", output)
+        reached = {p: getattr(spec, FULL[p][1]) for p in parameters}
+        assert reached == {p: FULL[p][2] for p in parameters}
+    # The job record in the output folder holds the same values.
+    record = json.loads(storage.read_bytes(f"{output}/_job.json"))
+    assert record["inputs"] == [pattern]
+    for p in parameters:
+        field, value = FULL[p][1:]
+        expected = list(value) if isinstance(value, tuple) else value
+        assert record[field] == expected, p
     assert not storage.exists(f"{output}/summary.json")
 
 
