@@ -55,6 +55,9 @@ class CheckpointSource:
     location: str
     revision: str | None = None
     _cache: dict[str, Path | None] = field(default_factory=dict, repr=False)
+    # Hub files that could not be looked for: the hub was unreachable (or offline mode was on)
+    # and the local hub cache neither held them nor knew them to be absent. filename -> why.
+    _unchecked: dict[str, str] = field(default_factory=dict, repr=False)
 
     def get(self, filename: str) -> Path | None:
         """Returns a local path to ``filename`` in this checkpoint, or ``None`` if it has none."""
@@ -67,10 +70,43 @@ class CheckpointSource:
         path = self.get(filename)
         if path is None:
             need = f" ({what})" if what else ""
-            raise CheckpointNotFoundError(
-                f"checkpoint {self.source!r} has no {filename}{need}; looked in {self.describe()}"
+            raise self.missing(
+                f"checkpoint {self.source!r} has no {filename}{need}; looked in {self.describe()}",
+                filename,
             )
         return path
+
+    def missing(self, message: str, *filenames: str) -> CheckpointNotFoundError:
+        """The error to raise when :meth:`get` found none of ``filenames``.
+
+        It carries ``message``, unless the files could not be looked for because the Hugging
+        Face Hub was unreachable or offline mode was on: the checkpoint may well have them, so
+        the error says that instead, where it looked, and how to get the files.
+        """
+        unchecked = [name for name in filenames if name in self._unchecked]
+        if not unchecked:
+            return CheckpointNotFoundError(message)
+        from huggingface_hub import constants
+
+        why = self._unchecked[unchecked[0]]
+        offline = why == _OFFLINE
+        cache = Path(constants.HF_HUB_CACHE) / ("models--" + self.location.replace("/", "--"))
+        url = f"{constants.ENDPOINT.rstrip('/')}/{self.location}"
+        rev = f" --revision {self.revision}" if self.revision else ""
+        fix = (
+            "unset HF_HUB_OFFLINE so the files can be downloaded"
+            if offline
+            else "check the network connection (and HF_ENDPOINT / proxy settings) and retry"
+        )
+        return CheckpointNotFoundError(
+            f"cannot get {', '.join(unchecked)} of {self.describe()}: {why}, and the local hub "
+            f"cache does not hold {'it' if len(unchecked) == 1 else 'them'}. Tried:\n"
+            f"  - the local hub cache {cache}\n"
+            f"  - {url} ({'not contacted: offline mode' if offline else 'unreachable'})\n"
+            f"To fix: {fix}; or download the checkpoint where the hub is reachable "
+            f"(`hf download {self.location}{rev}`) and copy the hub cache here or pass the "
+            "downloaded folder instead of the repo id."
+        )
 
     def describe(self) -> str:
         """Where this source reads from, for error messages."""
@@ -119,13 +155,33 @@ class CheckpointSource:
         return target
 
     def _get_hub(self, filename: str) -> Path | None:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
         try:
             return Path(hf_hub_download(self.location, filename, revision=self.revision))
+        except LocalEntryNotFoundError:
+            # Offline or unreachable, and not in the cache; this subclasses EntryNotFoundError
+            # in huggingface_hub 1.x and later, so it is caught first. The cache knows a file
+            # is absent only if a past online look-up found it so.
+            cached = try_to_load_from_cache(self.location, filename, revision=self.revision)
+            if isinstance(cached, str):
+                return Path(cached)
+            if cached is None:  # neither held nor known to be absent (a sentinel object)
+                self._unchecked[filename] = _unreachable_reason()
+            return None
         except EntryNotFoundError:
             return None
+
+
+_OFFLINE = "HF_HUB_OFFLINE is set (offline mode)"
+
+
+def _unreachable_reason() -> str:
+    """Why a hub download found nothing it could use: offline mode, else no connection."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+        return _OFFLINE
+    return "the hub could not be reached"
 
 
 def _as_tuple(protocol: str | tuple[str, ...]) -> tuple[str, ...]:
@@ -215,9 +271,7 @@ def _probe_hub(repo_id: str, revision: str | None) -> str | None:
     try:
         hf_hub_download(repo_id, "config.json", revision=revision)
     except LocalEntryNotFoundError:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
-        why = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached"
-        return f"not in the local hub cache and {why}"
+        return f"not in the local hub cache and {_unreachable_reason()}"
     except RepositoryNotFoundError:
         return "no such repository (or it is private and no token is set)"
     except RevisionNotFoundError:

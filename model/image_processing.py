@@ -47,7 +47,7 @@ import PIL.Image
 import torch
 
 from .batch import BatchFeature
-from .hub import CheckpointError, CheckpointNotFoundError, resolve_source
+from .hub import CheckpointError, resolve_source
 
 __all__ = [
     "OPENAI_CLIP_MEAN",
@@ -925,10 +925,12 @@ class CLIPImageProcessor:
             nested = _read_json(processor_path).get("image_processor")
             if isinstance(nested, dict):
                 return cls.from_dict(nested, **overrides)
-        raise CheckpointNotFoundError(
+        raise checkpoint.missing(
             f"checkpoint {checkpoint.source!r} has no {PREPROCESSOR_CONFIG} (nor an "
             f"'image_processor' entry in {PROCESSOR_CONFIG}); looked in {checkpoint.describe()}. "
-            f"Add the file, or build the processor with {cls.__name__}(...) explicitly."
+            f"Add the file, or build the processor with {cls.__name__}(...) explicitly.",
+            PREPROCESSOR_CONFIG,
+            PROCESSOR_CONFIG,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .configuration import BaseConfig, config_class_for, read_config_dict
-from .hub import CheckpointError, CheckpointNotFoundError, CheckpointSource, resolve_source
+from .hub import CheckpointError, CheckpointSource, resolve_source
 
 __all__ = [
     "PreTrainedModel",
@@ -302,10 +302,14 @@ def weight_files(source: CheckpointSource) -> list[Path]:
             ]
     if path := source.get(PYTORCH):
         return [path]
-    raise CheckpointNotFoundError(
+    raise source.missing(
         f"checkpoint {source.source!r} has no weights: none of {SAFETENSORS}, {SAFETENSORS_INDEX}, "
         f"{PYTORCH} or {PYTORCH_INDEX} is in {source.describe()}. TensorFlow, Flax and ONNX "
-        "weights are not read: convert with transformers' save_pretrained()."
+        "weights are not read: convert with transformers' save_pretrained().",
+        SAFETENSORS,
+        SAFETENSORS_INDEX,
+        PYTORCH,
+        PYTORCH_INDEX,
     )
 
 

@@ -24,11 +24,13 @@ from .modeling_clip import (
     _flag,
     _normalize,
     _require_both,
+    as_requested,
     attend,
     attention_inputs,
     mask_to_bias,
     run_layers,
     take_rows,
+    wants_output_object,
 )
 
 __all__ = [
@@ -301,9 +303,10 @@ class ChineseCLIPTextModel(PreTrainedModel):
         position_ids: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         *,
         pooled_only: bool = False,
-    ) -> BaseModelOutputWithPooling:
+    ) -> BaseModelOutputWithPooling | tuple:
         """Encodes token ids.
 
         Args:
@@ -315,6 +318,8 @@ class ChineseCLIPTextModel(PreTrainedModel):
                 (default: ``config.output_attentions``).
             output_hidden_states: return the embeddings and every layer's output
                 (default: ``config.output_hidden_states``).
+            return_dict: False returns ``to_tuple()`` of the output (see
+                :func:`model.modeling_clip.as_requested`).
             pooled_only: compute only the [CLS] position on the last layer (all that pooling
                 needs); ``last_hidden_state`` is then its ``[batch, 1, hidden]`` state.
 
@@ -347,7 +352,7 @@ class ChineseCLIPTextModel(PreTrainedModel):
         )
         if self.pooler is not None:
             out.pooler_output = self.pooler(out.last_hidden_state)
-        return out
+        return as_requested(out, return_dict, self.config)
 
 
 class ChineseCLIPVisionModel(CLIPVisionModel):
@@ -383,28 +388,99 @@ class ChineseCLIPModel(PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        *,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> torch.Tensor | BaseModelOutputWithPooling | tuple:
         """Projected, unnormalized text embeddings ``[batch, projection_dim]``.
+
+        With none of the keyword arguments this returns the tensor (the transformers 4 API,
+        computed with the fast pooled-only last layer). Any of them, set, asks for transformers
+        5's result: the text tower's output with ``pooler_output`` set to the projected
+        embeddings (with ``return_dict=False`` a tuple, in transformers' order: the embeddings
+        last).
 
         Args:
             input_ids: ``[batch, seq]`` WordPiece ids.
             attention_mask: ``[batch, seq]``, 1 for tokens and 0 for padding.
             token_type_ids: ``[batch, seq]`` segment ids; default all 0.
             position_ids: ``[batch, seq]`` positions; default ``0..seq-1``.
+            output_attentions: include every layer's attention probabilities.
+            output_hidden_states: include every layer's hidden states.
+            return_dict: return the output object (True) or its tuple (False).
         """
+        if not wants_output_object(output_attentions, output_hidden_states, return_dict):
+            out = self.text_model(
+                input_ids,
+                attention_mask,
+                token_type_ids,
+                position_ids,
+                False,
+                False,
+                return_dict=True,
+                pooled_only=True,
+            )
+            return linear(cls_pool(out.last_hidden_state), self.text_projection.weight)
         out = self.text_model(
-            input_ids, attention_mask, token_type_ids, position_ids, False, False, pooled_only=True
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            output_attentions,
+            output_hidden_states,
+            return_dict=True,
         )
-        return linear(cls_pool(out.last_hidden_state), self.text_projection.weight)
+        features = linear(cls_pool(out.last_hidden_state), self.text_projection.weight)
+        flat = as_requested(out, return_dict, self.config)
+        if isinstance(flat, tuple):
+            # transformers 5 sets pooler_output on a tower output made without one, and its
+            # outputs order fields by when they were first set: the features come last.
+            return (*flat, features)
+        out.pooler_output = features
+        return out
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        *,
+        interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> torch.Tensor | BaseModelOutputWithPooling | tuple:
         """Projected, unnormalized image embeddings ``[batch, projection_dim]``.
+
+        Returns the tensor, or transformers 5's output object as :meth:`get_text_features`
+        explains.
 
         Args:
             pixel_values: ``[batch, channels, image_size, image_size]`` normalized pixels.
+            interpolate_pos_encoding: accept other image sizes (see
+                :class:`model.modeling_clip.CLIPVisionModel`).
+            output_attentions: include every layer's attention probabilities.
+            output_hidden_states: include every layer's hidden states.
+            return_dict: return the output object (True) or its tuple (False).
         """
-        out = self.vision_model(pixel_values, False, False, pooled_only=True)
-        return linear(out.pooler_output, self.visual_projection.weight)
+        if not wants_output_object(output_attentions, output_hidden_states, return_dict):
+            out = self.vision_model(
+                pixel_values,
+                False,
+                False,
+                interpolate_pos_encoding,
+                return_dict=True,
+                pooled_only=True,
+            )
+            return linear(out.pooler_output, self.visual_projection.weight)
+        out = self.vision_model(
+            pixel_values,
+            output_attentions,
+            output_hidden_states,
+            interpolate_pos_encoding,
+            return_dict=True,
+        )
+        out.pooler_output = linear(out.pooler_output, self.visual_projection.weight)
+        return as_requested(out, return_dict, self.config)
 
     def forward(
         self,
@@ -416,7 +492,9 @@ class ChineseCLIPModel(PreTrainedModel):
         return_loss: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-    ) -> ChineseCLIPOutput:
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+    ) -> ChineseCLIPOutput | tuple:
         """Scores every text against every image.
 
         Args:
@@ -428,6 +506,9 @@ class ChineseCLIPModel(PreTrainedModel):
             return_loss: also compute the contrastive loss (needs as many texts as images).
             output_attentions: return attention probabilities in the tower outputs.
             output_hidden_states: return hidden states in the tower outputs.
+            interpolate_pos_encoding: accept other image sizes (see
+                :class:`model.modeling_clip.CLIPVisionModel`).
+            return_dict: False returns ``to_tuple()`` of the output, tower outputs included.
 
         Returns:
             Normalized embeddings, ``logits_per_image`` / ``logits_per_text`` and the tower
@@ -437,15 +518,23 @@ class ChineseCLIPModel(PreTrainedModel):
         # Unset flags fall to this config's defaults if they are on, else to each tower's own.
         attentions = _flag(output_attentions, self.config.output_attentions or None)
         states = _flag(output_hidden_states, self.config.output_hidden_states or None)
-        vision_out = self.vision_model(pixel_values, attentions, states)
+        vision_out = self.vision_model(
+            pixel_values, attentions, states, interpolate_pos_encoding, return_dict=True
+        )
         text_out = self.text_model(
-            input_ids, attention_mask, token_type_ids, position_ids, attentions, states
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            attentions,
+            states,
+            return_dict=True,
         )
         image_embeds = _normalize(linear(vision_out.pooler_output, self.visual_projection.weight))
         text_embeds = _normalize(
             linear(cls_pool(text_out.last_hidden_state), self.text_projection.weight)
         )
-        return _dual_output(
+        out = _dual_output(
             ChineseCLIPOutput,
             self.logit_scale,
             text_embeds,
@@ -454,3 +543,4 @@ class ChineseCLIPModel(PreTrainedModel):
             vision_out,
             return_loss,
         )
+        return as_requested(out, return_dict, self.config)

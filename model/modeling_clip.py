@@ -40,6 +40,7 @@ __all__ = [
     "CLIPVisionModelOutput",
     "CLIPVisionModelWithProjection",
     "ModelOutput",
+    "as_requested",
     "attend",
     "attention_inputs",
     "eos_pool",
@@ -48,6 +49,7 @@ __all__ = [
     "get_activation",
     "quick_gelu",
     "take_rows",
+    "wants_output_object",
 ]
 
 # -- outputs ------------------------------------------------------------------------------------
@@ -490,6 +492,26 @@ def _flag(value: bool | None, default: bool | None) -> bool | None:
     return default if value is None else value
 
 
+def as_requested(output: ModelOutput, return_dict: bool | None, config: Any) -> Any:
+    """``output``, or ``output.to_tuple()`` when ``return_dict`` is False (as in transformers).
+
+    Unset, ``return_dict`` falls to the config's ``return_dict`` key (kept in
+    ``config.extra`` when a ``config.json`` has one), else True.
+    """
+    if return_dict is None:
+        return_dict = config.extra.get("return_dict", True)
+    return output if return_dict else output.to_tuple()
+
+
+def wants_output_object(
+    output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None
+) -> bool:
+    """Whether ``get_*_features`` should return transformers 5's output object (or its tuple)
+    rather than the features tensor: yes when any of these transformers 5 arguments asks for
+    more than the tensor."""
+    return bool(output_attentions or output_hidden_states) or return_dict is not None
+
+
 # -- text tower ---------------------------------------------------------------------------------
 
 
@@ -539,9 +561,10 @@ class CLIPTextModel(PreTrainedModel):
         position_ids: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         *,
         pooled_only: bool = False,
-    ) -> BaseModelOutputWithPooling:
+    ) -> BaseModelOutputWithPooling | tuple:
         """Encodes token ids.
 
         Args:
@@ -552,6 +575,7 @@ class CLIPTextModel(PreTrainedModel):
                 (default: ``config.output_attentions``).
             output_hidden_states: return every layer's hidden states
                 (default: ``config.output_hidden_states``).
+            return_dict: False returns ``to_tuple()`` of the output (see :func:`as_requested`).
             pooled_only: compute only what ``pooler_output`` needs: the last layer runs at the
                 EOS position alone, and ``last_hidden_state`` is that position's ``[batch, 1,
                 hidden]`` state.
@@ -579,7 +603,7 @@ class CLIPTextModel(PreTrainedModel):
         out.last_hidden_state = self.final_layer_norm(out.last_hidden_state)
         pooled = out.last_hidden_state if pooled_only else take_rows(out.last_hidden_state, eos)
         out.pooler_output = pooled[:, 0]
-        return out
+        return as_requested(out, return_dict, self.config)
 
 
 def _check_input_ids(input_ids: torch.Tensor, max_positions: int) -> None:
@@ -604,6 +628,7 @@ class CLIPVisionEmbeddings(nn.Module):
     def __init__(self, config: CLIPVisionConfig) -> None:
         super().__init__()
         self.image_size = config.image_size
+        self.patch_size = config.patch_size
         self.class_embedding = nn.Parameter(torch.empty(config.hidden_size))
         self.patch_embedding = nn.Conv2d(
             config.num_channels,
@@ -618,18 +643,56 @@ class CLIPVisionEmbeddings(nn.Module):
         nn.init.normal_(self.patch_embedding.weight, std=config.initializer_range * factor)
         nn.init.normal_(self.position_embedding.weight, std=config.initializer_range * factor)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if pixel_values.ndim != 4 or pixel_values.shape[-2:] != (self.image_size,) * 2:
+    def forward(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+    ) -> torch.Tensor:
+        """Embeds ``[B, C, H, W]`` pixels as ``[B, 1 + patches, D]``.
+
+        ``H`` and ``W`` must be ``image_size``, unless ``interpolate_pos_encoding``: then any size
+        of at least one patch goes, with the position table resized to its patch grid
+        (:meth:`resized_positions`); pixels beyond a whole number of patches are ignored.
+        """
+        size, patch = self.image_size, self.patch_size
+        if pixel_values.ndim != 4 or (
+            not interpolate_pos_encoding and pixel_values.shape[-2:] != (size, size)
+        ):
             raise ValueError(
-                f"pixel_values must be [batch, channels, {self.image_size}, {self.image_size}] "
-                f"for this model (got {list(pixel_values.shape)}); preprocess images with the "
-                "checkpoint's image processor"
+                f"pixel_values must be [batch, channels, {size}, {size}] for this model (got "
+                f"{list(pixel_values.shape)}); preprocess images with the checkpoint's image "
+                "processor, or pass interpolate_pos_encoding=True to run at another resolution"
+            )
+        height, width = pixel_values.shape[-2:]
+        if height < patch or width < patch:
+            raise ValueError(
+                f"pixel_values of {height}x{width} px hold no whole {patch}x{patch} patch; "
+                "images must be at least one patch wide and high"
             )
         weight = self.patch_embedding.weight
-        patches = self.patch_embedding(pixel_values.to(dtype=weight.dtype))  # [B, D, g, g]
-        patches = patches.flatten(2).transpose(1, 2)  # [B, D, g, g] -> [B, g*g, D]
+        patches = self.patch_embedding(pixel_values.to(dtype=weight.dtype))  # [B, D, h, w]
+        patches = patches.flatten(2).transpose(1, 2)  # [B, D, h, w] -> [B, h*w, D]
         cls = self.class_embedding.expand(patches.shape[0], 1, -1)
-        return torch.cat([cls, patches], dim=1) + self.position_embedding.weight
+        positions = self.position_embedding.weight
+        if interpolate_pos_encoding:
+            positions = self.resized_positions(height // patch, width // patch)
+        return torch.cat([cls, patches], dim=1) + positions
+
+    def resized_positions(self, rows: int, cols: int) -> torch.Tensor:
+        """The position table for a ``rows x cols`` patch grid.
+
+        The patch positions, seen as a ``D``-channel image of the training grid, are resized
+        bicubically (``align_corners=False``, the numbers of transformers'
+        ``interpolate_pos_encoding``); the class position is kept. At the training grid the
+        table is returned as it is. ``[1 + g*g, D] -> [1 + rows*cols, D]``.
+        """
+        table = self.position_embedding.weight
+        grid = self.image_size // self.patch_size
+        if (rows, cols) == (grid, grid):
+            return table
+        dim = table.shape[-1]
+        image = table[1:].reshape(1, grid, grid, dim).permute(0, 3, 1, 2)  # -> [1, D, g, g]
+        image = F.interpolate(image, size=(rows, cols), mode="bicubic", align_corners=False)
+        resized = image.permute(0, 2, 3, 1).reshape(rows * cols, dim)  # [1, D, r, c] -> [r*c, D]
+        return torch.cat([table[:1], resized])
 
 
 class CLIPVisionModel(PreTrainedModel):
@@ -655,22 +718,28 @@ class CLIPVisionModel(PreTrainedModel):
         pixel_values: torch.Tensor,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
         *,
         pooled_only: bool = False,
-    ) -> BaseModelOutputWithPooling:
+    ) -> BaseModelOutputWithPooling | tuple:
         """Encodes images.
 
         Args:
             pixel_values: ``[batch, channels, image_size, image_size]`` normalized pixels.
             output_attentions: return every layer's attention probabilities.
             output_hidden_states: return every layer's hidden states.
+            interpolate_pos_encoding: accept other image sizes, resizing the position
+                embeddings to the patch grid (:meth:`CLIPVisionEmbeddings.resized_positions`).
+            return_dict: False returns ``to_tuple()`` of the output (see :func:`as_requested`).
             pooled_only: compute only what ``pooler_output`` needs: the last layer runs at the
                 class token alone, and ``last_hidden_state`` is its ``[batch, 1, hidden]`` state.
 
         Returns:
             ``last_hidden_state`` and ``pooler_output`` (class token after ``post_layernorm``).
         """
-        hidden_states = self.pre_layrnorm(self.embeddings(pixel_values))
+        embeddings = self.embeddings(pixel_values, interpolate_pos_encoding)
+        hidden_states = self.pre_layrnorm(embeddings)
         out = self.encoder(
             hidden_states,
             None,
@@ -679,7 +748,7 @@ class CLIPVisionModel(PreTrainedModel):
             0 if pooled_only else None,
         )
         out.pooler_output = self.post_layernorm(class_token_pool(out.last_hidden_state))
-        return out
+        return as_requested(out, return_dict, self.config)
 
 
 # -- towers with projection ---------------------------------------------------------------------
@@ -705,17 +774,24 @@ class CLIPTextModelWithProjection(PreTrainedModel):
         position_ids: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-    ) -> CLIPTextModelOutput:
+        return_dict: bool | None = None,
+    ) -> CLIPTextModelOutput | tuple:
         """Encodes token ids (arguments as :meth:`CLIPTextModel.forward`) and projects them."""
         out = self.text_model(
-            input_ids, attention_mask, position_ids, output_attentions, output_hidden_states
+            input_ids,
+            attention_mask,
+            position_ids,
+            output_attentions,
+            output_hidden_states,
+            return_dict=True,
         )
-        return CLIPTextModelOutput(
+        embeds = CLIPTextModelOutput(
             text_embeds=linear(out.pooler_output, self.text_projection.weight),
             last_hidden_state=out.last_hidden_state,
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
+        return as_requested(embeds, return_dict, self.config)
 
 
 class CLIPVisionModelWithProjection(PreTrainedModel):
@@ -736,15 +812,24 @@ class CLIPVisionModelWithProjection(PreTrainedModel):
         pixel_values: torch.Tensor,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-    ) -> CLIPVisionModelOutput:
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+    ) -> CLIPVisionModelOutput | tuple:
         """Encodes images (arguments as :meth:`CLIPVisionModel.forward`) and projects them."""
-        out = self.vision_model(pixel_values, output_attentions, output_hidden_states)
-        return CLIPVisionModelOutput(
+        out = self.vision_model(
+            pixel_values,
+            output_attentions,
+            output_hidden_states,
+            interpolate_pos_encoding,
+            return_dict=True,
+        )
+        embeds = CLIPVisionModelOutput(
             image_embeds=linear(out.pooler_output, self.visual_projection.weight),
             last_hidden_state=out.last_hidden_state,
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
+        return as_requested(embeds, return_dict, self.config)
 
 
 # -- the full model -----------------------------------------------------------------------------
@@ -772,27 +857,88 @@ class CLIPModel(PreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        *,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> torch.Tensor | BaseModelOutputWithPooling | tuple:
         """Projected, unnormalized text embeddings ``[batch, projection_dim]``.
+
+        With none of the keyword arguments this returns the tensor (the transformers 4 API,
+        computed with the fast pooled-only last layer). Any of them, set, asks for transformers
+        5's result: the text tower's output with ``pooler_output`` replaced by the projected
+        embeddings (a tuple with ``return_dict=False``).
 
         Args:
             input_ids: ``[batch, seq]`` token ids.
             attention_mask: ``[batch, seq]``, 1 for tokens and 0 for padding.
             position_ids: ``[batch, seq]`` positions; default ``0..seq-1``.
+            output_attentions: include every layer's attention probabilities.
+            output_hidden_states: include every layer's hidden states.
+            return_dict: return the output object (True) or its tuple (False).
         """
-        pooled = self.text_model(
-            input_ids, attention_mask, position_ids, False, False, pooled_only=True
+        if not wants_output_object(output_attentions, output_hidden_states, return_dict):
+            pooled = self.text_model(
+                input_ids,
+                attention_mask,
+                position_ids,
+                False,
+                False,
+                return_dict=True,
+                pooled_only=True,
+            )
+            return linear(pooled.pooler_output, self.text_projection.weight)
+        out = self.text_model(
+            input_ids,
+            attention_mask,
+            position_ids,
+            output_attentions,
+            output_hidden_states,
+            return_dict=True,
         )
-        return linear(pooled.pooler_output, self.text_projection.weight)
+        out.pooler_output = linear(out.pooler_output, self.text_projection.weight)
+        return as_requested(out, return_dict, self.config)
 
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        *,
+        interpolate_pos_encoding: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> torch.Tensor | BaseModelOutputWithPooling | tuple:
         """Projected, unnormalized image embeddings ``[batch, projection_dim]``.
+
+        Returns the tensor, or transformers 5's output object as :meth:`get_text_features`
+        explains.
 
         Args:
             pixel_values: ``[batch, channels, image_size, image_size]`` normalized pixels.
+            interpolate_pos_encoding: accept other image sizes (see :class:`CLIPVisionModel`).
+            output_attentions: include every layer's attention probabilities.
+            output_hidden_states: include every layer's hidden states.
+            return_dict: return the output object (True) or its tuple (False).
         """
-        pooled = self.vision_model(pixel_values, False, False, pooled_only=True)
-        return linear(pooled.pooler_output, self.visual_projection.weight)
+        if not wants_output_object(output_attentions, output_hidden_states, return_dict):
+            pooled = self.vision_model(
+                pixel_values,
+                False,
+                False,
+                interpolate_pos_encoding,
+                return_dict=True,
+                pooled_only=True,
+            )
+            return linear(pooled.pooler_output, self.visual_projection.weight)
+        out = self.vision_model(
+            pixel_values,
+            output_attentions,
+            output_hidden_states,
+            interpolate_pos_encoding,
+            return_dict=True,
+        )
+        out.pooler_output = linear(out.pooler_output, self.visual_projection.weight)
+        return as_requested(out, return_dict, self.config)
 
     def forward(
         self,
@@ -803,7 +949,9 @@ class CLIPModel(PreTrainedModel):
         return_loss: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
-    ) -> CLIPOutput:
+        interpolate_pos_encoding: bool = False,
+        return_dict: bool | None = None,
+    ) -> CLIPOutput | tuple:
         """Scores every text against every image.
 
         Args:
@@ -814,6 +962,8 @@ class CLIPModel(PreTrainedModel):
             return_loss: also compute the contrastive loss (needs as many texts as images).
             output_attentions: return attention probabilities in the tower outputs.
             output_hidden_states: return hidden states in the tower outputs.
+            interpolate_pos_encoding: accept other image sizes (see :class:`CLIPVisionModel`).
+            return_dict: False returns ``to_tuple()`` of the output, tower outputs included.
 
         Returns:
             Normalized embeddings, ``logits_per_image`` / ``logits_per_text`` and the tower
@@ -823,11 +973,15 @@ class CLIPModel(PreTrainedModel):
         # Unset flags fall to this config's defaults if they are on, else to each tower's own.
         attentions = _flag(output_attentions, self.config.output_attentions or None)
         states = _flag(output_hidden_states, self.config.output_hidden_states or None)
-        vision_out = self.vision_model(pixel_values, attentions, states)
-        text_out = self.text_model(input_ids, attention_mask, position_ids, attentions, states)
+        vision_out = self.vision_model(
+            pixel_values, attentions, states, interpolate_pos_encoding, return_dict=True
+        )
+        text_out = self.text_model(
+            input_ids, attention_mask, position_ids, attentions, states, return_dict=True
+        )
         image_embeds = _normalize(linear(vision_out.pooler_output, self.visual_projection.weight))
         text_embeds = _normalize(linear(text_out.pooler_output, self.text_projection.weight))
-        return _dual_output(
+        out = _dual_output(
             CLIPOutput,
             self.logit_scale,
             text_embeds,
@@ -836,6 +990,7 @@ class CLIPModel(PreTrainedModel):
             vision_out,
             return_loss,
         )
+        return as_requested(out, return_dict, self.config)
 
 
 def _require_both(input_ids: torch.Tensor | None, pixel_values: torch.Tensor | None) -> None:

@@ -1501,9 +1501,12 @@ class CLIPTokenizer(_TokenizerBase):
     @classmethod
     def _vocab_files_options(cls, checkpoint: Any) -> dict[str, Any]:
         if checkpoint.get("vocab.json") is None or checkpoint.get("merges.txt") is None:
-            raise CheckpointNotFoundError(
+            raise checkpoint.missing(
                 f"checkpoint {checkpoint.source!r} has no tokenizer.json and no vocab.json + "
-                f"merges.txt, which {cls.__name__} needs; looked in {checkpoint.describe()}"
+                f"merges.txt, which {cls.__name__} needs; looked in {checkpoint.describe()}",
+                TOKENIZER_FILE,
+                "vocab.json",
+                "merges.txt",
             )
         return {
             "vocab_file": checkpoint.require("vocab.json"),
@@ -1676,9 +1679,11 @@ class BertTokenizer(_TokenizerBase):
     def _vocab_files_options(cls, checkpoint: Any) -> dict[str, Any]:
         path = checkpoint.get("vocab.txt")
         if path is None:
-            raise CheckpointNotFoundError(
+            raise checkpoint.missing(
                 f"checkpoint {checkpoint.source!r} has no tokenizer.json and no vocab.txt, which "
-                f"{cls.__name__} needs; looked in {checkpoint.describe()}"
+                f"{cls.__name__} needs; looked in {checkpoint.describe()}",
+                TOKENIZER_FILE,
+                "vocab.txt",
             )
         return {"vocab_file": path}
 

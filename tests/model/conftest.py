@@ -8,16 +8,23 @@ Fixtures:
   saves a transformers model of one of the tiny :data:`VARIANTS` with random weights (cached per
   session) and returns the folder.
 
-The variants cover what parity depends on: ``quick_gelu`` and ``gelu``, patch sizes 14, 16 and
-32, the 224 and 336 px geometries scaled down (same patch grid shape, fewer pixels), a projection
-size unlike either width, text and vision widths that differ, and CLIP's legacy
-``eos_token_id == 2`` pooling.
+The variants cover what parity depends on: ``quick_gelu`` and ``gelu``, the real image
+geometries (224 px with patch 32 and 16, 224 and 336 px with patch 14: patch grids of 7x7, 14x14,
+16x16 and 24x24, so image position tables and image sequence lengths are those of the released
+models), a projection size unlike either width, text and vision widths that differ, and CLIP's
+legacy ``eos_token_id == 2`` pooling. The widths and depths are tiny (16 to 40 wide, 2 or 3
+layers) and the text context is short (12 or 16 positions), which keeps the tests fast.
+
+Helpers: inputs (:func:`text_batch`, :func:`pixel_batch`), parity assertions
+(:func:`assert_close` and its tuple / output variants), and for random-initialisation tests
+:func:`init_config` and :func:`assert_same_init_statistics`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -26,8 +33,12 @@ __all__ = [
     "VARIANTS",
     "assert_all_close",
     "assert_close",
+    "assert_nested_close",
+    "assert_same_init_statistics",
+    "assert_same_output",
     "hf_checkpoint",
     "hf_config",
+    "init_config",
     "text_batch",
 ]
 
@@ -37,14 +48,20 @@ VOCAB = 64
 BOS, EOS = VOCAB - 2, VOCAB - 1
 
 VARIANTS: dict[str, dict] = {
-    # ViT-B/32 at 224 px: 7x7 patches. Literal patch size 32 on 64 px keeps a 2x2 grid.
+    # ViT-B/32 at 224 px: a 7x7 patch grid.
     "clip-b32": {
         "family": "clip",
         "projection_dim": 20,
         "text": {"hidden_size": 32, "num_attention_heads": 4, "hidden_act": "quick_gelu"},
-        "vision": {"hidden_size": 24, "num_attention_heads": 2, "image_size": 64, "patch_size": 32},
+        "vision": {
+            "hidden_size": 24,
+            "num_attention_heads": 2,
+            "image_size": 224,
+            "patch_size": 32,
+        },
     },
-    # A LAION-style model: gelu everywhere, patch 16, and a legacy config (eos_token_id 2).
+    # A LAION-style model: gelu everywhere, ViT-B/16 at 224 px (14x14 grid), and a legacy config
+    # (eos_token_id 2).
     "clip-b16-gelu-legacy-eos": {
         "family": "clip",
         "projection_dim": 12,
@@ -58,12 +75,12 @@ VARIANTS: dict[str, dict] = {
         "vision": {
             "hidden_size": 32,
             "num_attention_heads": 4,
-            "image_size": 32,
+            "image_size": 224,
             "patch_size": 16,
             "hidden_act": "gelu",
         },
     },
-    # ViT-L/14 at 336 px scaled down: patch 14 on 42 px (3x3 grid), three layers.
+    # ViT-L/14 at 336 px: a 24x24 grid, three layers.
     "clip-l14-336": {
         "family": "clip",
         "projection_dim": 24,
@@ -72,17 +89,23 @@ VARIANTS: dict[str, dict] = {
             "hidden_size": 40,
             "num_attention_heads": 5,
             "num_hidden_layers": 3,
-            "image_size": 42,
+            "image_size": 336,
             "patch_size": 14,
         },
     },
+    # Chinese-CLIP ViT-B/16 at 224 px: a 14x14 grid.
     "chinese-b16": {
         "family": "chinese_clip",
         "projection_dim": 20,
         "text": {"hidden_size": 32, "num_attention_heads": 4, "hidden_act": "gelu"},
-        "vision": {"hidden_size": 24, "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
+        "vision": {
+            "hidden_size": 24,
+            "num_attention_heads": 2,
+            "image_size": 224,
+            "patch_size": 16,
+        },
     },
-    # Chinese-CLIP huge/14 scaled down: patch 14, wider text tower, gelu_new in the text tower.
+    # Chinese-CLIP ViT-H/14 at 224 px (16x16 grid), a wider text tower with gelu_new.
     "chinese-h14": {
         "family": "chinese_clip",
         "projection_dim": 12,
@@ -91,16 +114,21 @@ VARIANTS: dict[str, dict] = {
             "hidden_size": 24,
             "num_attention_heads": 3,
             "num_hidden_layers": 3,
-            "image_size": 28,
+            "image_size": 224,
             "patch_size": 14,
         },
     },
-    # The transformers default Chinese-CLIP vision geometry (patch 32), quick_gelu.
+    # The transformers default Chinese-CLIP vision geometry (224 px, patch 32: 7x7), quick_gelu.
     "chinese-b32": {
         "family": "chinese_clip",
         "projection_dim": 16,
         "text": {"hidden_size": 16, "num_attention_heads": 2},
-        "vision": {"hidden_size": 32, "num_attention_heads": 4, "image_size": 64, "patch_size": 32},
+        "vision": {
+            "hidden_size": 32,
+            "num_attention_heads": 4,
+            "image_size": 224,
+            "patch_size": 32,
+        },
     },
 }
 CLIP_VARIANTS = [name for name, v in VARIANTS.items() if v["family"] == "clip"]
@@ -196,10 +224,16 @@ def text_batch(
     return batch
 
 
-def pixel_batch(variant: str, images: int = 2, seed: int = 0) -> torch.Tensor:
-    """Random normalized pixels ``[images, 3, size, size]`` for a variant's image tower."""
-    size = VARIANTS[variant]["vision"]["image_size"]
-    return torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(seed))
+def pixel_batch(
+    variant: str, images: int = 2, seed: int = 0, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Random normalized pixels ``[images, 3, height, width]`` for a variant's image tower.
+
+    ``size`` is ``(height, width)``; default the variant's ``image_size`` square.
+    """
+    side = VARIANTS[variant]["vision"]["image_size"]
+    height, width = size or (side, side)
+    return torch.randn(images, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
 def assert_close(ours: torch.Tensor, ref: torch.Tensor, atol: float = 1e-5) -> None:
@@ -214,3 +248,71 @@ def assert_all_close(ours: tuple | None, ref: tuple | None, atol: float = 1e-5) 
     assert ours is not None and ref is not None and len(ours) == len(ref)
     for a, b in zip(ours, ref, strict=True):
         assert_close(a, b, atol)
+
+
+def assert_nested_close(ours: Any, ref: Any, atol: float = 1e-5) -> None:
+    """:func:`assert_close` through nested tuples (``return_dict=False`` outputs): the same
+    structure, and close tensors at every leaf."""
+    if isinstance(ref, torch.Tensor):
+        assert isinstance(ours, torch.Tensor), f"{type(ours).__name__} where a tensor is expected"
+        assert_close(ours, ref, atol)
+        return
+    assert isinstance(ours, tuple) and isinstance(ref, tuple), (type(ours), type(ref))
+    assert len(ours) == len(ref), f"{len(ours)} items where transformers has {len(ref)}"
+    for a, b in zip(ours, ref, strict=True):
+        assert_nested_close(a, b, atol)
+
+
+def assert_same_output(ours: Any, ref: Any, atol: float = 1e-5) -> None:
+    """Output tuples item by item (:func:`assert_nested_close`), output objects key by key:
+    transformers' outputs order their keys by when each was first set, ours by field."""
+    if isinstance(ref, tuple):
+        assert_nested_close(ours, ref, atol)
+        return
+    assert sorted(ours.keys()) == sorted(ref.keys())
+    for key in ref:
+        assert_nested_close(ours[key], ref[key], atol)
+
+
+def init_config(family: str, **settings: Any) -> dict:
+    """A ``config.json`` dict for random-initialisation tests: widths of 96 and 128 (tensors
+    large enough for their statistics to tell init schemes apart), two layers, 224 px images.
+
+    ``settings`` holds extra ``text_config`` / ``vision_config`` entries and top-level keys.
+    """
+    text = {"hidden_size": 96, "intermediate_size": 128, "num_attention_heads": 4}
+    text |= {"num_hidden_layers": 2, "vocab_size": 512, "max_position_embeddings": 32}
+    vision = {"hidden_size": 128, "intermediate_size": 192, "num_attention_heads": 4}
+    vision |= {"num_hidden_layers": 2, "image_size": 224, "patch_size": 32}
+    return {
+        "model_type": family,
+        "text_config": {**text, **settings.pop("text_config", {})},
+        "vision_config": {**vision, **settings.pop("vision_config", {})},
+        "projection_dim": 80,
+        **settings,
+    }
+
+
+def assert_same_init_statistics(ours: torch.nn.Module, ref: torch.nn.Module) -> None:
+    """Both randomly initialised models have the same parameter names and, per tensor, the same
+    mean and standard deviation within five standard errors.
+
+    Constant tensors (LayerNorm weights, biases, ``logit_scale``) must be equal. For a tensor of
+    ``n`` values drawn with deviation ``s``, the two sample deviations differ with a standard
+    error of about ``s / sqrt(n)`` and the two means with ``s * sqrt(2 / n)``.
+    """
+    ours_params, ref_params = dict(ours.named_parameters()), dict(ref.named_parameters())
+    assert sorted(ours_params) == sorted(ref_params)
+    for name, ref_value in ref_params.items():
+        a, b = ours_params[name].detach().double(), ref_value.detach().double()
+        assert a.shape == b.shape, name
+        n = b.numel()
+        if n == 1 or b.std().item() == 0:
+            assert torch.allclose(a, b), f"{name}: {a.flatten()[:4]} != {b.flatten()[:4]}"
+            continue
+        s_ours, s_ref = a.std().item(), b.std().item()
+        assert abs(s_ours - s_ref) <= 5 * s_ref / n**0.5, f"{name}: std {s_ours} vs {s_ref}"
+        m_ours, m_ref = a.mean().item(), b.mean().item()
+        assert abs(m_ours - m_ref) <= 5 * s_ref * (2 / n) ** 0.5, (
+            f"{name}: mean {m_ours} vs {m_ref}"
+        )

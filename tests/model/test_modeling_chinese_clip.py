@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
+
 import pytest
 import torch
 import transformers
@@ -17,12 +20,19 @@ from tests.model.conftest import (
     CHINESE_VARIANTS,
     assert_all_close,
     assert_close,
+    assert_nested_close,
+    assert_same_init_statistics,
+    assert_same_output,
     hf_config,
+    init_config,
     pixel_batch,
     text_batch,
 )
 
 FLAGS = {"output_hidden_states": True, "output_attentions": True}
+OURS = {
+    cls.__name__: cls for cls in (ChineseCLIPModel, ChineseCLIPTextModel, ChineseCLIPVisionModel)
+}
 
 
 @pytest.mark.parametrize("variant", CHINESE_VARIANTS)
@@ -76,6 +86,110 @@ def test_towers_match_transformers(variant, hf_checkpoint):
     assert_close(out.pooler_output, exp.pooler_output)
     assert_all_close(out.hidden_states, exp.hidden_states)
     assert_all_close(out.attentions, exp.attentions)
+
+
+@pytest.mark.parametrize("variant", CHINESE_VARIANTS)
+def test_towers_match_transformers_on_the_sdpa_path(variant, hf_checkpoint):
+    """Without output_attentions our towers run scaled_dot_product_attention (as transformers'
+    default does): padded text batches of mixed lengths and images agree within 1e-5."""
+    text = text_batch(variant, lengths=(5, 16, 3, 9))
+    pixels = pixel_batch(variant, images=3)
+    for name, inputs in (
+        ("ChineseCLIPTextModel", text),
+        ("ChineseCLIPVisionModel", {"pixel_values": pixels}),
+    ):
+        path = hf_checkpoint(variant, name)
+        ours = OURS[name].from_pretrained(path)
+        ref = getattr(transformers, name).from_pretrained(path).eval()
+        assert ref.config._attn_implementation == "sdpa"
+        with torch.no_grad():
+            out = ours(**inputs, output_hidden_states=True)
+            exp = ref(**inputs, output_hidden_states=True)
+        assert out.attentions is None
+        assert out.keys() == list(exp.keys())
+        assert_close(out.last_hidden_state, exp.last_hidden_state)
+        assert_close(out.pooler_output, exp.pooler_output)
+        assert_all_close(out.hidden_states, exp.hidden_states)
+
+
+def test_interpolate_pos_encoding_matches_transformers(hf_checkpoint):
+    variant = "chinese-h14"  # 224 px, patch 14: a 16x16 grid, resized to 32x32
+    path = hf_checkpoint(variant)
+    ours = ChineseCLIPModel.from_pretrained(path)
+    ref = transformers.ChineseCLIPModel.from_pretrained(path).eval()
+    text, pixels = text_batch(variant), pixel_batch(variant, images=3, size=(448, 448))
+    with torch.no_grad():
+        features = ours.get_image_features(pixels, interpolate_pos_encoding=True)
+        exp = ref.get_image_features(pixel_values=pixels, interpolate_pos_encoding=True)
+        out = ours(**text, pixel_values=pixels, interpolate_pos_encoding=True)
+        exp_out = ref(**text, pixel_values=pixels, interpolate_pos_encoding=True)
+    assert_close(features, exp.pooler_output)
+    assert_close(out.logits_per_image, exp_out.logits_per_image)
+    assert out.vision_model_output.last_hidden_state.shape[1] == 1 + 32 * 32
+
+    tower_path = hf_checkpoint(variant, "ChineseCLIPVisionModel")
+    tower = ChineseCLIPVisionModel.from_pretrained(tower_path)
+    ref_tower = transformers.ChineseCLIPVisionModel.from_pretrained(tower_path).eval()
+    with torch.no_grad():
+        out = tower(pixels, interpolate_pos_encoding=True, return_dict=False)
+        exp = ref_tower(pixel_values=pixels, interpolate_pos_encoding=True, return_dict=False)
+    assert_nested_close(out, exp)
+
+
+# The transformers 5 keyword arguments (its **kwargs) every entry point accepts as well;
+# ChineseCLIPTextModel's inputs_embeds is not supported.
+KEYWORDS = {"output_attentions", "output_hidden_states", "return_dict"}
+
+
+@pytest.mark.parametrize(
+    ("name", "method"),
+    [
+        ("ChineseCLIPModel", "forward"),
+        ("ChineseCLIPModel", "get_text_features"),
+        ("ChineseCLIPModel", "get_image_features"),
+        ("ChineseCLIPTextModel", "forward"),
+        ("ChineseCLIPVisionModel", "forward"),
+    ],
+)
+def test_transformers_arguments_are_accepted(name, method):
+    ref = inspect.signature(getattr(getattr(transformers, name), method)).parameters
+    ours = inspect.signature(getattr(OURS[name], method)).parameters
+    wanted = {n for n, p in ref.items() if p.kind != p.VAR_KEYWORD and n != "self"} | KEYWORDS
+    wanted.discard("inputs_embeds")
+    assert wanted <= set(ours), f"{name}.{method} lacks {sorted(wanted - set(ours))}"
+
+
+def test_return_dict_and_output_flags_match_transformers(hf_checkpoint):
+    variant = "chinese-b16"
+    path = hf_checkpoint(variant)
+    ours = ChineseCLIPModel.from_pretrained(path)
+    ref = transformers.ChineseCLIPModel.from_pretrained(path, attn_implementation="eager").eval()
+    text, pixels = text_batch(variant), pixel_batch(variant, images=3)
+    with torch.no_grad():
+        out = ours(**text, pixel_values=pixels, return_dict=False, **FLAGS)
+        exp = ref(**text, pixel_values=pixels, return_dict=False, **FLAGS)
+        # The tower outputs come last: transformers 5 adds the projected embeddings to them as
+        # pooler_output; here they keep the towers' own (as in transformers 4).
+        assert_nested_close(out[:-2], exp[:-2])
+        assert_nested_close(out, ours(**text, pixel_values=pixels, **FLAGS).to_tuple())
+        for kwargs in ({"return_dict": False, **FLAGS}, {"output_hidden_states": True}):
+            out = ours.get_text_features(**text, **kwargs)
+            exp = ref.get_text_features(**text, **kwargs)
+            assert_same_output(out, exp)
+            out = ours.get_image_features(pixels, **kwargs)
+            exp = ref.get_image_features(pixel_values=pixels, **kwargs)
+            assert_same_output(out, exp)
+        out = ours.get_text_features(**text, output_attentions=True)
+        exp = ref.get_text_features(**text, output_attentions=True)
+        assert_close(out.pooler_output, exp.pooler_output)
+        assert_all_close(out.attentions, exp.attentions)
+        assert isinstance(ours.get_image_features(pixels), torch.Tensor)
+        tower_path = hf_checkpoint(variant, "ChineseCLIPTextModel")
+        tower = ChineseCLIPTextModel.from_pretrained(tower_path)
+        ref_tower = transformers.ChineseCLIPTextModel.from_pretrained(tower_path).eval()
+        out = tower(**text, output_hidden_states=True, return_dict=False)
+        exp = ref_tower(**text, output_hidden_states=True, return_dict=False)
+        assert_nested_close(out, exp)
 
 
 def test_token_type_ids_matter_and_default_to_zero(hf_checkpoint):
@@ -158,3 +272,41 @@ def test_too_long_input_names_the_context_length(hf_checkpoint):
     model = ChineseCLIPModel.from_pretrained(hf_checkpoint("chinese-b16"))
     with pytest.raises(ValueError, match="17 tokens but the model has 16 positions"):
         model.get_text_features(torch.ones(1, 17, dtype=torch.long))
+
+
+# The BERT text tower draws from initializer_range alone; the image tower and the projections
+# scale by initializer_factor as CLIP's do.
+INIT_SETTINGS = {
+    "initializer_range": {
+        "text_config": {"initializer_range": 0.05},
+        "vision_config": {"initializer_range": 0.1},
+    },
+    "initializer_factor": {
+        "text_config": {"initializer_range": 0.01, "initializer_factor": 2.0},
+        "vision_config": {"initializer_range": 0.03, "initializer_factor": 0.5},
+        "initializer_factor": 1.5,
+    },
+}
+
+
+@pytest.mark.parametrize("settings", INIT_SETTINGS.values(), ids=list(INIT_SETTINGS))
+@pytest.mark.parametrize("name", list(OURS))
+def test_random_init_matches_transformers(name, settings):
+    """Every parameter of a fresh model has transformers' distribution (mean and std)."""
+    config = init_config("chinese_clip", **copy.deepcopy(settings))
+    ours_config = ChineseCLIPConfig.from_dict(config)
+    ref_config = transformers.ChineseCLIPConfig(
+        **{k: v for k, v in config.items() if k != "model_type"}
+    )
+    if name != "ChineseCLIPModel":
+        tower = "text_config" if "Text" in name else "vision_config"
+        ours_config = getattr(ours_config, tower)
+        ref_config = getattr(ref_config, tower)
+    torch.manual_seed(0)
+    ours = OURS[name](ours_config)
+    torch.manual_seed(1)
+    ref = getattr(transformers, name)(ref_config)
+    assert_same_init_statistics(ours, ref)
+    if name != "ChineseCLIPVisionModel":  # BERT zeroes the padding token's embedding row
+        text = ours.text_model if name == "ChineseCLIPModel" else ours
+        assert not text.embeddings.word_embeddings.weight[0].any()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
+
 import pytest
 import torch
 import transformers
@@ -21,7 +24,11 @@ from tests.model.conftest import (
     EOS,
     assert_all_close,
     assert_close,
+    assert_nested_close,
+    assert_same_init_statistics,
+    assert_same_output,
     hf_config,
+    init_config,
     pixel_batch,
     text_batch,
 )
@@ -97,6 +104,132 @@ def test_towers_match_transformers(variant, hf_checkpoint):
             assert_close(out.pooler_output, exp.pooler_output)
         else:
             assert_close(out.image_embeds, exp.image_embeds)
+
+
+@pytest.mark.parametrize("variant", CLIP_VARIANTS)
+def test_towers_match_transformers_on_the_sdpa_path(variant, hf_checkpoint):
+    """Without output_attentions our towers run scaled_dot_product_attention (as transformers'
+    default does): padded text batches of mixed lengths and images agree within 1e-5."""
+    text = text_batch(variant, lengths=(5, 12, 3, 8))
+    pixels = pixel_batch(variant, images=3)
+    for name, inputs in (
+        ("CLIPTextModel", text),
+        ("CLIPTextModelWithProjection", text),
+        ("CLIPVisionModel", {"pixel_values": pixels}),
+        ("CLIPVisionModelWithProjection", {"pixel_values": pixels}),
+    ):
+        path = hf_checkpoint(variant, name)
+        ours = OURS[name].from_pretrained(path)
+        ref = getattr(transformers, name).from_pretrained(path).eval()
+        assert ref.config._attn_implementation == "sdpa"
+        with torch.no_grad():
+            out = ours(**inputs, output_hidden_states=True)
+            exp = ref(**inputs, output_hidden_states=True)
+        assert out.attentions is None
+        assert out.keys() == list(exp.keys())
+        assert_same_output(out, exp)
+
+
+@pytest.mark.parametrize("size", [(448, 448), (224, 320)], ids=["2x", "non-square"])
+def test_interpolate_pos_encoding_matches_transformers(size, hf_checkpoint):
+    """At twice the trained size (and a non-square one) the position embeddings are resized
+    as transformers resizes them."""
+    variant = "clip-b16-gelu-legacy-eos"  # 224 px, patch 16: a 14x14 grid, resized to 28x28
+    path = hf_checkpoint(variant)
+    ours = CLIPModel.from_pretrained(path)
+    ref = transformers.CLIPModel.from_pretrained(path).eval()
+    text, pixels = text_batch(variant), pixel_batch(variant, images=3, size=size)
+    with torch.no_grad():
+        features = ours.get_image_features(pixels, interpolate_pos_encoding=True)
+        exp = ref.get_image_features(pixel_values=pixels, interpolate_pos_encoding=True)
+        out = ours(**text, pixel_values=pixels, interpolate_pos_encoding=True)
+        exp_out = ref(**text, pixel_values=pixels, interpolate_pos_encoding=True)
+        at_trained_size = ours.get_image_features(pixel_batch(variant))
+    assert_close(features, exp.pooler_output)
+    assert_close(out.logits_per_image, exp_out.logits_per_image)
+    grid = (size[0] // 16) * (size[1] // 16)
+    assert out.vision_model_output.last_hidden_state.shape[1] == 1 + grid
+    assert_close(out.vision_model_output.last_hidden_state, exp_out.vision_model_output[0])
+    # At the trained size nothing is resized: the same numbers as without the flag.
+    with torch.no_grad():
+        same = ours.get_image_features(pixel_batch(variant), interpolate_pos_encoding=True)
+    assert torch.equal(same, at_trained_size)
+    for name in ("CLIPVisionModel", "CLIPVisionModelWithProjection"):
+        tower_path = hf_checkpoint(variant, name)
+        tower = OURS[name].from_pretrained(tower_path)
+        ref_tower = getattr(transformers, name).from_pretrained(tower_path).eval()
+        with torch.no_grad():
+            out = tower(pixels, interpolate_pos_encoding=True)
+            exp = ref_tower(pixel_values=pixels, interpolate_pos_encoding=True)
+        assert_close(out[0], exp[0])
+        assert_close(out.last_hidden_state, exp.last_hidden_state)
+    with pytest.raises(ValueError, match="interpolate_pos_encoding=True"):
+        ours.get_image_features(pixels)
+    with pytest.raises(ValueError, match="no whole 16x16 patch"):
+        ours.get_image_features(pixels[..., :8, :], interpolate_pos_encoding=True)
+
+
+# The transformers 5 keyword arguments (its **kwargs) every entry point accepts as well.
+KEYWORDS = {"output_attentions", "output_hidden_states", "return_dict"}
+
+
+@pytest.mark.parametrize(
+    ("name", "method"),
+    [
+        ("CLIPModel", "forward"),
+        ("CLIPModel", "get_text_features"),
+        ("CLIPModel", "get_image_features"),
+        *((name, "forward") for name in OURS if name != "CLIPModel"),
+    ],
+)
+def test_transformers_arguments_are_accepted(name, method):
+    ref = inspect.signature(getattr(getattr(transformers, name), method)).parameters
+    ours = inspect.signature(getattr(OURS[name], method)).parameters
+    wanted = {n for n, p in ref.items() if p.kind != p.VAR_KEYWORD and n != "self"} | KEYWORDS
+    assert wanted <= set(ours), f"{name}.{method} lacks {sorted(wanted - set(ours))}"
+
+
+def test_return_dict_and_output_flags_match_transformers(hf_checkpoint):
+    variant = "clip-b32"
+    path = hf_checkpoint(variant)
+    ours = CLIPModel.from_pretrained(path)
+    ref = transformers.CLIPModel.from_pretrained(path, attn_implementation="eager").eval()
+    text, pixels = text_batch(variant), pixel_batch(variant, images=3)
+    flags = {"output_attentions": True, "output_hidden_states": True}
+    with torch.no_grad():
+        for kwargs in ({}, {"return_loss": True, **flags}):
+            out = ours(**text, pixel_values=pixels, return_dict=False, **kwargs)
+            exp = ref(**text, pixel_values=pixels, return_dict=False, **kwargs)
+            # The tower outputs come last; in transformers 5 their pooler_output holds the
+            # projected embeddings, here the tower's own pooled state (as in transformers 4).
+            assert len(out) == len(exp)
+            assert_nested_close(out[:-2], exp[:-2])
+            whole = ours(**text, pixel_values=pixels, **kwargs)
+            assert_nested_close(out, whole.to_tuple())
+        for kwargs in ({"return_dict": False, **flags}, {"output_hidden_states": True}):
+            out = ours.get_text_features(**text, **kwargs)
+            exp = ref.get_text_features(**text, **kwargs)
+            assert_same_output(out, exp)
+            out = ours.get_image_features(pixels, **kwargs)
+            exp = ref.get_image_features(pixel_values=pixels, **kwargs)
+            assert_same_output(out, exp)
+        # An output object, as transformers 5 returns; the tensor without any of the keywords.
+        out = ours.get_text_features(**text, output_attentions=True)
+        exp = ref.get_text_features(**text, output_attentions=True)
+        assert_close(out.pooler_output, exp.pooler_output)
+        assert_all_close(out.attentions, exp.attentions)
+        assert ours.get_image_features(pixels, return_dict=True).keys() == list(
+            ref.get_image_features(pixel_values=pixels).keys()
+        )
+        assert isinstance(ours.get_text_features(**text), torch.Tensor)
+        for name in ("CLIPTextModel", "CLIPVisionModelWithProjection"):
+            tower_path = hf_checkpoint(variant, name)
+            tower = OURS[name].from_pretrained(tower_path)
+            ref_tower = getattr(transformers, name).from_pretrained(tower_path).eval()
+            inputs = text if "Text" in name else {"pixel_values": pixels}
+            out = tower(**inputs, output_hidden_states=True, return_dict=False)
+            exp = ref_tower(**inputs, output_hidden_states=True, return_dict=False)
+            assert_nested_close(out, exp)
 
 
 @pytest.mark.parametrize(
@@ -215,7 +348,7 @@ def test_input_errors_are_clear(hf_checkpoint):
         model.get_text_features(torch.tensor([1, 2, EOS]))
     with pytest.raises(ValueError, match="13 tokens but the model has 12 positions"):
         model.get_text_features(torch.ones(1, 13, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"pixel_values must be \[batch, channels, 64, 64\]"):
+    with pytest.raises(ValueError, match=r"pixel_values must be \[batch, channels, 224, 224\]"):
         model.get_image_features(torch.zeros(1, 3, 32, 32))
     with pytest.raises(ValueError, match="missing: pixel_values"):
         model(input_ids=torch.ones(1, 3, dtype=torch.long))
@@ -241,6 +374,42 @@ def test_random_init_follows_the_transformers_scheme():
     assert model.visual_projection.weight.std().item() == pytest.approx(768**-0.5, rel=0.05)
     assert model.logit_scale.item() == pytest.approx(2.6592)
     assert model.training  # like transformers: a fresh model trains, from_pretrained evaluates
+
+
+# Init settings whose effect differs per tower: ranges alone, then factors that scale them.
+INIT_SETTINGS = {
+    "initializer_range": {
+        "text_config": {"initializer_range": 0.05},
+        "vision_config": {"initializer_range": 0.1},
+    },
+    "initializer_factor": {
+        "text_config": {"initializer_range": 0.01, "initializer_factor": 2.0},
+        "vision_config": {"initializer_range": 0.03, "initializer_factor": 0.5},
+        "initializer_factor": 1.5,
+    },
+}
+
+
+@pytest.mark.parametrize("settings", INIT_SETTINGS.values(), ids=list(INIT_SETTINGS))
+@pytest.mark.parametrize(
+    "name", ["CLIPModel", "CLIPTextModelWithProjection", "CLIPVisionModelWithProjection"]
+)
+def test_random_init_matches_transformers(name, settings):
+    """Every parameter of a fresh model has transformers' distribution (mean and std)."""
+    config = init_config("clip", **copy.deepcopy(settings))
+    ours_config = CLIPConfig.from_dict(config)
+    ref_config = transformers.CLIPConfig(**{k: v for k, v in config.items() if k != "model_type"})
+    if name != "CLIPModel":
+        tower = "text_config" if "Text" in name else "vision_config"
+        ours_config = type(getattr(ours_config, tower)).from_dict(
+            {**config[tower], "projection_dim": config["projection_dim"]}
+        )
+        ref_config = getattr(ref_config, tower)
+        ref_config.projection_dim = config["projection_dim"]
+    torch.manual_seed(0)
+    ours = OURS[name](ours_config)
+    torch.manual_seed(1)
+    assert_same_init_statistics(ours, getattr(transformers, name)(ref_config))
 
 
 def test_unknown_activation_is_a_clear_error():
