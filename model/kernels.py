@@ -17,7 +17,6 @@ opaque call and fuses the elementwise work around it.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
@@ -114,19 +113,27 @@ def onednn_linear_available(dtype: torch.dtype = torch.float32) -> bool:
     runs it on (AVX-512 or newer on x86): on an AVX2-only CPU its inner product refuses bfloat16
     ("could not create a primitive descriptor"), so ``F.linear`` computes those instead.
     """
-    if not (
-        torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-    ):
+    if not (_onednn_linear_built() and torch.backends.mkldnn.enabled):
         return False
     return dtype == torch.float32 or (dtype == torch.bfloat16 and _onednn_bf16_supported())
 
 
-@functools.cache
+# What the torch build and the CPU offer, read once at import: ``torch.compile`` cannot trace
+# ``torch.backends.mkldnn.is_available`` or oneDNN's CPU query, and asking them inside the
+# compiled towers broke the graph at every linear layer.
+_ONEDNN_LINEAR_BUILT = torch.backends.mkldnn.is_available() and hasattr(
+    torch.ops.mkldnn, "_linear_pointwise"
+)
+# oneDNN's own check that this CPU runs bfloat16 kernels (AVX-512 or newer on x86).
+_ONEDNN_BF16 = _ONEDNN_LINEAR_BUILT and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _onednn_linear_built() -> bool:
+    return _ONEDNN_LINEAR_BUILT
+
+
 def _onednn_bf16_supported() -> bool:
-    """oneDNN's own check that this CPU can run bfloat16 kernels (asked once per process)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return _ONEDNN_BF16
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:

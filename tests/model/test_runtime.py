@@ -91,3 +91,20 @@ def test_compiled_towers_match_eager(hf_checkpoint):
         )
     with pytest.raises(ValueError, match="needs a model with text_model and vision_model"):
         compile_towers(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("family", ["clip-b32", "chinese-b16"])
+def test_towers_compile_without_graph_breaks(hf_checkpoint, family):
+    """Each tower is one graph: a break (e.g. at every linear layer's kernel choice) would leave
+    torch.compile nothing to fuse across layers."""
+    from model import ChineseCLIPModel
+
+    cls = ChineseCLIPModel if family.startswith("chinese") else CLIPModel
+    model = cls.from_pretrained(hf_checkpoint(family)).eval()
+    text, pixels = text_batch(family), pixel_batch(family)
+    with torch.inference_mode():
+        for tower, args in ((model.vision_model, (pixels,)), (model.text_model, ())):
+            kwargs = {} if args else dict(text)
+            torch._dynamo.reset()
+            explained = torch._dynamo.explain(tower)(*args, **kwargs)
+            assert explained.graph_break_count == 0, explained.break_reasons
