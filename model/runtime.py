@@ -107,9 +107,9 @@ def should_compile(requested: bool | None, device: str | torch.device) -> bool:
     """Whether to ``torch.compile`` the towers: ``requested`` if given, else on CUDA only.
 
     On CPU the towers already run on oneDNN (:mod:`model.kernels`), and compiling fuses only the
-    elementwise work between products: ``benchmarks/bench_model.py`` measured 5-12% more
-    throughput in float32 and none in bfloat16, for about 20 s of compilation per process on two
-    cores (and again for each new input shape family). Pass ``compile=True`` for long float32
+    elementwise work between products: ``benchmarks/bench_model.py`` measured 2-12% more
+    throughput in float32 and none in bfloat16, for 20 s to about 3 minutes of compilation per
+    process on two cores (see ``benchmarks/README.md``). Pass ``compile=True`` for long float32
     jobs.
     """
     if requested is not None:

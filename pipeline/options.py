@@ -344,8 +344,8 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
         "compile",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="torch.compile the model (default: on GPU only; on CPU it gains 0-12%% for about "
-        "20 s of compilation per worker process)",
+        help="torch.compile the model (default: on GPU only; on CPU it gains 2-12%% for 20 s to "
+        "3 min of compilation per worker process)",
     )
     _add(
         compute,
