@@ -106,18 +106,6 @@ def _(
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-def onednn_linear_available(dtype: torch.dtype = torch.float32) -> bool:
-    """Whether oneDNN's linear kernel can run ``dtype`` products here.
-
-    float32 needs only a torch build with oneDNN, enabled. bfloat16 also needs a CPU that oneDNN
-    runs it on (AVX-512 or newer on x86): on an AVX2-only CPU its inner product refuses bfloat16
-    ("could not create a primitive descriptor"), so ``F.linear`` computes those instead.
-    """
-    if not (_onednn_linear_built() and torch.backends.mkldnn.enabled):
-        return False
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and _onednn_bf16_supported())
-
-
 # What the torch build and the CPU offer, read once at import: ``torch.compile`` cannot trace
 # ``torch.backends.mkldnn.is_available`` or oneDNN's CPU query, and asking them inside the
 # compiled towers broke the graph at every linear layer.
@@ -128,12 +116,16 @@ _ONEDNN_LINEAR_BUILT = torch.backends.mkldnn.is_available() and hasattr(
 _ONEDNN_BF16 = _ONEDNN_LINEAR_BUILT and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _onednn_linear_built() -> bool:
-    return _ONEDNN_LINEAR_BUILT
+def onednn_linear_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether oneDNN's linear kernel can run ``dtype`` products here.
 
-
-def _onednn_bf16_supported() -> bool:
-    return _ONEDNN_BF16
+    float32 needs only a torch build with oneDNN, enabled. bfloat16 also needs a CPU that oneDNN
+    runs it on (AVX-512 or newer on x86): on an AVX2-only CPU its inner product refuses bfloat16
+    ("could not create a primitive descriptor"), so ``F.linear`` computes those instead.
+    """
+    if not (_ONEDNN_LINEAR_BUILT and torch.backends.mkldnn.enabled):
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and _ONEDNN_BF16)
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:

@@ -18,6 +18,7 @@ from .kernels import get_activation, linear
 from .loading import PreTrainedModel
 from .modeling_clip import (
     BaseModelOutputWithPooling,
+    CLIPModel,
     CLIPVisionModel,
     ModelOutput,
     _dual_output,
@@ -410,28 +411,20 @@ class ChineseCLIPModel(PreTrainedModel):
             output_hidden_states: include every layer's hidden states.
             return_dict: return the output object (True) or its tuple (False).
         """
-        if not wants_output_object(output_attentions, output_hidden_states, return_dict):
-            out = self.text_model(
-                input_ids,
-                attention_mask,
-                token_type_ids,
-                position_ids,
-                False,
-                False,
-                return_dict=True,
-                pooled_only=True,
-            )
-            return linear(cls_pool(out.last_hidden_state), self.text_projection.weight)
+        detailed = wants_output_object(output_attentions, output_hidden_states, return_dict)
         out = self.text_model(
             input_ids,
             attention_mask,
             token_type_ids,
             position_ids,
-            output_attentions,
-            output_hidden_states,
+            output_attentions if detailed else False,
+            output_hidden_states if detailed else False,
             return_dict=True,
+            pooled_only=not detailed,
         )
         features = linear(cls_pool(out.last_hidden_state), self.text_projection.weight)
+        if not detailed:
+            return features
         flat = as_requested(out, return_dict, self.config)
         if isinstance(flat, tuple):
             # transformers 5 sets pooler_output on a tower output made without one, and its
@@ -440,47 +433,8 @@ class ChineseCLIPModel(PreTrainedModel):
         out.pooler_output = features
         return out
 
-    def get_image_features(
-        self,
-        pixel_values: torch.Tensor,
-        *,
-        interpolate_pos_encoding: bool = False,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-    ) -> torch.Tensor | BaseModelOutputWithPooling | tuple:
-        """Projected, unnormalized image embeddings ``[batch, projection_dim]``.
-
-        Returns the tensor, or transformers 5's output object as :meth:`get_text_features`
-        explains.
-
-        Args:
-            pixel_values: ``[batch, channels, image_size, image_size]`` normalized pixels.
-            interpolate_pos_encoding: accept other image sizes (see
-                :class:`model.modeling_clip.CLIPVisionModel`).
-            output_attentions: include every layer's attention probabilities.
-            output_hidden_states: include every layer's hidden states.
-            return_dict: return the output object (True) or its tuple (False).
-        """
-        if not wants_output_object(output_attentions, output_hidden_states, return_dict):
-            out = self.vision_model(
-                pixel_values,
-                False,
-                False,
-                interpolate_pos_encoding,
-                return_dict=True,
-                pooled_only=True,
-            )
-            return linear(out.pooler_output, self.visual_projection.weight)
-        out = self.vision_model(
-            pixel_values,
-            output_attentions,
-            output_hidden_states,
-            interpolate_pos_encoding,
-            return_dict=True,
-        )
-        out.pooler_output = linear(out.pooler_output, self.visual_projection.weight)
-        return as_requested(out, return_dict, self.config)
+    # The image tower, its projection and their names are CLIP's: so is this method.
+    get_image_features = CLIPModel.get_image_features
 
     def forward(
         self,

@@ -877,26 +877,20 @@ class CLIPModel(PreTrainedModel):
             output_hidden_states: include every layer's hidden states.
             return_dict: return the output object (True) or its tuple (False).
         """
-        if not wants_output_object(output_attentions, output_hidden_states, return_dict):
-            pooled = self.text_model(
-                input_ids,
-                attention_mask,
-                position_ids,
-                False,
-                False,
-                return_dict=True,
-                pooled_only=True,
-            )
-            return linear(pooled.pooler_output, self.text_projection.weight)
+        detailed = wants_output_object(output_attentions, output_hidden_states, return_dict)
         out = self.text_model(
             input_ids,
             attention_mask,
             position_ids,
-            output_attentions,
-            output_hidden_states,
+            output_attentions if detailed else False,
+            output_hidden_states if detailed else False,
             return_dict=True,
+            pooled_only=not detailed,
         )
-        out.pooler_output = linear(out.pooler_output, self.text_projection.weight)
+        features = linear(out.pooler_output, self.text_projection.weight)
+        if not detailed:
+            return features
+        out.pooler_output = features
         return as_requested(out, return_dict, self.config)
 
     def get_image_features(
@@ -920,24 +914,19 @@ class CLIPModel(PreTrainedModel):
             output_hidden_states: include every layer's hidden states.
             return_dict: return the output object (True) or its tuple (False).
         """
-        if not wants_output_object(output_attentions, output_hidden_states, return_dict):
-            pooled = self.vision_model(
-                pixel_values,
-                False,
-                False,
-                interpolate_pos_encoding,
-                return_dict=True,
-                pooled_only=True,
-            )
-            return linear(pooled.pooler_output, self.visual_projection.weight)
+        detailed = wants_output_object(output_attentions, output_hidden_states, return_dict)
         out = self.vision_model(
             pixel_values,
-            output_attentions,
-            output_hidden_states,
+            output_attentions if detailed else False,
+            output_hidden_states if detailed else False,
             interpolate_pos_encoding,
             return_dict=True,
+            pooled_only=not detailed,
         )
-        out.pooler_output = linear(out.pooler_output, self.visual_projection.weight)
+        features = linear(out.pooler_output, self.visual_projection.weight)
+        if not detailed:
+            return features
+        out.pooler_output = features
         return as_requested(out, return_dict, self.config)
 
     def forward(

@@ -274,6 +274,22 @@ def assert_same_output(ours: Any, ref: Any, atol: float = 1e-5) -> None:
         assert_nested_close(ours[key], ref[key], atol)
 
 
+# Init settings whose effect differs per tower: ranges alone, then factors that scale them. (In
+# Chinese-CLIP the BERT text tower draws from initializer_range alone; the image tower and the
+# projections scale by initializer_factor as CLIP's do.)
+INIT_SETTINGS = {
+    "initializer_range": {
+        "text_config": {"initializer_range": 0.05},
+        "vision_config": {"initializer_range": 0.1},
+    },
+    "initializer_factor": {
+        "text_config": {"initializer_range": 0.01, "initializer_factor": 2.0},
+        "vision_config": {"initializer_range": 0.03, "initializer_factor": 0.5},
+        "initializer_factor": 1.5,
+    },
+}
+
+
 def init_config(family: str, **settings: Any) -> dict:
     """A ``config.json`` dict for random-initialisation tests: widths of 96 and 128 (tensors
     large enough for their statistics to tell init schemes apart), two layers, 224 px images.

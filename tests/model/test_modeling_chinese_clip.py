@@ -18,6 +18,7 @@ from model.modeling_chinese_clip import (
 )
 from tests.model.conftest import (
     CHINESE_VARIANTS,
+    INIT_SETTINGS,
     assert_all_close,
     assert_close,
     assert_nested_close,
@@ -272,21 +273,6 @@ def test_too_long_input_names_the_context_length(hf_checkpoint):
     model = ChineseCLIPModel.from_pretrained(hf_checkpoint("chinese-b16"))
     with pytest.raises(ValueError, match="17 tokens but the model has 16 positions"):
         model.get_text_features(torch.ones(1, 17, dtype=torch.long))
-
-
-# The BERT text tower draws from initializer_range alone; the image tower and the projections
-# scale by initializer_factor as CLIP's do.
-INIT_SETTINGS = {
-    "initializer_range": {
-        "text_config": {"initializer_range": 0.05},
-        "vision_config": {"initializer_range": 0.1},
-    },
-    "initializer_factor": {
-        "text_config": {"initializer_range": 0.01, "initializer_factor": 2.0},
-        "vision_config": {"initializer_range": 0.03, "initializer_factor": 0.5},
-        "initializer_factor": 1.5,
-    },
-}
 
 
 @pytest.mark.parametrize("settings", INIT_SETTINGS.values(), ids=list(INIT_SETTINGS))

@@ -22,6 +22,7 @@ from model.modeling_clip import (
 from tests.model.conftest import (
     CLIP_VARIANTS,
     EOS,
+    INIT_SETTINGS,
     assert_all_close,
     assert_close,
     assert_nested_close,
@@ -374,20 +375,6 @@ def test_random_init_follows_the_transformers_scheme():
     assert model.visual_projection.weight.std().item() == pytest.approx(768**-0.5, rel=0.05)
     assert model.logit_scale.item() == pytest.approx(2.6592)
     assert model.training  # like transformers: a fresh model trains, from_pretrained evaluates
-
-
-# Init settings whose effect differs per tower: ranges alone, then factors that scale them.
-INIT_SETTINGS = {
-    "initializer_range": {
-        "text_config": {"initializer_range": 0.05},
-        "vision_config": {"initializer_range": 0.1},
-    },
-    "initializer_factor": {
-        "text_config": {"initializer_range": 0.01, "initializer_factor": 2.0},
-        "vision_config": {"initializer_range": 0.03, "initializer_factor": 0.5},
-        "initializer_factor": 1.5,
-    },
-}
 
 
 @pytest.mark.parametrize("settings", INIT_SETTINGS.values(), ids=list(INIT_SETTINGS))

@@ -138,22 +138,19 @@ def gcs_inputs(gcs_emulator, clip_checkpoint):
     return root, data.pattern
 
 
-@pytest.mark.parametrize("case", list(JOBS))
-def test_launch_builds_the_dataflow_job_without_running_it(case, gcs_inputs, gcs_dir, monkeypatch):
-    pytest.importorskip("google.cloud.dataflow", reason="the Dataflow runner (apache-beam[gcp])")
-    root, pattern = gcs_inputs
-    job = case.split("-")[0]
-    args, main_step = JOBS[case]
-    output = f"{gcs_dir}/out"
-    # What Dataflow's template launcher passes: its own pipeline options, then the parameters.
-    argv = [
+def _template_argv(
+    root: str, name: str, job: str, pattern: str, output: str, *parameters: str
+) -> list[str]:
+    """What Dataflow's template launcher passes: its own pipeline options (a dry run staging to
+    ``root``), then the job's parameters, the model being ``root``/model."""
+    return [
         "--runner=DataflowRunner",
         "--project=clipbeam-test",
         "--region=us-central1",
-        "--job_name=clipbeam-template-test",
+        f"--job_name=clipbeam-template-{name}",
         f"--temp_location={root}/tmp",
         f"--staging_location={root}/staging",
-        f"--template_location={root}/templates/job.json",
+        f"--template_location={root}/templates/{name}.json",
         "--sdk_container_image=us-docker.pkg.dev/clipbeam-test/images/clipbeam-gpu:1",
         f"--labels={JOB_LABELS}",
         "--dry_run=true",
@@ -161,8 +158,18 @@ def test_launch_builds_the_dataflow_job_without_running_it(case, gcs_inputs, gcs
         f"--input={pattern}",
         f"--output={output}",
         f"--model={root}/model",
-        *args,
+        *parameters,
     ]
+
+
+@pytest.mark.parametrize("case", list(JOBS))
+def test_launch_builds_the_dataflow_job_without_running_it(case, gcs_inputs, gcs_dir, monkeypatch):
+    pytest.importorskip("google.cloud.dataflow", reason="the Dataflow runner (apache-beam[gcp])")
+    root, pattern = gcs_inputs
+    job = case.split("-")[0]
+    args, main_step = JOBS[case]
+    output = f"{gcs_dir}/out"
+    argv = _template_argv(root, "test", job, pattern, output, *args)
     result = launcher.launch(argv)
 
     assert result.state == "DONE"
@@ -280,23 +287,9 @@ def test_launch_takes_every_parameter_to_the_workers(case, gcs_full_inputs, gcs_
     parameters = [p for p in _parameters_of(job) if p not in FULL_CASES[case]]
     values = {p: FULL[p][0].replace("{root}", root) for p in parameters}
     output = f"{gcs_dir}/out"
-    argv = [
-        "--runner=DataflowRunner",
-        "--project=clipbeam-test",
-        "--region=us-central1",
-        "--job_name=clipbeam-template-full",
-        f"--temp_location={root}/tmp",
-        f"--staging_location={root}/staging",
-        f"--template_location={root}/templates/full.json",
-        "--sdk_container_image=us-docker.pkg.dev/clipbeam-test/images/clipbeam-gpu:1",
-        f"--labels={JOB_LABELS}",
-        "--dry_run=true",
-        f"--job={job}",
-        f"--input={pattern}",
-        f"--output={output}",
-        f"--model={root}/model",
-        *(f"--{p}={value}" for p, value in values.items()),
-    ]
+    argv = _template_argv(
+        root, "full", job, pattern, output, *(f"--{p}={value}" for p, value in values.items())
+    )
     # Every value passes the parameter's regex, as Dataflow checks them before the launcher.
     regexes = {p["name"]: p["regexes"] for p in METADATA["parameters"]}
     for p, value in values.items():
