@@ -21,6 +21,7 @@ from .modeling_clip import (
     CLIPModel,
     CLIPVisionModel,
     ModelOutput,
+    TokenPacking,
     _dual_output,
     _flag,
     _normalize,
@@ -29,6 +30,7 @@ from .modeling_clip import (
     attend,
     attention_inputs,
     mask_to_bias,
+    merge_heads,
     run_layers,
     take_rows,
     wants_output_object,
@@ -139,11 +141,12 @@ class ChineseCLIPTextSelfAttention(nn.Module):
         bias: torch.Tensor | None,
         need_weights: bool,
         rows: torch.Tensor | int | None = None,
+        packing: TokenPacking | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Attends from every position, or only from ``rows``."""
-        batch, _, width = hidden_states.shape
+        """Attends from every position, or only from ``rows``; ``hidden_states`` are packed
+        tokens when ``packing`` is given."""
         query, key, value, bias = attention_inputs(
-            hidden_states, bias, rows, self.num_heads, self.query, self.key, self.value
+            hidden_states, bias, rows, self.num_heads, self.query, self.key, self.value, packing
         )
         out, weights = attend(
             query,
@@ -153,7 +156,7 @@ class ChineseCLIPTextSelfAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             need_weights=need_weights,
         )
-        return out.transpose(1, 2).reshape(batch, -1, width), weights  # BHSd -> BSD
+        return merge_heads(out, packing, rows), weights
 
 
 class ChineseCLIPTextSelfOutput(nn.Module):
@@ -185,8 +188,9 @@ class ChineseCLIPTextAttention(nn.Module):
         bias: torch.Tensor | None,
         need_weights: bool,
         rows: torch.Tensor | int | None = None,
+        packing: TokenPacking | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn, weights = self.self(hidden_states, bias, need_weights, rows)
+        attn, weights = self.self(hidden_states, bias, need_weights, rows, packing)
         residual = hidden_states if rows is None else take_rows(hidden_states, rows)
         return self.output(attn, residual), weights
 
@@ -220,9 +224,11 @@ class ChineseCLIPTextLayer(nn.Module):
         bias: torch.Tensor | None,
         need_weights: bool = False,
         rows: torch.Tensor | int | None = None,
+        packing: TokenPacking | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The block's output at every position, or at ``rows`` only (``[B, 1, D]``)."""
-        attended, weights = self.attention(hidden_states, bias, need_weights, rows)
+        """The block's output at every position, or at ``rows`` only (``[B, 1, D]``); on
+        packed tokens when ``packing`` is given."""
+        attended, weights = self.attention(hidden_states, bias, need_weights, rows, packing)
         return self.output(self.intermediate(attended), attended), weights
 
 
@@ -242,9 +248,10 @@ class ChineseCLIPTextEncoder(nn.Module):
         output_attentions: bool,
         output_hidden_states: bool,
         rows: torch.Tensor | int | None = None,
+        packing: TokenPacking | None = None,
     ) -> BaseModelOutputWithPooling:
         return run_layers(
-            self.layer, hidden_states, bias, output_attentions, output_hidden_states, rows
+            self.layer, hidden_states, bias, output_attentions, output_hidden_states, rows, packing
         )
 
 
@@ -340,16 +347,21 @@ class ChineseCLIPTextModel(PreTrainedModel):
                 f"tokenize with truncation=True, max_length={limit} (52 for Chinese-CLIP)"
             )
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids)
-        bias = None
+        bias, rows, packing = None, 0 if pooled_only else None, None
         if attention_mask is not None:
             keep = attention_mask.to(device=hidden_states.device, dtype=torch.bool)
             bias = mask_to_bias(keep[:, None, None, :], hidden_states.dtype)  # [B, 1, 1, S]
+            if pooled_only:
+                packing = TokenPacking.of(keep, 0)
+        if packing is not None:
+            hidden_states, rows = packing.pack(hidden_states), packing.packed_rows
         out = self.encoder(
             hidden_states,
             bias,
             _flag(output_attentions, self.config.output_attentions),
             _flag(output_hidden_states, self.config.output_hidden_states),
-            0 if pooled_only else None,
+            rows,
+            packing,
         )
         if self.pooler is not None:
             out.pooler_output = self.pooler(out.last_hidden_state)

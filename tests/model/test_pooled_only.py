@@ -7,7 +7,7 @@ import torch
 
 from model.configuration import ChineseCLIPConfig, CLIPConfig
 from model.modeling_chinese_clip import ChineseCLIPModel
-from model.modeling_clip import CLIPModel, take_rows
+from model.modeling_clip import CLIPModel, TokenPacking, take_rows
 
 SMALL = {"hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4}
 VISION = {**SMALL, "num_hidden_layers": 2, "image_size": 32, "patch_size": 8}
@@ -71,3 +71,73 @@ def test_take_rows():
     x = torch.arange(24).view(2, 4, 3)
     assert torch.equal(take_rows(x, 0), x[:, :1])
     assert torch.equal(take_rows(x, torch.tensor([3, 1])), torch.stack([x[0, 3:4], x[1, 1:2]]))
+
+
+def _with_holes(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` with a padded position inside each sequence longer than three tokens."""
+    holed = mask.clone()
+    for row in range(len(mask)):
+        if int(mask[row].sum()) > 3:
+            holed[row, 2] = 0
+    return holed
+
+
+@pytest.mark.parametrize("holes", [False, True])
+@pytest.mark.parametrize("family", ["clip", "chinese_clip"])
+def test_text_towers_pooled_on_packed_tokens(family, holes):
+    """A padded batch runs its pooled pass on the real tokens alone (fewer rows through every
+    product), and pools what the full padded pass pools, also with padding inside a sequence."""
+    torch.manual_seed(0)
+    text = {**SMALL, "num_hidden_layers": 3, "vocab_size": 64, "max_position_embeddings": 16}
+    if family == "clip":
+        config = CLIPConfig(text_config={**text, "eos_token_id": 63}, vision_config=VISION)
+        model = CLIPModel(config).eval()
+    else:
+        config = ChineseCLIPConfig(text_config=text, vision_config=VISION)
+        model = ChineseCLIPModel(config).eval()
+    ids, mask = _ids(64, [4, 11, 6, 2, 9], eos=63, pad=0)
+    if holes:
+        mask = _with_holes(mask)
+    rows = (ids == 63).int().argmax(dim=-1) if family == "clip" else 0  # EOS or [CLS]
+    packing = TokenPacking.of(mask, rows)
+    assert packing is not None and len(packing.index) == int(mask.sum()) < mask.numel()
+    seen = []
+    hook = model.text_model.encoder.register_forward_pre_hook(
+        lambda _, args: seen.append(args[0].shape)
+    )
+    with torch.inference_mode():
+        full = model.text_model(ids, mask)
+        pooled = model.text_model(ids, mask, pooled_only=True)
+    hook.remove()
+    assert seen == [(5, 11, 32), (1, int(mask.sum()), 32)]  # padded, then packed
+    torch.testing.assert_close(
+        pooled.last_hidden_state[:, 0], take_rows(full.last_hidden_state, rows)[:, 0]
+    )
+
+
+def test_packing_only_where_it_is_exact_and_saves_work():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    packing = TokenPacking.of(mask, torch.tensor([2, 1]))
+    assert packing.index.tolist() == [0, 1, 2, 4, 5]
+    assert packing.packed_rows.tolist() == [2, 4]
+    x = torch.arange(8.0).view(2, 4, 1)
+    assert packing.pack(x).flatten().tolist() == [0, 1, 2, 4, 5]
+    assert packing.unpack(packing.pack(x)).flatten().tolist() == [0, 1, 2, 0, 4, 5, 0, 0]
+    assert TokenPacking.of(torch.ones(2, 4), 0) is None  # no padding: nothing to skip
+    assert TokenPacking.of(mask, torch.tensor([3, 1])) is None  # a pooled position is padding
+    left = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    assert TokenPacking.of(left, 0) is None  # [CLS] pooling under left padding
+
+
+def test_packed_pass_keeps_gradients():
+    torch.manual_seed(0)
+    text = {**SMALL, "num_hidden_layers": 2, "vocab_size": 64, "eos_token_id": 63}
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=VISION))
+    ids, mask = _ids(64, [3, 7], eos=63, pad=0)
+    grads = []
+    for pooled_only in (False, True):
+        model.zero_grad()
+        model.text_model(ids, mask, pooled_only=pooled_only).pooler_output.sum().backward()
+        grads.append([p.grad.clone() for p in model.text_model.parameters()])
+    for packed, full in zip(*grads, strict=True):
+        torch.testing.assert_close(packed, full)
