@@ -34,6 +34,7 @@ import torch
 import transformers
 
 import model
+from model import kernels
 from model.loading import resolve_device
 from model.runtime import compile_towers, compute_dtype, cpu_has_native_bf16
 
@@ -191,6 +192,44 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     return float(cos.min()), float(cos.mean())
 
 
+def image_tower_flops(vision: dict[str, Any], projection_dim: int) -> float:
+    """Floating-point operations of one full image-tower pass (as transformers computes it).
+
+    Products only (2 per multiply-add): patch embedding, per layer q/k/v, output projection,
+    MLP and the two attention products, and the projection of the pooled state. LayerNorms and
+    activations are left out (under 1% at ViT-B/16).
+    """
+    width, inner = vision["hidden_size"], vision["intermediate_size"]
+    patch = vision["patch_size"]
+    tokens = (vision["image_size"] // patch) ** 2 + 1
+    per_layer = tokens * (4 * width * width + 2 * width * inner) + 2 * tokens * tokens * width
+    embed = (tokens - 1) * 3 * patch * patch * width
+    return 2.0 * (embed + vision["num_hidden_layers"] * per_layer + width * projection_dim)
+
+
+def product_ceiling(rows: int, width: int, inner: int, repeats: int) -> float:
+    """The best GFLOP/s that one ``[rows, width] x [width, inner]`` float32 product reaches here.
+
+    Both CPU kernels (``F.linear``: MKL; :func:`model.kernels.linear`: oneDNN) are timed on the
+    image tower's largest product (the first MLP layer); the faster median wins. A tower doing
+    the same products cannot run them faster than this, so ``ceiling / reference rate`` bounds
+    the speed-up any float32 implementation can get by kernels alone.
+    """
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, width, generator=gen)
+    weight = torch.randn(inner, width, generator=gen) * width**-0.5
+    bias = torch.zeros(inner)
+    calls = {
+        "F.linear": lambda: torch.nn.functional.linear(x, weight, bias),
+        "oneDNN": lambda: kernels.linear(x, weight, bias),
+    }
+    with torch.inference_mode():
+        for call in calls.values():
+            call()
+        medians = interleaved_medians(calls, max(repeats, 5), torch.device("cpu"))
+    return 2.0 * rows * width * inner / min(medians.values()) / 1e9
+
+
 def runners_for(
     family: str, path: Path, device: torch.device, compile_ours: bool
 ) -> tuple[list[Runner], list[tuple[str, str]]]:
@@ -276,6 +315,8 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device) ->
         f"  captions: {tokens} tokens in batches of {args.text_batch_size}, padded to "
         f"{padded} ({tokens / args.captions:.1f} tokens per caption on average)"
     )
+    if device.type == "cpu":
+        print_ceiling(family, args, rows)
     for workload in dict.fromkeys(w for w, _, _ in rows):
         print(f"  {workload}:")
         rate = {label: r for w, label, r in rows if w == workload}
@@ -302,6 +343,28 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device) ->
         if label.startswith("clipbeam") and label != base:
             change = (clip_scores(features, label) - clip_scores(features, base)).abs().max()
             print(f"    {label} vs {base}: {float(change):.5f}")
+
+
+def print_ceiling(
+    family: str, args: argparse.Namespace, rows: list[tuple[str, str, float]]
+) -> None:
+    """How close transformers' float32 image tower runs to this CPU's matrix-product ceiling."""
+    vision, projection = _CONFIGS[family]["vision_config"], _CONFIGS[family]["projection_dim"]
+    flops = image_tower_flops(vision, projection)
+    tokens = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
+    print(f"  matrix-product ceiling (float32, {flops / 1e9:.1f} GFLOP per image):")
+    for b in args.batch_sizes:
+        ceiling = product_ceiling(
+            b * tokens, vision["hidden_size"], vision["intermediate_size"], args.repeats
+        )
+        rate = {label: r for w, label, r in rows if w == f"image features/s, batch {b}"}
+        reference = rate["transformers float32"] * flops / 1e9
+        print(
+            f"    batch {b}: best single product {ceiling:.1f} GFLOP/s; transformers' tower "
+            f"{reference:.1f} GFLOP/s ({reference / ceiling:.0%} of it), so the same products "
+            f"run at most {ceiling / reference:.2f}x faster; clipbeam "
+            f"{rate['clipbeam float32'] * flops / 1e9:.1f} GFLOP/s of transformers' work"
+        )
 
 
 def clip_scores(features: dict[str, dict[str, torch.Tensor]], label: str) -> torch.Tensor:

@@ -423,6 +423,28 @@ class CLIPMLP(nn.Module):
         hidden_states = linear(hidden_states, self.fc1.weight, self.fc1.bias, self.hidden_act)
         return linear(hidden_states, self.fc2.weight, self.fc2.bias)
 
+    def add_to(self, hidden_states: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        """``hidden_states + self(norm(hidden_states))``: the block's feed-forward residual.
+
+        For float32 inference with ``quick_gelu`` it computes the same with one pass of the
+        activation instead of three: ``quick_gelu(y) = silu(a * y) / a`` with ``a = 1.702``,
+        and the scale ``a`` is folded into the LayerNorm's affine parameters and fc1's bias
+        (vectors), the ``1 / a`` into fc2's bias and the residual sum, so the product outputs
+        are never scaled. ``silu`` then runs in place. Equal up to float32 rounding; 1.5-2.5%
+        of the ViT-B/16 image tower's time on CPU.
+        """
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        if self.hidden_act != "quick_gelu" or hidden_states.dtype != torch.float32 or grad:
+            return hidden_states + self(norm(hidden_states))
+        a = 1.702
+        normed = F.layer_norm(
+            hidden_states, norm.normalized_shape, norm.weight * a, norm.bias * a, norm.eps
+        )
+        inner = F.silu(linear(normed, self.fc1.weight, self.fc1.bias * a), inplace=True)
+        return torch.add(
+            hidden_states, linear(inner, self.fc2.weight, self.fc2.bias * a), alpha=1 / a
+        )
+
 
 class CLIPEncoderLayer(nn.Module):
     """A pre-LayerNorm transformer block."""
@@ -450,7 +472,7 @@ class CLIPEncoderLayer(nn.Module):
         if rows is not None:
             hidden_states = take_rows(hidden_states, rows)
         hidden_states = hidden_states + attn
-        hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))
+        hidden_states = self.mlp.add_to(hidden_states, self.layer_norm2)
         return hidden_states, weights
 
 

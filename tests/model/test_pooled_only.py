@@ -141,3 +141,31 @@ def test_packed_pass_keeps_gradients():
         grads.append([p.grad.clone() for p in model.text_model.parameters()])
     for packed, full in zip(*grads, strict=True):
         torch.testing.assert_close(packed, full)
+
+
+def test_feed_forward_residual_folds_the_quick_gelu_scale(monkeypatch):
+    """Inference folds quick_gelu's 1.702 into the LayerNorm and biases (one in-place silu);
+    the result is the plain block's, and the plain activation is what training runs."""
+    from model import kernels
+    from model.modeling_clip import CLIPEncoderLayer
+
+    torch.manual_seed(0)
+    layer = CLIPEncoderLayer(CLIPConfig(vision_config=VISION).vision_config)
+    assert layer.mlp.hidden_act == "quick_gelu"
+    for param in (*layer.layer_norm2.parameters(), layer.mlp.fc1.bias, layer.mlp.fc2.bias):
+        torch.nn.init.normal_(param, std=0.5)
+    hidden = torch.randn(2, 5, 32) * 3
+    calls = []
+    plain = kernels.quick_gelu
+    monkeypatch.setitem(kernels.ACTIVATIONS, "quick_gelu", lambda x: calls.append(1) or plain(x))
+    with torch.no_grad():
+        expected = hidden + layer.mlp(layer.layer_norm2(hidden))
+    assert calls
+    calls.clear()
+    with torch.inference_mode():
+        got = layer.mlp.add_to(hidden, layer.layer_norm2)
+    assert not calls  # folded
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    trained = layer.mlp.add_to(hidden, layer.layer_norm2)  # with gradients: the plain path
+    assert trained.requires_grad and calls
+    torch.testing.assert_close(trained.detach(), expected)
