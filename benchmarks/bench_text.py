@@ -6,14 +6,22 @@ ViT-B/16 text tower with random weights, loaded as the jobs load it: ``--dtype a
 tokenization, and are timed in turn within every repeat:
 
 * ``clipbeam``: ``Encoder.encode_texts``: captions sorted by token count, cut into batches, each
-  batch padded to its own longest caption;
+  batch padded to its own longest caption, and the model's products run on the real tokens alone
+  (:class:`model.modeling_clip.TokenPacking`);
 * ``padded to the context``: batches in input order, every caption padded to 77 tokens (what
-  ``padding="max_length"`` gives, and what fixed-shape exports do);
+  ``padding="max_length"`` gives, and what fixed-shape exports do), every position computed;
 * ``padded to each batch's longest``: batches in input order, each padded to its longest caption
-  (transformers' ``padding=True``), for comparison.
+  (transformers' ``padding=True``), every position computed;
+* ``padded to the context, packed``: as the first padded variant, but with the attention mask
+  given, so the model skips the padding's products itself: what packing alone gains.
 
-It prints texts/s, the ratios, the tokens each variant computes, and checks that all variants
-give the same embeddings.
+The padded variants that compute every position pass no attention mask: under CLIP's causal
+attention, padding on the right never reaches the end-of-text token that is pooled, so their
+embeddings are the same (checked), and the model computes every padded position as a padded
+pipeline does (given the mask, it would skip the padding's products).
+
+It prints texts/s, the ratios, the tokens each variant puts through the model's products, and
+checks that all variants give the same embeddings.
 
 Run ``python -m benchmarks.bench_text`` (``--help`` for the options).
 """
@@ -40,9 +48,10 @@ from transforms.encoder import Encoder
 
 
 def padded_embeddings(
-    encoder: Encoder, captions: Sequence[str], batch_size: int, padding: str
+    encoder: Encoder, captions: Sequence[str], batch_size: int, padding: str, mask: bool
 ) -> tuple[np.ndarray, int]:
-    """Embeddings of batches in input order, padded as ``padding`` says; and the token count."""
+    """Embeddings of batches in input order, padded as ``padding`` says, with or without the
+    attention mask; and the tokens put through the model's products."""
     out, computed = [], 0
     for start in range(0, len(captions), batch_size):
         inputs = encoder.tokenizer(
@@ -52,22 +61,16 @@ def padded_embeddings(
             max_length=encoder.context_length,
             return_tensors="pt",
         )
-        computed += inputs["input_ids"].numel()
+        real = inputs.pop("attention_mask")
+        computed += int(real.sum()) if mask else inputs["input_ids"].numel()
+        if mask:
+            inputs["attention_mask"] = real
         with torch.inference_mode():
             features = encoder.model.get_text_features(**dict(inputs))
         if not isinstance(features, torch.Tensor):
             features = features.pooler_output
         out.append(torch.nn.functional.normalize(features.float(), dim=-1).numpy())
     return np.concatenate(out), computed
-
-
-def bucketed_tokens(encoder: Encoder, captions: Sequence[str], batch_size: int) -> int:
-    """Tokens computed by :meth:`Encoder.encode_texts` (sorted, padded per batch)."""
-    lengths = sorted(len(t["input_ids"]) for t in encoder.tokenize(captions))
-    return sum(
-        max(lengths[i : i + batch_size]) * len(lengths[i : i + batch_size])
-        for i in range(0, len(lengths), batch_size)
-    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -105,36 +108,35 @@ def main(argv: Sequence[str] | None = None) -> None:
         encoder = Encoder.load(source, device="cpu", dtype=args.dtype, batch_size=args.batch_size)
     print(f"model: CLIP ViT-B/16 text tower, {encoder.dtype}, batches of {args.batch_size}")
 
-    calls = {
-        "clipbeam (sorted, padded per batch)": lambda: encoder.encode_texts(captions),
-        "padded to the context": lambda: padded_embeddings(
-            encoder, captions, args.batch_size, "max_length"
-        ),
-        "padded to each batch's longest": lambda: padded_embeddings(
-            encoder, captions, args.batch_size, "longest"
-        ),
+    ours_label = "clipbeam (sorted, packed)"
+    variants = {
+        "padded to the context": ("max_length", False),
+        "padded to each batch's longest": ("longest", False),
+        "padded to the context, packed": ("max_length", True),
     }
+    calls = {ours_label: lambda: encoder.encode_texts(captions)}
+    for label, (padding, mask) in variants.items():
+        calls[label] = lambda padding=padding, mask=mask: padded_embeddings(
+            encoder, captions, args.batch_size, padding, mask
+        )
     medians = interleaved_medians(calls, args.repeats)
 
     ours = encoder.encode_texts(captions)
-    context, context_tokens = padded_embeddings(encoder, captions, args.batch_size, "max_length")
-    longest, longest_tokens = padded_embeddings(encoder, captions, args.batch_size, "longest")
     real = sum(len(t["input_ids"]) for t in encoder.tokenize(captions))
-    computed = {
-        "clipbeam (sorted, padded per batch)": bucketed_tokens(encoder, captions, args.batch_size),
-        "padded to the context": context_tokens,
-        "padded to each batch's longest": longest_tokens,
-    }
+    computed, embeddings = {ours_label: real}, {}
+    for label, (padding, mask) in variants.items():
+        embeddings[label], computed[label] = padded_embeddings(
+            encoder, captions, args.batch_size, padding, mask
+        )
     print(f"{args.captions} captions, {real} real tokens ({real / args.captions:.1f} per caption)")
-    print("texts/s (tokens computed, padding included):")
+    print("texts/s (tokens through the model's products):")
     for label, seconds in medians.items():
         print(f"  {label:<38} {args.captions / seconds:8.1f}   ({computed[label]} tokens)")
-    base = medians["clipbeam (sorted, padded per batch)"]
-    for label in ("padded to the context", "padded to each batch's longest"):
-        print(f"  ratio clipbeam / {label}: {medians[label] / base:.2f}x")
-    for label, other in (("context", context), ("longest", longest)):
+    for label in variants:
+        print(f"  ratio clipbeam / {label}: {medians[label] / medians[ours_label]:.2f}x")
+    for label, other in embeddings.items():
         cosine = (ours * other).sum(axis=1)
-        print(f"  same embeddings as padded to the {label}: min cosine {cosine.min():.6f}")
+        print(f"  same embeddings as {label}: min cosine {cosine.min():.6f}")
     print(f"load average at end: {load_average()} ({time.perf_counter() - start:.0f} s)")
     sys.stdout.flush()
 

@@ -27,11 +27,9 @@ from .modeling_clip import (
     _normalize,
     _require_both,
     as_requested,
-    attend,
-    attention_inputs,
     mask_to_bias,
-    merge_heads,
     run_layers,
+    self_attention,
     take_rows,
     wants_output_object,
 )
@@ -145,18 +143,16 @@ class ChineseCLIPTextSelfAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attends from every position, or only from ``rows``; ``hidden_states`` are packed
         tokens when ``packing`` is given."""
-        query, key, value, bias = attention_inputs(
-            hidden_states, bias, rows, self.num_heads, self.query, self.key, self.value, packing
-        )
-        out, weights = attend(
-            query,
-            key,
-            value,
+        return self_attention(
+            hidden_states,
             bias,
+            (self.query, self.key, self.value),
+            self.num_heads,
             dropout_p=self.dropout if self.training else 0.0,
             need_weights=need_weights,
+            rows=rows,
+            packing=packing,
         )
-        return merge_heads(out, packing, rows), weights
 
 
 class ChineseCLIPTextSelfOutput(nn.Module):

@@ -44,12 +44,13 @@ __all__ = [
     "TokenPacking",
     "as_requested",
     "attend",
-    "attention_inputs",
+    "attend_from_rows",
     "eos_pool",
     "eos_positions",
     "fused_projection",
     "get_activation",
     "quick_gelu",
+    "self_attention",
     "take_rows",
     "wants_output_object",
 ]
@@ -293,15 +294,6 @@ class TokenPacking:
         return flat.view(self.batch, self.seq, -1)
 
 
-def merge_heads(
-    out: torch.Tensor, packing: TokenPacking | None, rows: torch.Tensor | int | None
-) -> torch.Tensor:
-    """Attention outputs ``[B, H, S, d] -> [B, S, H * d]``, packed to ``[1, T, H * d]`` when
-    the layer runs on packed tokens at every position (``rows`` is ``None``)."""
-    merged = out.transpose(1, 2).flatten(2)
-    return packing.pack(merged) if packing is not None and rows is None else merged
-
-
 def _init_linear(layer: nn.Linear, std: float) -> None:
     nn.init.normal_(layer.weight, std=std)
     if layer.bias is not None:
@@ -338,69 +330,116 @@ class CLIPAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attends from every position, or only from ``rows`` (see :func:`take_rows`);
         ``hidden_states`` are packed tokens when ``packing`` is given."""
-        query, key, value, bias = attention_inputs(
+        out, weights = self_attention(
             hidden_states,
             bias,
-            rows,
+            (self.q_proj, self.k_proj, self.v_proj),
             self.num_heads,
-            self.q_proj,
-            self.k_proj,
-            self.v_proj,
-            packing,
-        )
-        out, weights = attend(
-            query,
-            key,
-            value,
-            bias,
             dropout_p=self.dropout if self.training else 0.0,
             need_weights=need_weights,
+            rows=rows,
+            packing=packing,
         )
-        out = merge_heads(out, packing, rows)
         return linear(out, self.out_proj.weight, self.out_proj.bias), weights
 
 
-def attention_inputs(
+def self_attention(
     hidden_states: torch.Tensor,
     bias: torch.Tensor | None,
-    rows: torch.Tensor | int | None,
+    projections: tuple[nn.Linear, nn.Linear, nn.Linear],
     num_heads: int,
-    q_proj: nn.Linear,
-    k_proj: nn.Linear,
-    v_proj: nn.Linear,
+    *,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+    rows: torch.Tensor | int | None = None,
     packing: TokenPacking | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Queries, keys and values ``[B, H, S, d]`` (queries ``[B, H, 1, d]`` at ``rows`` only),
-    and the bias for those queries.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Multi-head self-attention up to the output projection.
 
-    With ``rows`` only one position per sequence is wanted from this layer (the pooled one, on a
-    tower's last layer): every position still gives keys and values, but the query, and after
-    it the output projection and the MLP, are computed for one row.
+    Args:
+        hidden_states: ``[B, S, D]`` inputs, or the packed ``[1, T, D]`` real tokens of a
+            padded batch (``packing``).
+        bias: additive mask ``[B or 1, 1, S or 1, S]`` in the padded layout (see :func:`attend`).
+        projections: the q, k and v layers, computed as one product (:func:`fused_projection`).
+        num_heads: attention heads.
+        dropout_p: dropout on the attention probabilities.
+        need_weights: also return the probabilities ``[B, H, S, S]``.
+        rows: attend from these positions only (one per sequence, see :func:`take_rows`;
+            packed positions under ``packing``): :func:`attend_from_rows`.
+        packing: ``hidden_states`` are packed: q/k/v are computed on the real tokens and spread
+            to the padded layout for attention, whose outputs are packed again.
 
-    With ``packing``, ``hidden_states`` are the packed real tokens ``[1, T, D]`` (and ``rows``
-    packed positions): the products run on them, and their results are spread back to the
-    padded ``[B, S]`` layout for attention.
+    Returns:
+        ``[B, S, D]`` outputs (packed ``[1, T, D]``; ``[B, 1, D]`` with ``rows``), and the
+        probabilities when ``need_weights``.
     """
-    if packing is None:
-        batch, seq = hidden_states.shape[:2]
-    else:
-        batch, seq = packing.batch, packing.seq
-    head_dim = hidden_states.shape[-1] // num_heads
+    if rows is not None:
+        if need_weights:
+            raise ValueError("attention from the pooled rows alone has no attention weights")
+        attended = attend_from_rows(
+            hidden_states, bias, projections, num_heads, rows, packing, dropout_p
+        )
+        return attended, None
+    qkv = linear(hidden_states, *fused_projection(*projections))
+    if packing is not None:
+        qkv = packing.unpack(qkv)
+    batch, seq, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+    qkv = qkv.view(batch, seq, 3, num_heads, width // num_heads)
+    query, key, value = qkv.permute(2, 0, 3, 1, 4)  # [B, S, 3, H, d] -> 3 x [B, H, S, d]
+    out, weights = attend(query, key, value, bias, dropout_p=dropout_p, need_weights=need_weights)
+    out = out.transpose(1, 2).flatten(2)  # [B, H, S, d] -> [B, S, D]
+    return (out if packing is None else packing.pack(out)), weights
 
-    def split_heads(x: torch.Tensor, parts: int) -> torch.Tensor:
-        # [B, S, parts * D] (or packed [1, T, parts * D]) -> [parts, B, H, S, d]
-        if packing is not None:
-            x = packing.unpack(x)
-        return x.view(batch, seq, parts, num_heads, head_dim).permute(2, 0, 3, 1, 4)
 
-    if rows is None:
-        qkv = linear(hidden_states, *fused_projection(q_proj, k_proj, v_proj))
-        query, key, value = split_heads(qkv, 3)
-        return query, key, value, bias
-    query = linear(take_rows(hidden_states, rows), q_proj.weight, q_proj.bias)
-    query = query.view(batch, 1, num_heads, head_dim).transpose(1, 2)  # -> [B, H, 1, d]
-    key, value = split_heads(linear(hidden_states, *fused_projection(k_proj, v_proj)), 2)
-    return query, key, value, _bias_rows(bias, rows if packing is None else packing.rows)
+def attend_from_rows(
+    hidden_states: torch.Tensor,
+    bias: torch.Tensor | None,
+    projections: tuple[nn.Linear, nn.Linear, nn.Linear],
+    num_heads: int,
+    rows: torch.Tensor | int,
+    packing: TokenPacking | None = None,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Attention from one position per sequence (the pooled one, on a tower's last layer),
+    without computing keys or values: ``[B, 1, D]``.
+
+    With one query ``q`` per sequence, the keys and values at every position are not needed:
+    ``q . (W_k x_j + b_k)`` is ``(W_k^T q) . x_j`` plus a term the same for every ``j``, which
+    softmax ignores; and as the probabilities ``p_j`` sum to one, ``sum_j p_j (W_v x_j + b_v)``
+    is ``W_v (sum_j p_j x_j) + b_v``. Per head that is two vector products per position instead
+    of two ``[d, D]`` products, so the last layer skips its key and value products (a sixth of
+    a layer's work; the query, output projection and MLP run at ``rows`` alone too). Equal to
+    full attention up to float32 rounding.
+
+    Args:
+        hidden_states: ``[B, S, D]``, or packed ``[1, T, D]`` under ``packing``.
+        bias: additive mask ``[B or 1, 1, S or 1, S]`` (padded layout).
+        projections: the q, k and v layers.
+        num_heads: attention heads.
+        rows: the query position of each sequence (packed positions under ``packing``).
+        packing: how ``hidden_states`` are packed, if they are.
+        dropout_p: dropout on the attention probabilities (which then no longer sum to one:
+            the value bias is scaled by their sum).
+    """
+    q_proj, k_proj, v_proj = projections
+    query = linear(take_rows(hidden_states, rows), q_proj.weight, q_proj.bias)  # [B, 1, D]
+    x = hidden_states if packing is None else packing.unpack(hidden_states)  # [B, S, D]
+    batch, _, width = x.shape
+    head_dim = width // num_heads
+    per_head = (num_heads, head_dim, width)
+    query = query.view(batch, num_heads, 1, head_dim) * head_dim**-0.5
+    # W_k^T q per head: [B, H, 1, d] @ [H, d, D] -> [B, H, 1, D]; scores over positions.
+    scores = (query @ k_proj.weight.view(per_head)) @ x.unsqueeze(1).transpose(-1, -2)
+    if bias is not None:
+        scores = scores + _bias_rows(bias, rows if packing is None else packing.rows)
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(x.dtype)  # [B, H, 1, S]
+    value_bias = v_proj.bias.view(num_heads, 1, head_dim)
+    if dropout_p > 0:
+        probs = F.dropout(probs, p=dropout_p)
+        value_bias = value_bias * probs.sum(dim=-1, keepdim=True)
+    mixed = probs @ x.unsqueeze(1)  # sum_j p_j x_j: [B, H, 1, D]
+    out = mixed @ v_proj.weight.view(per_head).transpose(-1, -2) + value_bias  # [B, H, 1, d]
+    return out.transpose(1, 2).reshape(batch, 1, width)
 
 
 class CLIPMLP(nn.Module):

@@ -138,7 +138,14 @@ def test_packed_pass_keeps_gradients():
     for pooled_only in (False, True):
         model.zero_grad()
         model.text_model(ids, mask, pooled_only=pooled_only).pooler_output.sum().backward()
-        grads.append([p.grad.clone() for p in model.text_model.parameters()])
+        # The pooled last layer never computes keys, so its key bias (whose true gradient is
+        # zero: softmax ignores it) gets none.
+        grads.append(
+            [
+                torch.zeros_like(p) if p.grad is None else p.grad.clone()
+                for p in model.text_model.parameters()
+            ]
+        )
     for packed, full in zip(*grads, strict=True):
         torch.testing.assert_close(packed, full)
 
@@ -169,3 +176,32 @@ def test_feed_forward_residual_folds_the_quick_gelu_scale(monkeypatch):
     trained = layer.mlp.add_to(hidden, layer.layer_norm2)  # with gradients: the plain path
     assert trained.requires_grad and calls
     torch.testing.assert_close(trained.detach(), expected)
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+def test_attention_from_rows_needs_no_keys_or_values(dropout_p):
+    """The pooled row's attention, computed from W_k^T q and sum_j p_j x_j, is the attention of
+    the explicit keys and values (with the same dropout mask on the probabilities)."""
+    from model.modeling_clip import attend_from_rows, mask_to_bias
+
+    torch.manual_seed(0)
+    batch, seq, width, heads = 3, 6, 32, 4
+    projections = tuple(torch.nn.Linear(width, width) for _ in range(3))
+    for layer in projections:
+        torch.nn.init.normal_(layer.bias, std=1.0)
+    x = torch.randn(batch, seq, width)
+    rows = torch.tensor([5, 2, 0])
+    allowed = torch.rand(batch, 1, seq, seq) > 0.3
+    allowed[torch.arange(batch), 0, rows, rows] = True  # every query sees itself
+    bias = mask_to_bias(allowed, x.dtype)
+    torch.manual_seed(1)
+    got = attend_from_rows(x, bias, projections, heads, rows, dropout_p=dropout_p)
+
+    q, k, v = (layer(x).view(batch, seq, heads, -1).transpose(1, 2) for layer in projections)
+    q = take_rows(q.transpose(1, 2), rows).transpose(1, 2)  # [B, H, 1, d]
+    scores = q @ k.transpose(-1, -2) / (width // heads) ** 0.5
+    scores = scores + take_rows(bias.transpose(1, 2), rows).transpose(1, 2)
+    torch.manual_seed(1)
+    probs = torch.nn.functional.dropout(scores.softmax(-1), p=dropout_p, training=dropout_p > 0)
+    expected = (probs @ v).transpose(1, 2).reshape(batch, 1, width)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
