@@ -339,10 +339,15 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device) ->
                 print(f"    {tower}: {label} vs {base}: {low:.7f} / {mean:.7f}")
     print("  largest clip_score change (every image against every caption):")
     base = reference or next(label for label in features["image"] if "transformers" in label)
-    for label in features["image"]:
-        if label.startswith("clipbeam") and label != base:
-            change = (clip_scores(features, label) - clip_scores(features, base)).abs().max()
-            print(f"    {label} vs {base}: {float(change):.5f}")
+    compared = [(reference, "transformers float32")] if reference else []
+    compared += [
+        (label, base)
+        for label in features["image"]
+        if label.startswith("clipbeam") and label != base
+    ]
+    for label, other in compared:
+        change = (clip_scores(features, label) - clip_scores(features, other)).abs().max()
+        print(f"    {label} vs {other}: {float(change):.5f}")
 
 
 def print_ceiling(

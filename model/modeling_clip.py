@@ -427,19 +427,21 @@ def attend_from_rows(
     batch, _, width = x.shape
     head_dim = width // num_heads
     per_head = (num_heads, head_dim, width)
-    query = query.view(batch, num_heads, 1, head_dim) * head_dim**-0.5
-    # W_k^T q per head: [B, H, 1, d] @ [H, d, D] -> [B, H, 1, D]; scores over positions.
-    scores = (query @ k_proj.weight.view(per_head)) @ x.unsqueeze(1).transpose(-1, -2)
+    # Heads are the rows of each product (never a broadcast batch dimension, which would copy
+    # the weights or the states once per head): W_k^T q per head [B, H, D], then the scores.
+    query = query.view(batch, num_heads, head_dim) * head_dim**-0.5
+    keyed = torch.einsum("bhd,hdc->bhc", query, k_proj.weight.view(per_head))
+    scores = torch.bmm(keyed, x.transpose(1, 2))  # [B, H, S]
     if bias is not None:
-        scores = scores + _bias_rows(bias, rows if packing is None else packing.rows)
-    probs = scores.softmax(dim=-1, dtype=torch.float32).to(x.dtype)  # [B, H, 1, S]
-    value_bias = v_proj.bias.view(num_heads, 1, head_dim)
+        scores = scores + _bias_rows(bias, rows if packing is None else packing.rows).flatten(1, 2)
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(x.dtype)
+    value_bias = v_proj.bias.view(num_heads, head_dim)
     if dropout_p > 0:
         probs = F.dropout(probs, p=dropout_p)
         value_bias = value_bias * probs.sum(dim=-1, keepdim=True)
-    mixed = probs @ x.unsqueeze(1)  # sum_j p_j x_j: [B, H, 1, D]
-    out = mixed @ v_proj.weight.view(per_head).transpose(-1, -2) + value_bias  # [B, H, 1, d]
-    return out.transpose(1, 2).reshape(batch, 1, width)
+    mixed = torch.bmm(probs, x)  # sum_j p_j x_j: [B, H, D]
+    out = torch.einsum("bhc,hdc->bhd", mixed, v_proj.weight.view(per_head)) + value_bias
+    return out.reshape(batch, 1, width)
 
 
 class CLIPMLP(nn.Module):
