@@ -134,9 +134,9 @@ def commands(data: Path, checkpoint: Path, out: Path, name: str) -> dict[str, li
 
 def stages(data: Path, checkpoint: Path, mode: str) -> dict[str, float]:
     """Rows/s of decoding + preprocessing alone and of the model alone (both towers)."""
-    from transforms.encoder import Encoder
-    from transforms.images import prepare_image
-    from transforms.prefetch import prefetch
+    from clipbeam.transforms.encoder import Encoder
+    from clipbeam.transforms.images import prepare_image
+    from clipbeam.transforms.prefetch import prefetch
 
     table = pq.read_table(data)
     cells, texts = table.column("image").to_pylist(), table.column("text").to_pylist()

@@ -2,7 +2,8 @@
 
 For CLIP and Chinese-CLIP at ViT-B/16 size, it measures image features/s (one batch of random
 pixels per call) and text features/s (captions of mixed lengths, sorted by length and padded per
-batch as :class:`transforms.encoder.Encoder` feeds them), for transformers and clipbeam in the
+batch as :class:`clipbeam.transforms.encoder.Encoder` feeds them), for transformers and clipbeam in
+the
 same process. Variants are timed in turn within every repeat and the medians compared, so the
 printed ratios hold on a busy machine even when the absolute rates do not. It also prints the
 cosine similarity of reduced-precision features to float32 ones.
@@ -33,10 +34,10 @@ from typing import Any
 import torch
 import transformers
 
-import model
-from model import kernels
-from model.loading import resolve_device
-from model.runtime import compile_towers, compute_dtype, cpu_has_native_bf16
+from clipbeam import model
+from clipbeam.model import kernels
+from clipbeam.model.loading import resolve_device
+from clipbeam.model.runtime import compile_towers, compute_dtype, cpu_has_native_bf16
 
 FAMILIES = ("clip", "chinese_clip")
 
@@ -210,7 +211,8 @@ def image_tower_flops(vision: dict[str, Any], projection_dim: int) -> float:
 def product_ceiling(rows: int, width: int, inner: int, repeats: int) -> float:
     """The best GFLOP/s that one ``[rows, width] x [width, inner]`` float32 product reaches here.
 
-    Both CPU kernels (``F.linear``: MKL; :func:`model.kernels.linear`: oneDNN) are timed on the
+    Both CPU kernels (``F.linear``: MKL; :func:`clipbeam.model.kernels.linear`: oneDNN) are timed
+    on the
     image tower's largest product (the first MLP layer); the faster median wins. A tower doing
     the same products cannot run them faster than this, so ``ceiling / reference rate`` bounds
     the speed-up any float32 implementation can get by kernels alone.

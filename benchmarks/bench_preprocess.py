@@ -47,9 +47,9 @@ from benchmarks.workloads import (
     interleaved_medians,
     load_average,
 )
-from model.image_processing import CLIPImageProcessor, ImageSettings, process_image
-from transforms.images import prepare_image
-from transforms.prefetch import decode_pool, decode_threads, prefetch
+from clipbeam.model.image_processing import CLIPImageProcessor, ImageSettings, process_image
+from clipbeam.transforms.images import prepare_image
+from clipbeam.transforms.prefetch import decode_pool, decode_threads, prefetch
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "model" / "pretrained"
 
@@ -141,7 +141,7 @@ def _vision_tower(
 
 
 def _checkpoint_tower(source: str) -> tuple[Callable[[np.ndarray], torch.Tensor], Any]:
-    from model import load_model, load_processor
+    from clipbeam.model import load_model, load_processor
 
     loaded = load_model(source, dtype=torch.float32).eval()
     processor = load_processor(source).image_processor

@@ -2,9 +2,10 @@
 
 Code written for ``transformers`` runs by changing only its import line::
 
-    from model import CLIPModel, CLIPProcessor
+    from clipbeam.model import CLIPModel, CLIPProcessor
 
-Names are imported lazily (PEP 562): importing ``model`` costs nothing until a class is used,
+Names are imported lazily (PEP 562): importing ``clipbeam.model`` costs nothing until a class is
+used,
 and Beam can pickle DoFns that refer to this package without loading torch at import time.
 """
 

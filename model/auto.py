@@ -61,8 +61,8 @@ def load_model(
         revision: hub branch, tag or commit.
 
     Returns:
-        A :class:`~model.modeling_clip.CLIPModel` or
-        :class:`~model.modeling_chinese_clip.ChineseCLIPModel` in eval mode.
+        A :class:`~clipbeam.model.modeling_clip.CLIPModel` or
+        :class:`~clipbeam.model.modeling_chinese_clip.ChineseCLIPModel` in eval mode.
 
     Raises:
         CheckpointNotFoundError: the checkpoint or one of its files is missing.

@@ -146,7 +146,8 @@ class BaseConfig:
 
         Args:
             source: a checkpoint folder, fsspec URL or hub id (see
-                :func:`model.hub.resolve_source`), a resolved :class:`~model.hub.CheckpointSource`,
+                :func:`clipbeam.model.hub.resolve_source`), a resolved
+                :class:`~clipbeam.model.hub.CheckpointSource`,
                 or a ``.json`` file.
             revision: hub revision (branch, tag or commit).
             **overrides: values that replace those of the file.

@@ -211,7 +211,7 @@ def resolve_source(source: str | os.PathLike, *, revision: str | None = None) ->
         if not (bundled / "config.json").is_file():
             raise CheckpointNotFoundError(
                 f"the bundled checkpoint {text!r} is missing from this installation ({bundled}); "
-                f"reinstall clipbeam, or rebuild it with `python -m pipeline.train --recipe {text}`"
+                f"reinstall clipbeam, or rebuild it with `clipbeam train --recipe {text}`"
             )
         return CheckpointSource(text, "local", str(bundled))
 

@@ -13,7 +13,7 @@ The work is split in two layers so that callers can parallelize it:
   processes and stack the results itself (:meth:`CLIPImageProcessor.preprocess_one` wraps it).
 * :class:`CLIPImageProcessor` keeps the options read from ``preprocessor_config.json``, resolves
   per-call overrides, maps :func:`process_image` over a batch and returns a
-  :class:`~model.batch.BatchFeature` with ``pixel_values``.
+  :class:`~clipbeam.model.batch.BatchFeature` with ``pixel_values``.
 
 Internally each image is kept channels-last (Pillow's layout), and moved to channels-first at the
 end; every step is element-wise or a slice, so the layout does not change any value.
@@ -821,7 +821,8 @@ class CLIPImageProcessor:
             **overrides: options for this call only (see :meth:`resolve_settings`).
 
         Returns:
-            A :class:`~model.batch.BatchFeature` with ``pixel_values`` of shape (N, C, H, W).
+            A :class:`~clipbeam.model.batch.BatchFeature` with ``pixel_values`` of shape (N, C, H,
+            W).
 
         Raises:
             ValueError: no images, an unusable image, or images of different output sizes
@@ -905,7 +906,7 @@ class CLIPImageProcessor:
 
         Args:
             source: a checkpoint folder, fsspec URL or hub id (see
-                :func:`model.hub.resolve_source`), or the path of a JSON config file.
+                :func:`clipbeam.model.hub.resolve_source`), or the path of a JSON config file.
             revision: hub branch, tag or commit.
             **overrides: option values replacing the config's.
 

@@ -1,6 +1,7 @@
 """Chinese-CLIP (Yang et al. 2022) in plain PyTorch, loading Hugging Face checkpoints one to one.
 
-The image tower is CLIP's (:class:`model.modeling_clip.CLIPVisionModel`). The text tower is a
+The image tower is CLIP's (:class:`clipbeam.model.modeling_clip.CLIPVisionModel`). The text tower
+is a
 BERT / RoBERTa-wwm-ext encoder: post-LayerNorm blocks, ``token_type_ids``, and the checkpoint
 names of BERT (``embeddings.word_embeddings``, ``encoder.layer.N.attention.self.query``,
 ``attention.output.dense``, ``intermediate.dense``, ``output.LayerNorm``, ``pooler.dense``).
@@ -52,7 +53,8 @@ _RENAMES = (
 
 @dataclass
 class ChineseCLIPOutput(ModelOutput):
-    """Output of :class:`ChineseCLIPModel` (fields as :class:`model.modeling_clip.CLIPOutput`)."""
+    """Output of :class:`ChineseCLIPModel` (fields as
+    :class:`clipbeam.model.modeling_clip.CLIPOutput`)."""
 
     loss: torch.Tensor | None = None
     logits_per_image: torch.Tensor | None = None
@@ -120,7 +122,7 @@ class ChineseCLIPTextEmbeddings(nn.Module):
 
 class ChineseCLIPTextSelfAttention(nn.Module):
     """BERT's query / key / value projections (computed as one product, see
-    :func:`model.modeling_clip.fused_projection`) and the attention itself."""
+    :func:`clipbeam.model.modeling_clip.fused_projection`) and the attention itself."""
 
     def __init__(self, config: ChineseCLIPTextConfig) -> None:
         super().__init__()
@@ -323,7 +325,7 @@ class ChineseCLIPTextModel(PreTrainedModel):
             output_hidden_states: return the embeddings and every layer's output
                 (default: ``config.output_hidden_states``).
             return_dict: False returns ``to_tuple()`` of the output (see
-                :func:`model.modeling_clip.as_requested`).
+                :func:`clipbeam.model.modeling_clip.as_requested`).
             pooled_only: compute only the [CLS] position on the last layer (all that pooling
                 needs); ``last_hidden_state`` is then its ``[batch, 1, hidden]`` state.
 
@@ -469,7 +471,7 @@ class ChineseCLIPModel(PreTrainedModel):
             output_attentions: return attention probabilities in the tower outputs.
             output_hidden_states: return hidden states in the tower outputs.
             interpolate_pos_encoding: accept other image sizes (see
-                :class:`model.modeling_clip.CLIPVisionModel`).
+                :class:`clipbeam.model.modeling_clip.CLIPVisionModel`).
             return_dict: False returns ``to_tuple()`` of the output, tower outputs included.
 
         Returns:

@@ -5,7 +5,8 @@ Module attribute names are the checkpoint keys (``text_model.embeddings.token_em
 Attention runs through ``torch.nn.functional.scaled_dot_product_attention``; the weights are
 computed explicitly only when ``output_attentions`` asks for them.
 
-For speed (``benchmarks/bench_model.py``): linear layers run through :func:`model.kernels.linear`
+For speed (``benchmarks/bench_model.py``): linear layers run through
+:func:`clipbeam.model.kernels.linear`
 (oneDNN on CPU) with their ``weight`` and ``bias`` read directly, so forward hooks on the
 ``nn.Linear`` submodules are not called; q, k and v are one product (:func:`fused_projection`);
 ``get_text_features`` / ``get_image_features`` run each tower's last layer at the pooled
@@ -13,7 +14,7 @@ position only (``pooled_only``); and there a padded text batch runs its products
 tokens alone (:class:`TokenPacking`).
 
 The image tower and the building blocks here are shared with Chinese-CLIP
-(:mod:`model.modeling_chinese_clip`).
+(:mod:`clipbeam.model.modeling_chinese_clip`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 A processor pairs the family's tokenizer with its image processor, as transformers' processors
 do: ``processor(text=..., images=..., return_tensors="pt")`` returns ``input_ids``,
 ``attention_mask`` (and ``token_type_ids`` for Chinese-CLIP) and ``pixel_values`` in one
-:class:`~model.batch.BatchFeature`. :func:`load_processor` picks the class from the checkpoint's
+:class:`~clipbeam.model.batch.BatchFeature`. :func:`load_processor` picks the class from the
+checkpoint's
 ``config.json``.
 """
 
@@ -115,7 +116,7 @@ class CLIPProcessor:
                 of a modality absent from this call are accepted and unused.
 
         Returns:
-            A :class:`~model.batch.BatchFeature` with the tokenizer's keys and/or
+            A :class:`~clipbeam.model.batch.BatchFeature` with the tokenizer's keys and/or
             ``pixel_values``.
 
         Raises:
@@ -177,7 +178,7 @@ class CLIPProcessor:
 
         Args:
             source: a checkpoint folder, fsspec URL or hub id (see
-                :func:`model.hub.resolve_source`).
+                :func:`clipbeam.model.hub.resolve_source`).
             revision: hub branch, tag or commit.
             **kwargs: image processor options override ``preprocessor_config.json``; other
                 keywords are tokenizer constructor options.

@@ -106,11 +106,13 @@ def compute_dtype(name: str | torch.dtype, device: str | torch.device) -> torch.
 def should_compile(requested: bool | None, device: str | torch.device) -> bool:
     """Whether to ``torch.compile`` the towers: ``requested`` if given, else on CUDA only.
 
-    On CPU the towers already run on oneDNN (:mod:`model.kernels`), and compiling fuses only the
+    On CPU the towers already run on oneDNN (:mod:`clipbeam.model.kernels`), and compiling fuses
+    only the
     elementwise work between products: ``benchmarks/bench_model.py`` measured 2-12% more
     throughput in float32 and none in bfloat16, for 20 s to about 3 minutes of compilation per
     process on two cores (see ``benchmarks/README.md``). Compiled text towers also run padded
-    batches as they are (packing real tokens, :class:`model.modeling_clip.TokenPacking`, depends
+    batches as they are (packing real tokens, :class:`clipbeam.model.modeling_clip.TokenPacking`,
+    depends
     on the data and is left out of the graph), so on CPU the eager text tower is the faster one.
     Pass ``compile=True`` for long float32 image jobs.
     """

@@ -722,7 +722,7 @@ class _TokenizerBase:
             verbose: log a warning for sequences longer than ``model_max_length``.
 
         Returns:
-            A :class:`~model.batch.BatchEncoding`. For a single string without
+            A :class:`~clipbeam.model.batch.BatchEncoding`. For a single string without
             ``return_tensors`` each value is one list; otherwise one row per text.
 
         Raises:
@@ -1177,7 +1177,7 @@ class _TokenizerBase:
         the family's, set up by the config (``do_lower_case``...).
 
         Args:
-            source: where the checkpoint is; see :func:`model.hub.resolve_source`.
+            source: where the checkpoint is; see :func:`clipbeam.model.hub.resolve_source`.
             revision: hub branch, tag or commit.
             **kwargs: constructor options; they override the config files.
 

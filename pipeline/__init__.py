@@ -2,11 +2,12 @@
 
 From Python::
 
-    from pipeline import run
+    from clipbeam.pipeline import run
 
     run(["score", "--input", "data/*.parquet", "--output", "out", "--model", "ckpt"])
 
-``run`` is imported lazily (PEP 562), so importing ``pipeline`` loads neither Beam nor torch.
+``run`` is imported lazily (PEP 562), so importing ``clipbeam.pipeline`` loads neither Beam nor
+torch.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ from typing import Any
 
 __all__ = ["LaunchError", "main", "run"]
 
-_EXPORTS = {"run": "pipeline.cli", "main": "pipeline.cli", "LaunchError": "pipeline.options"}
+_EXPORTS = {
+    "run": "clipbeam.pipeline.cli",
+    "main": "clipbeam.pipeline.cli",
+    "LaunchError": "clipbeam.pipeline.options",
+}
 
 
 def __getattr__(name: str) -> Any:

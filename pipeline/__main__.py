@@ -1,6 +1,6 @@
 """``python -m pipeline``: the same as the ``clipbeam`` console script."""
 
-from pipeline.cli import main
+from clipbeam.pipeline.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

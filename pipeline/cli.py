@@ -1,8 +1,10 @@
 """``clipbeam`` on the command line, and :func:`run` for tests and Python callers.
 
 ``run`` parses the arguments, checks everything that can be checked at launch (see
-:mod:`pipeline.validate`), builds the job's pipeline and runs it. ``main`` is the console script:
-it turns a :class:`~pipeline.options.LaunchError` into one line on stderr and exit status 2.
+:mod:`clipbeam.pipeline.validate`), builds the job's pipeline and runs it. ``main`` is the console
+script:
+it turns a :class:`~clipbeam.pipeline.options.LaunchError` into one line on stderr and exit status
+2.
 """
 
 from __future__ import annotations
@@ -17,16 +19,20 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
-from pipeline.options import LaunchError, parse_args
-from pipeline.validate import JOB_FILE, job_record, validate
-from transforms.spec import JobSpec
+from clipbeam.pipeline.options import LaunchError, parse_args
+from clipbeam.pipeline.validate import JOB_FILE, job_record, validate
+from clipbeam.transforms.spec import JobSpec
 
 __all__ = ["main", "run"]
 
 _log = logging.getLogger("clipbeam")
 
 # Subcommands that are not Beam jobs: command -> module whose ``main(argv) -> int`` runs it.
-_TOOLS = {"demo": "pipeline.demo", "report": "pipeline.report", "train": "pipeline.train"}
+_TOOLS = {
+    "demo": "clipbeam.pipeline.demo",
+    "report": "clipbeam.pipeline.report",
+    "train": "clipbeam.pipeline.train",
+}
 
 
 def run(
@@ -60,8 +66,8 @@ def run(
 def _launch(
     argv: Sequence[str] | None, test_pipeline: beam.Pipeline | None, *, wait: bool
 ) -> tuple[JobSpec, PipelineResult]:
-    from pipeline.jobs import build_job
-    from transforms import storage
+    from clipbeam.pipeline.jobs import build_job
+    from clipbeam.transforms import storage
 
     started_at = time.time()
     parsed = parse_args(sys.argv[1:] if argv is None else list(argv))
@@ -167,8 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(spec: JobSpec) -> None:
     """Prints the summary's counts after a job run in the foreground."""
-    from pipeline.summary import SUMMARY_FILE, counter_names
-    from transforms import storage
+    from clipbeam.pipeline.summary import SUMMARY_FILE, counter_names
+    from clipbeam.transforms import storage
 
     path = storage.join(spec.output, SUMMARY_FILE)
     if not storage.exists(path):

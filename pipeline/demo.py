@@ -1,6 +1,7 @@
 """``clipbeam demo``: the whole product in one offline command, on data whose answers are known.
 
-It generates image-caption pairs of simple scenes (:mod:`pipeline.scenes`), a tenth of them with
+It generates image-caption pairs of simple scenes (:mod:`clipbeam.pipeline.scenes`), a tenth of
+them with
 a deliberately wrong caption, then runs the real ``score`` and ``filter`` jobs on Beam's
 DirectRunner with a bundled demo model, and compares what the filter rejected with the truth::
 
@@ -114,10 +115,10 @@ def run_demo(argv: Sequence[str] | None = None, *, quiet: bool = False) -> DemoR
     started = time.monotonic()
     import pyarrow.parquet as pq
 
-    from model.hub import CheckpointError, resolve_source
-    from pipeline.cli import run
-    from pipeline.scenes import write_scenes
-    from pipeline.train import CALIBRATION_FILE
+    from clipbeam.model.hub import CheckpointError, resolve_source
+    from clipbeam.pipeline.cli import run
+    from clipbeam.pipeline.scenes import write_scenes
+    from clipbeam.pipeline.train import CALIBRATION_FILE
 
     parser = _parser()
     args = parser.parse_args(argv)
@@ -280,12 +281,12 @@ def _report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``clipbeam demo`` (also ``python -m pipeline.demo``).
+    """``clipbeam demo`` (also ``python -m clipbeam.pipeline.demo``).
 
     Returns:
         0 on success, 2 when a job refused to start (the reason is printed on one line).
     """
-    from pipeline.options import LaunchError
+    from clipbeam.pipeline.options import LaunchError
 
     try:
         run_demo(argv)

@@ -11,11 +11,12 @@
                                        +-> UnitStats    units -> SelectStaged <----+ -> UnitStats
                                                                   both passes' UnitStats -> summary
 
-Work units are planned on the launcher (:mod:`pipeline.validate`); each is processed on its own,
+Work units are planned on the launcher (:mod:`clipbeam.pipeline.validate`); each is processed on
+its own,
 so one explicit ``Reshuffle`` spreads them over workers (``Create``'s own reshuffle is turned off:
 two would shuffle twice). The summary and the metrics counters come from the same per-unit stats.
 Before ``summary.json`` is written, ``errors/`` gets an empty file if the job had no error rows
-(:func:`transforms.process.settle_errors`), so every job's ``errors/`` reads as a table.
+(:func:`clipbeam.transforms.process.settle_errors`), so every job's ``errors/`` reads as a table.
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 
-from pipeline.summary import WriteSummary
-from pipeline.validate import LaunchPlan
-from transforms.process import (
+from clipbeam.pipeline.summary import WriteSummary
+from clipbeam.pipeline.validate import LaunchPlan
+from clipbeam.transforms.process import (
     ProcessUnits,
     SelectStaged,
     StageScores,
     persist_threshold,
     top_fraction_threshold,
 )
-from transforms.rows import error_schema
+from clipbeam.transforms.rows import error_schema
 
 __all__ = ["build_job"]
 

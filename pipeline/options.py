@@ -7,7 +7,8 @@ Arguments clipbeam does not define are Beam pipeline options (``--runner``,
 warning, so a typo such as ``--min-scor`` cannot silently change what a job keeps.
 
 Parsing never prints or exits (except ``--help``): problems raise :class:`LaunchError`, which
-:func:`pipeline.cli.main` prints as one line. That includes Beam's options: they are parsed here
+:func:`clipbeam.pipeline.cli.main` prints as one line. That includes Beam's options: they are
+parsed here
 with Beam's own parser, so a value Beam refuses (``--direct_num_workers abc``, ``--runner`` without
 a name, an unknown runner) is one message naming the option, not Beam's usage and exit.
 """
@@ -22,15 +23,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from transforms.limits import (
+from clipbeam.transforms.limits import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_TEXT_CHARS,
     DEFAULT_URL_SCHEMES,
     LOCAL_SCHEME,
 )
-from transforms.redact import redact
-from transforms.spec import (
+from clipbeam.transforms.redact import redact
+from clipbeam.transforms.spec import (
     DEVICES,
     DTYPES,
     EMBEDDING_DTYPES,
@@ -197,7 +198,7 @@ def _byte_count(text: str) -> int:
 
 def _pixel_count(text: str) -> int:
     """A pixel limit: at least 1, at most what Pillow opens at all."""
-    from transforms.limits import pillow_pixel_ceiling
+    from clipbeam.transforms.limits import pillow_pixel_ceiling
 
     value = _number(int, 1)(text)
     ceiling = pillow_pixel_ceiling()
@@ -680,7 +681,7 @@ def _check_names(option: str, names: Sequence[str]) -> None:
 
 def _read_labels(path: str, read_text: Callable[[str], str] | None) -> list[str]:
     if read_text is None:
-        from transforms import storage
+        from clipbeam.transforms import storage
 
         def read_text(p: str) -> str:
             return storage.read_bytes(p).decode("utf-8")

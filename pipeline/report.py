@@ -40,13 +40,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.summary import SUMMARY_FILE, counter_names
-from pipeline.validate import JOB_FILE
-from transforms import storage
-from transforms.errors import ERROR_TYPES, RowError
-from transforms.spec import OUTPUT_DIRS
-from transforms.stats import score_histogram
-from transforms.units import WorkUnit, plan_units
+from clipbeam.pipeline.summary import SUMMARY_FILE, counter_names
+from clipbeam.pipeline.validate import JOB_FILE
+from clipbeam.transforms import storage
+from clipbeam.transforms.errors import ERROR_TYPES, RowError
+from clipbeam.transforms.spec import OUTPUT_DIRS
+from clipbeam.transforms.stats import score_histogram
+from clipbeam.transforms.units import WorkUnit, plan_units
 
 __all__ = [
     "DEFAULT_EXAMPLES",
@@ -524,7 +524,7 @@ def _read_unit_rows(
     unit: WorkUnit, examples: list[Example], job: dict[str, Any], side: int
 ) -> None:
     """Reads the image and caption of ``examples`` (all from ``unit``) from the input file."""
-    from transforms.images import load_image, resolve_image_format
+    from clipbeam.transforms.images import load_image, resolve_image_format
 
     image_column, text_column = job.get("image_column"), job.get("text_column")
     id_column = job.get("id_column")

@@ -1,6 +1,7 @@
 """The end of every job: counts summed over all units, written as ``summary.json`` and as metrics.
 
-Both come from the same per-unit :class:`~transforms.stats.UnitStats` (the engine's unit DoFn adds
+Both come from the same per-unit :class:`~clipbeam.transforms.stats.UnitStats` (the engine's unit
+DoFn adds
 each to the Beam metrics counters of namespace ``clipbeam`` as it emits it), so ``summary.json``
 and the counters always agree, resumed units included. The summary
 is written by the pipeline itself, not by the launcher, so it also appears for jobs the launcher
@@ -18,9 +19,9 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 
-from transforms.redact import redact
-from transforms.spec import JobSpec
-from transforms.stats import UnitStats, histogram_edges
+from clipbeam.transforms.redact import redact
+from clipbeam.transforms.spec import JobSpec
+from clipbeam.transforms.stats import UnitStats, histogram_edges
 
 __all__ = [
     "METRICS_NAMESPACE",
@@ -99,7 +100,7 @@ def make_summary(
     summary["inputs"] = [redact(i) for i in inputs]
     summary["output"] = redact(spec.output)
     summary["options"] = dict(spec.options)
-    from transforms.encoder import clipbeam_version
+    from clipbeam.transforms.encoder import clipbeam_version
 
     summary["clipbeam_version"] = clipbeam_version()
     return summary
@@ -140,10 +141,10 @@ class _Write(beam.DoFn):
 
     # No annotation on *side_values: Beam would read one as the type of a tuple of side inputs.
     def process(self, stats: UnitStats, *side_values) -> Iterable[str]:
-        from transforms import storage
+        from clipbeam.transforms import storage
 
         if self._errors_schema is not None:
-            from transforms.process import settle_errors
+            from clipbeam.transforms.process import settle_errors
 
             # Before summary.json: once it exists, every output folder is complete.
             settle_errors(self._spec, self._errors_schema, stats.error_rows)
@@ -170,7 +171,7 @@ class WriteSummary(beam.PTransform):
         extras: named singleton side inputs whose values are added to the summary (e.g. the
             ``--top-fraction`` threshold).
         errors_schema: the schema of ``errors/`` files; when given, ``errors/`` is settled
-            (:func:`transforms.process.settle_errors`) before the summary is written.
+            (:func:`clipbeam.transforms.process.settle_errors`) before the summary is written.
 
     The output is a one-element PCollection holding the summary's path.
     """

@@ -3,18 +3,18 @@
 Two uses:
 
 * **Fine-tuning** a checkpoint on your own pairs; the result is a checkpoint folder that every
-  clipbeam job (``--model DIR``) and :func:`model.load_model` read::
+  clipbeam job (``--model DIR``) and :func:`clipbeam.model.load_model` read::
 
-      python -m pipeline.train --data "pairs/*.parquet" --text-column caption \\
+      python -m clipbeam.pipeline.train --data "pairs/*.parquet" --text-column caption \\
           --model demo-clip --out my-model --steps 500
 
 * **Rebuilding the bundled demo models** from nothing but a seed: generated scenes
-  (:mod:`pipeline.scenes`), tokenizer vocabularies learned from their captions, tiny towers
+  (:mod:`clipbeam.pipeline.scenes`), tokenizer vocabularies learned from their captions, tiny towers
   trained from random initialisation, evaluated on held-out scenes and calibrated for the demo's
   filter::
 
-      python -m pipeline.train --recipe demo-clip --out model/pretrained/demo-clip
-      python -m pipeline.train --recipe demo-chinese-clip --out model/pretrained/demo-chinese-clip
+      clipbeam train --recipe demo-clip --out model/pretrained/demo-clip
+      clipbeam train --recipe demo-chinese-clip --out model/pretrained/demo-chinese-clip
 
 Training is deterministic: the seed fixes the initial weights and the batch order, and the
 thread count is fixed, so the same command on the same torch build and CPU gives the same bytes.
@@ -77,7 +77,7 @@ def build_clip_bpe(texts: Iterable[str]) -> tuple[dict[str, int], list[tuple[str
     """Learns a byte-level BPE vocabulary in OpenAI CLIP's format from a corpus.
 
     Merges are learned with the ``tokenizers`` library under exactly the normalisation and word
-    split of :class:`model.CLIPTokenizer`, until every word of the corpus is one token. The
+    split of :class:`clipbeam.model.CLIPTokenizer`, until every word of the corpus is one token. The
     vocabulary is laid out like CLIP's: the 256 byte symbols, the same with the ``</w>``
     end-of-word suffix, one token per merge in merge order, then ``<|startoftext|>`` and
     ``<|endoftext|>``. So any text still tokenizes (into bytes, outside the corpus), and
@@ -92,7 +92,7 @@ def build_clip_bpe(texts: Iterable[str]) -> tuple[dict[str, int], list[tuple[str
     from tokenizers import Tokenizer, trainers
     from tokenizers.models import BPE
 
-    from model.tokenization import CLIPTokenizer, bytes_to_unicode
+    from clipbeam.model.tokenization import CLIPTokenizer, bytes_to_unicode
 
     specials = ("<|startoftext|>", "<|endoftext|>")
     # A throwaway tokenizer lends its normalizer and word split: one definition of both.
@@ -156,7 +156,7 @@ class PairData:
     """Image-text pairs read from Parquet, images still encoded.
 
     Attributes:
-        images: one cell per row, as :func:`transforms.images.load_image` takes it.
+        images: one cell per row, as :func:`clipbeam.transforms.images.load_image` takes it.
         texts: the captions.
         image_format: ``"bytes"``, ``"hf-struct"`` or ``"path"``.
         files: the Parquet files read, in order.
@@ -196,8 +196,8 @@ def read_pairs(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from transforms import storage
-    from transforms.images import resolve_image_format
+    from clipbeam.transforms import storage
+    from clipbeam.transforms.images import resolve_image_format
 
     files: list[str] = []
     for pattern in patterns:
@@ -250,8 +250,8 @@ class _Pixels:
             )
 
     def _process(self, rows: Iterable[int]) -> torch.Tensor:
-        from transforms.errors import RowError
-        from transforms.images import load_image
+        from clipbeam.transforms.errors import RowError
+        from clipbeam.transforms.images import load_image
 
         images = []
         for i in rows:
@@ -366,7 +366,7 @@ def train_contrastive(
     logit scale is clipped at log(100), as in CLIP.
 
     Args:
-        model: a ``CLIPModel`` or ``ChineseCLIPModel`` (from :mod:`model`).
+        model: a ``CLIPModel`` or ``ChineseCLIPModel`` (from :mod:`clipbeam.model`).
         processor: the matching processor (its tokenizer and image processor prepare batches).
         data: the training pairs; at least ``batch_size`` of them.
         config: the hyper-parameters.
@@ -685,7 +685,7 @@ def _sincos_positions(table: torch.Tensor, grid: int, amplitude: float = 0.3) ->
 
 
 def _new_dual_model(recipe: Recipe, text: dict, vision: dict, tokenizer: Any) -> torch.nn.Module:
-    from model import ChineseCLIPConfig, ChineseCLIPModel, CLIPConfig, CLIPModel
+    from clipbeam.model import ChineseCLIPConfig, ChineseCLIPModel, CLIPConfig, CLIPModel
 
     if recipe.model_type == "clip":
         text.update(
@@ -712,7 +712,7 @@ def _new_dual_model(recipe: Recipe, text: dict, vision: dict, tokenizer: Any) ->
 
 def _new_processor(recipe: Recipe, captions: Sequence[str]) -> Any:
     """Tokenizer learned from the captions, and an image processor at the recipe's size."""
-    from model import (
+    from clipbeam.model import (
         BertTokenizer,
         ChineseCLIPImageProcessor,
         ChineseCLIPProcessor,
@@ -741,7 +741,7 @@ def _new_processor(recipe: Recipe, captions: Sequence[str]) -> Any:
 
 
 def _scene_images(table: Any) -> list[Any]:
-    from transforms.images import decode_image
+    from clipbeam.transforms.images import decode_image
 
     return [decode_image(b) for b in table.column("image").to_pylist()]
 
@@ -753,7 +753,7 @@ def evaluate_on_scenes(model: Any, processor: Any, recipe: Recipe) -> dict[str, 
         ``{"zero_shot_accuracy": ..., "calibration": Calibration}``, measured on scenes of
         seeds the training data does not use.
     """
-    from pipeline.scenes import class_labels, class_prompt, generate_scenes
+    from clipbeam.pipeline.scenes import class_labels, class_prompt, generate_scenes
 
     held_out = generate_scenes(recipe.eval_rows, seed=_EVAL_SEED, two_object_fraction=0.0)
     labels = class_labels()
@@ -801,7 +801,7 @@ def build_recipe(
     Returns:
         The metrics also written to :data:`CALIBRATION_FILE`.
     """
-    from pipeline.scenes import write_scenes
+    from clipbeam.pipeline.scenes import write_scenes
 
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; expected one of {sorted(RECIPES)}")
@@ -839,7 +839,7 @@ def write_calibration(
     Returns:
         The record written.
     """
-    from model import load_model, load_processor
+    from clipbeam.model import load_model, load_processor
 
     recipe = RECIPES[name]
     out = Path(checkpoint)
@@ -849,7 +849,7 @@ def write_calibration(
     calibration: Calibration = metrics["calibration"]
     record = {
         "recipe": name,
-        "command": f"python -m pipeline.train --recipe {name} --out DIR",
+        "command": f"python -m clipbeam.pipeline.train --recipe {name} --out DIR",
         "text_column": recipe.text_column,
         "min_score": calibration.min_score,
         "held_out": {
@@ -900,7 +900,7 @@ def fine_tune(
     Returns:
         ``out`` as a path.
     """
-    from model import load_model, load_processor
+    from clipbeam.model import load_model, load_processor
 
     data = read_pairs(
         patterns, image_column=image_column, text_column=text_column, image_format=image_format
@@ -916,9 +916,9 @@ def fine_tune(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m pipeline.train``: fine-tune a checkpoint, or rebuild a bundled demo model."""
+    """``clipbeam train``: fine-tune a checkpoint, or rebuild a bundled demo model."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.train",
+        prog="python -m clipbeam.pipeline.train",
         description="Contrastive training on image-text Parquet. Either --recipe NAME (rebuild "
         "a bundled demo model from a seed) or --data + --model (fine-tune a checkpoint).",
     )

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.options import NONE, LaunchError, runner_name
-from transforms.limits import DEFAULT_URL_SCHEMES, LOCAL_SCHEME
-from transforms.spec import JobSpec
-from transforms.units import WorkUnit
+from clipbeam.pipeline.options import NONE, LaunchError, runner_name
+from clipbeam.transforms.limits import DEFAULT_URL_SCHEMES, LOCAL_SCHEME
+from clipbeam.transforms.spec import JobSpec
+from clipbeam.transforms.units import WorkUnit
 
 __all__ = [
     "DATAFLOW_RUNNERS",
@@ -97,7 +97,7 @@ def plan(inputs: Sequence[str]) -> list[WorkUnit]:
     Raises:
         LaunchError: a pattern matches no file, or a file is not Parquet.
     """
-    from transforms.units import plan_units
+    from clipbeam.transforms.units import plan_units
 
     try:
         units = plan_units(list(inputs))
@@ -113,7 +113,7 @@ def plan(inputs: Sequence[str]) -> list[WorkUnit]:
 
 
 def _read_schema(path: str) -> pa.Schema:
-    from transforms import storage
+    from clipbeam.transforms import storage
 
     try:
         with storage.open_input(path) as f:
@@ -156,7 +156,7 @@ def check_schema(spec: JobSpec, schema: pa.Schema, path: str) -> str | None:
     Raises:
         LaunchError: a column is missing or has a type the job cannot read.
     """
-    from transforms.images import resolve_image_format
+    from clipbeam.transforms.images import resolve_image_format
 
     names = set(schema.names)
     columns = f"{path} has columns: {_describe(schema)}"
@@ -263,7 +263,7 @@ def check_inputs(spec: JobSpec, units: Sequence[WorkUnit]) -> tuple[pa.Schema, s
 
 
 def _local(path: str) -> bool:
-    from transforms import storage
+    from clipbeam.transforms import storage
 
     return storage.is_local(path)
 
@@ -278,7 +278,7 @@ def check_device(spec: JobSpec, runner: str | None) -> None:
         return
     if _runner_class(runner) not in LOCAL_RUNNERS:
         return  # workers check their own GPU when they load the model
-    from transforms.encoder import resolve_device
+    from clipbeam.transforms.encoder import resolve_device
 
     try:
         resolve_device(spec.device)
@@ -322,7 +322,7 @@ def check_remote(
     Raises:
         LaunchError: the first local path (or ``file://`` URL), naming the option.
     """
-    from model.hub import BUNDLED
+    from clipbeam.model.hub import BUNDLED
 
     places = [("input", p) for p in inputs]
     places += [("output", spec.output), ("model", spec.model)]
@@ -367,8 +367,8 @@ def check_model(spec: JobSpec) -> None:
     Raises:
         LaunchError: the checkpoint is not found or does not load; the message is the loader's.
     """
-    from model.hub import CheckpointError
-    from transforms.encoder import Encoder
+    from clipbeam.model.hub import CheckpointError
+    from clipbeam.transforms.encoder import Encoder
 
     try:
         Encoder.load(spec.model, device="cpu", dtype="float32", batch_size=spec.batch_size)
@@ -393,7 +393,7 @@ def check_output(spec: JobSpec, inputs: Sequence[str]) -> None:
     Raises:
         LaunchError: the folder holds results this job must not mix with.
     """
-    from transforms import storage
+    from clipbeam.transforms import storage
 
     record_path = storage.join(spec.output, JOB_FILE)
     if not spec.resume:
@@ -439,7 +439,7 @@ def check_output_writable(spec: JobSpec) -> None:
     Raises:
         LaunchError: the folder cannot be created or written.
     """
-    from transforms import storage
+    from clipbeam.transforms import storage
 
     try:
         storage.check_writable(spec.output)

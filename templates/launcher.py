@@ -78,7 +78,7 @@ class TemplateCall:
 
 
 def _template_parser() -> argparse.ArgumentParser:
-    from pipeline.options import JOB_KINDS, LaunchError
+    from clipbeam.pipeline.options import JOB_KINDS, LaunchError
 
     class Parser(argparse.ArgumentParser):
         def error(self, message: str):  # type: ignore[override]
@@ -122,7 +122,7 @@ def translate(argv: Sequence[str]) -> TemplateCall:
     Raises:
         LaunchError: no ``job`` parameter, or ``class_labels`` for a job other than classify.
     """
-    from pipeline.options import JOB_KINDS, LaunchError
+    from clipbeam.pipeline.options import JOB_KINDS, LaunchError
 
     known, rest = _template_parser().parse_known_args(list(argv))
     if known.job is None:
@@ -154,7 +154,7 @@ def translate(argv: Sequence[str]) -> TemplateCall:
 
 
 def _parse_bool(text: str, name: str) -> bool:
-    from pipeline.options import LaunchError
+    from clipbeam.pipeline.options import LaunchError
 
     lowered = text.strip().lower()
     if lowered in ("true", "1", "yes", "on"):
@@ -167,18 +167,19 @@ def _parse_bool(text: str, name: str) -> bool:
 def check_remote(parsed: Any) -> None:
     """Refuses paths that only exist on the launcher: every worker is another machine.
 
-    :func:`pipeline.validate.check_remote`, which every Dataflow launch runs, with the template's
+    :func:`clipbeam.pipeline.validate.check_remote`, which every Dataflow launch runs, with the
+    template's
     parameter names; a template also refuses a local labels file (the launcher's container holds
     none of the user's files).
 
     Args:
-        parsed: the :class:`pipeline.options.ParsedArgs` of the job.
+        parsed: the :class:`clipbeam.pipeline.options.ParsedArgs` of the job.
 
     Raises:
         LaunchError: the input, output, model or labels file is a local path (or a file:// URL).
             A model may also be a checkpoint bundled with clipbeam (it is in the image).
     """
-    from pipeline.validate import check_remote as check
+    from clipbeam.pipeline.validate import check_remote as check
 
     check(
         parsed.spec,
@@ -204,8 +205,8 @@ def launch(argv: Sequence[str]) -> Any:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.cli import run
-    from pipeline.options import parse_args
+    from clipbeam.pipeline.cli import run
+    from clipbeam.pipeline.options import parse_args
 
     call = translate(argv)
     parsed = parse_args(call.command)
@@ -218,7 +219,7 @@ def launch(argv: Sequence[str]) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs :func:`launch`; a launch error is printed as one line and exits with status 2."""
-    from pipeline.options import LaunchError
+    from clipbeam.pipeline.options import LaunchError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -280,7 +281,7 @@ _DESCRIPTION = (
 
 
 def _job_parsers() -> dict[str, argparse.ArgumentParser]:
-    from pipeline.options import build_parser
+    from clipbeam.pipeline.options import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -307,7 +308,7 @@ def _regex(action: argparse.Action) -> str | None:
         return _REGEX_BY_TYPE[kind]
     if kind == "str":
         if action.dest == "model":
-            from model.hub import BUNDLED
+            from clipbeam.model.hub import BUNDLED
 
             return r"^(?:gs://[^/\s]+/.+|" + "|".join(re.escape(b) for b in BUNDLED) + ")$"
         if action.dest in _REGEX_BY_DEST:
@@ -321,7 +322,7 @@ def _regex(action: argparse.Action) -> str | None:
 
 def _as_value(value: Any, action: argparse.Action) -> str | None:
     """A default as a user would type it as a parameter, or ``None`` for no default."""
-    from pipeline.options import NONE
+    from clipbeam.pipeline.options import NONE
 
     if value is None:
         return NONE if _type_name(action) == "_column" else None
@@ -339,7 +340,7 @@ def _words(jobs: Sequence[str]) -> str:
 def _help_text(
     action: argparse.Action, jobs: list[str], defaults: dict[str, list[str]], names: dict[str, str]
 ) -> str:
-    from pipeline.options import JOB_KINDS
+    from clipbeam.pipeline.options import JOB_KINDS
 
     if action.dest in _TEMPLATE_HELP:
         text = _TEMPLATE_HELP[action.dest]
@@ -391,7 +392,7 @@ def template_metadata() -> dict[str, Any]:
         ValueError: an option whose values no regex here describes, or one that two jobs define
             with different value types.
     """
-    from pipeline.options import JOB_KINDS
+    from clipbeam.pipeline.options import JOB_KINDS
 
     first: dict[str, argparse.Action] = {}
     jobs: dict[str, list[str]] = {}

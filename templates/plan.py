@@ -78,8 +78,14 @@ def measure(seconds: float = 10.0, batch_size: int = 8) -> Throughput:
     import torch
     from PIL import Image
 
-    from model import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-    from transforms.encoder import Encoder
+    from clipbeam.model import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
+    from clipbeam.transforms.encoder import Encoder
 
     torch.set_num_threads(1)
     images = [_jpeg(seed) for seed in range(batch_size)]

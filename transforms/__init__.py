@@ -3,7 +3,7 @@
 Names are imported lazily (PEP 562), so ``import transforms`` loads neither torch nor Beam until a
 name that needs them is used::
 
-    from transforms import JobSpec, ProcessUnits, plan_units
+    from clipbeam.transforms import JobSpec, ProcessUnits, plan_units
 
     spec = JobSpec(kind="score", model="path/to/clip", output="out/")
     stats = p | beam.Create(plan_units("data/*.parquet")) | beam.Reshuffle() | ProcessUnits(spec)

@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from transforms.encoder import Encoder
-from transforms.rows import EncodedWindow, id_field
-from transforms.spec import JobSpec
+from clipbeam.transforms.encoder import Encoder
+from clipbeam.transforms.rows import EncodedWindow, id_field
+from clipbeam.transforms.spec import JobSpec
 
 __all__ = [
     "Prompts",

@@ -20,7 +20,7 @@ import torch
 from apache_beam.utils import shared
 from PIL import Image
 
-from transforms.redact import redact_url
+from clipbeam.transforms.redact import redact_url
 
 __all__ = [
     "Encoder",
@@ -72,7 +72,7 @@ def weights_fingerprint(source: str) -> str:
     """``"sha256:<hex>"`` of a checkpoint's weight files (see ``model.auto.weights_fingerprint``),
     cached per process: hashing a large checkpoint takes seconds."""
     if source not in _fingerprints:
-        from model.auto import weights_fingerprint as fingerprint
+        from clipbeam.model.auto import weights_fingerprint as fingerprint
 
         _fingerprints[source] = fingerprint(source)
     return _fingerprints[source]
@@ -149,8 +149,8 @@ class Encoder:
             batch_size: most rows per model call.
             compile: ``torch.compile`` the towers; ``None`` compiles on GPU only.
         """
-        from model import load_model, load_processor
-        from model.runtime import compile_towers, compute_dtype, should_compile
+        from clipbeam.model import load_model, load_processor
+        from clipbeam.model.runtime import compile_towers, compute_dtype, should_compile
 
         target = resolve_device(device)
         model = load_model(source, device=target, dtype=compute_dtype(dtype, target))
@@ -180,7 +180,7 @@ class Encoder:
             mode: the preprocessing mode, ``"exact"`` or ``"fast"`` (see
                 ``model.image_processing``).
         """
-        from model.image_processing import process_image
+        from clipbeam.model.image_processing import process_image
 
         def batch(lo: int, hi: int) -> torch.Tensor:
             pixels = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transforms.redact import redact
+from clipbeam.transforms.redact import redact
 
 __all__ = ["ERROR_TYPES", "RowError"]
 
@@ -27,7 +27,8 @@ class RowError(Exception):
     Attributes:
         error_type: a key of :data:`ERROR_TYPES`, stored in the ``error_type`` column.
         message: what went wrong, stored in the ``error_message`` column, with credentials in
-            URLs redacted (see :func:`transforms.redact.redact`): messages quote the paths and
+            URLs redacted (see :func:`clipbeam.transforms.redact.redact`): messages quote the paths
+            and
             URLs found in the data, and error rows are read by more people than the data's owner.
     """
 

@@ -28,8 +28,8 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from PIL import Image
 
-from transforms.encoder import Encoder
-from transforms.images import decode_image
+from clipbeam.transforms.encoder import Encoder
+from clipbeam.transforms.images import decode_image
 
 __all__ = ["ClipModelHandler", "Example", "prepare_example"]
 

@@ -1,8 +1,10 @@
 """Images from Parquet cells: binary columns, Hugging Face image structs, or paths and URLs.
 
-Every failure to get a decoded image out of a cell raises :class:`~transforms.errors.RowError`
+Every failure to get a decoded image out of a cell raises
+:class:`~clipbeam.transforms.errors.RowError`
 with a precise ``error_type``, so the row lands in ``errors/`` and the job goes on. What a row may
-cost (bytes, pixels, fetch time, URL schemes) is bounded by :class:`~transforms.limits.Limits`.
+cost (bytes, pixels, fetch time, URL schemes) is bounded by
+:class:`~clipbeam.transforms.limits.Limits`.
 Only the raster formats of the web are decoded (:data:`WEB_IMAGE_FORMATS`), and every image comes
 out in a pixel mode the image processors turn into RGB faithfully.
 """
@@ -22,11 +24,11 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
-from transforms.errors import RowError
-from transforms.limits import DEFAULT_LIMITS, Limits, read_limited
+from clipbeam.transforms.errors import RowError
+from clipbeam.transforms.limits import DEFAULT_LIMITS, Limits, read_limited
 
 if TYPE_CHECKING:
-    from model.image_processing import ImageSettings
+    from clipbeam.model.image_processing import ImageSettings
 
 __all__ = [
     "WEB_IMAGE_FORMATS",
@@ -303,7 +305,7 @@ def read_image_bytes(
         location: the path or URL; a relative path is taken relative to ``base``.
         timeout: seconds the read may take in all; overrides ``limits.fetch_timeout``.
         base: the folder relative paths start from (the Parquet file's folder).
-        limits: the job's limits (see :func:`transforms.limits.read_limited`).
+        limits: the job's limits (see :func:`clipbeam.transforms.limits.read_limited`).
 
     Raises:
         RowError: ``missing_image`` if nothing is there, ``url_not_allowed``,
@@ -334,7 +336,7 @@ def load_image(
         image_format: ``"bytes"``, ``"hf-struct"`` or ``"path"`` (resolved, not ``"auto"``).
         timeout: seconds reading an image by URL may take; overrides ``limits.fetch_timeout``.
         base: the folder relative paths start from.
-        limits: what one image may cost (:class:`~transforms.limits.Limits`).
+        limits: what one image may cost (:class:`~clipbeam.transforms.limits.Limits`).
 
     Raises:
         RowError: the image is missing, empty, too large, not an image, corrupt or unreadable.
@@ -354,7 +356,7 @@ def image_bytes(
         value: the cell as Python (``bytes``, ``{"bytes": ..., "path": ...}`` or ``str``).
         image_format: ``"bytes"``, ``"hf-struct"`` or ``"path"`` (resolved, not ``"auto"``).
         base: the folder relative paths start from.
-        limits: what one image may cost (:class:`~transforms.limits.Limits`).
+        limits: what one image may cost (:class:`~clipbeam.transforms.limits.Limits`).
 
     Returns:
         ``(data, what)``: the bytes, and the name messages use for them (a path, or "image").
@@ -410,7 +412,7 @@ def prepare_image(
     """Reads, decodes and preprocesses one image cell: all the per-image work before the model.
 
     Thread-safe, and most of its time is spent in Pillow's decoder and resampler, which release
-    the GIL: :mod:`transforms.prefetch` runs it on a pool of threads.
+    the GIL: :mod:`clipbeam.transforms.prefetch` runs it on a pool of threads.
 
     Args:
         value: the cell as Python (``bytes``, ``{"bytes": ..., "path": ...}`` or ``str``).
@@ -420,12 +422,12 @@ def prepare_image(
         mode: ``"exact"`` (transformers' values) or ``"fast"`` (JPEGs decoded at reduced scale,
             see ``model.image_processing``).
         base: the folder relative paths start from.
-        limits: what one image may cost (:class:`~transforms.limits.Limits`).
+        limits: what one image may cost (:class:`~clipbeam.transforms.limits.Limits`).
 
     Raises:
         RowError: the image is missing, empty, too large, not an image, corrupt or unreadable.
     """
-    from model.image_processing import draft_image, process_image
+    from clipbeam.model.image_processing import draft_image, process_image
 
     data, what = image_bytes(value, image_format, base=base, limits=limits)
     image = open_image(data, what=what, limits=limits)

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from transforms.errors import RowError
-from transforms.redact import redact_url
+from clipbeam.transforms.errors import RowError
+from clipbeam.transforms.redact import redact_url
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -371,7 +371,7 @@ def _request(url: str) -> urllib.request.Request:
 
 
 def _read_fsspec(location: str, limits: Limits) -> bytes:
-    from transforms import storage
+    from clipbeam.transforms import storage
 
     shown = redact_url(location)
     deadline = time.monotonic() + limits.fetch_timeout

@@ -1,6 +1,7 @@
 """Per-image work on a pool of threads, a batch ahead of the model.
 
-Reading, decoding and preprocessing an image (:func:`transforms.images.prepare_image`) spends its
+Reading, decoding and preprocessing an image (:func:`clipbeam.transforms.images.prepare_image`)
+spends its
 time in Pillow's C code, which releases the GIL, so threads run it in parallel with one another
 and with the model, whose PyTorch kernels release the GIL too. :func:`prefetch` keeps the next
 batch's images in preparation while the caller runs the model on the current one: on a GPU
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from transforms.errors import RowError
+from clipbeam.transforms.errors import RowError
 
 __all__ = ["decode_pool", "decode_threads", "prefetch"]
 

@@ -1,6 +1,7 @@
 """The engine as Beam transforms: work units in, output files and per-unit counts out.
 
-:class:`ProcessUnits` is the whole job for a :class:`~transforms.spec.JobSpec`. A filter with
+:class:`ProcessUnits` is the whole job for a :class:`~clipbeam.transforms.spec.JobSpec`. A filter
+with
 ``top_fraction`` needs the score distribution of the whole dataset before it can decide any row,
 so it runs in two passes, also offered separately for custom pipelines:
 
@@ -15,7 +16,8 @@ so it runs in two passes, also offered separately for custom pipelines:
 
 Every unit writes ``<output>/<dir>/part-FFFFF-GGGGG.parquet`` (and its errors to
 ``<output>/errors/``), then a completion marker ``<output>/_units/<pass>-part-FFFFF-GGGGG.json``
-holding its :class:`~transforms.stats.UnitStats`. With ``resume``, a unit whose marker exists is
+holding its :class:`~clipbeam.transforms.stats.UnitStats`. With ``resume``, a unit whose marker
+exists is
 skipped and its stored counts are emitted again, so totals stay exact across runs. A unit
 without error rows writes no errors file; :func:`settle_errors`, run once at the end of a job,
 leaves an empty one when the whole job had none, so ``errors/`` always reads as a table.
@@ -36,15 +38,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
-from transforms import storage
-from transforms.compute import Prompts, output_schema, result_columns, split_filtered
-from transforms.encoder import Encoder, acquire_encoder
-from transforms.images import resolve_image_format
-from transforms.rows import EncodedWindow, encode_window, error_schema, error_table, id_array
-from transforms.spec import JobSpec
-from transforms.stats import UnitStats, score_histogram
-from transforms.units import WorkUnit
-from transforms.writer import COMPRESSION, ParquetSpool, job_metadata
+from clipbeam.transforms import storage
+from clipbeam.transforms.compute import Prompts, output_schema, result_columns, split_filtered
+from clipbeam.transforms.encoder import Encoder, acquire_encoder
+from clipbeam.transforms.images import resolve_image_format
+from clipbeam.transforms.rows import (
+    EncodedWindow,
+    encode_window,
+    error_schema,
+    error_table,
+    id_array,
+)
+from clipbeam.transforms.spec import JobSpec
+from clipbeam.transforms.stats import UnitStats, score_histogram
+from clipbeam.transforms.units import WorkUnit
+from clipbeam.transforms.writer import COMPRESSION, ParquetSpool, job_metadata
 
 __all__ = [
     "EMPTY_ERRORS_FILE",

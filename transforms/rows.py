@@ -3,7 +3,8 @@
 :func:`encode_window` takes one record batch of a unit, sorts its rows into good rows (with their
 normalized embeddings, image sizes and captions) and error rows (with a :class:`RowError`), and
 never raises for a bad cell. Images are decoded and preprocessed on a thread pool a batch ahead of
-the model (:mod:`transforms.prefetch`) and dropped once embedded, so memory holds at most two
+the model (:mod:`clipbeam.transforms.prefetch`) and dropped once embedded, so memory holds at most
+two
 batches of preprocessed images whatever the window size.
 """
 
@@ -14,13 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from transforms.encoder import Encoder
-from transforms.errors import RowError
-from transforms.images import PreparedImage, prepare_image
-from transforms.limits import check_caption
-from transforms.prefetch import prefetch
-from transforms.spec import JobSpec
-from transforms.units import WorkUnit
+from clipbeam.transforms.encoder import Encoder
+from clipbeam.transforms.errors import RowError
+from clipbeam.transforms.images import PreparedImage, prepare_image
+from clipbeam.transforms.limits import check_caption
+from clipbeam.transforms.prefetch import prefetch
+from clipbeam.transforms.spec import JobSpec
+from clipbeam.transforms.units import WorkUnit
 
 __all__ = [
     "ERROR_FIELDS",

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from transforms.limits import (
+from clipbeam.transforms.limits import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_TEXT_CHARS,
@@ -20,7 +20,7 @@ from transforms.limits import (
     Limits,
     limit_problems,
 )
-from transforms.redact import redact_obj
+from clipbeam.transforms.redact import redact_obj
 
 __all__ = [
     "DEVICES",
@@ -279,8 +279,8 @@ class JobSpec:
 
     @property
     def limits(self) -> Limits:
-        """What one row may cost, as :func:`transforms.images.load_image` and
-        :func:`transforms.limits.check_caption` take it."""
+        """What one row may cost, as :func:`clipbeam.transforms.images.load_image` and
+        :func:`clipbeam.transforms.limits.check_caption` take it."""
         return Limits(
             max_image_pixels=self.max_image_pixels,
             max_image_bytes=self.max_image_bytes,

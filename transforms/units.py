@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transforms import storage
+from clipbeam.transforms import storage
 
 __all__ = ["WorkUnit", "input_root", "iter_batches", "plan_units"]
 

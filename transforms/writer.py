@@ -1,7 +1,8 @@
 """Writing one unit's output files: streamed, zstd-compressed, published atomically.
 
 Rows are streamed with ``pyarrow.parquet.ParquetWriter`` (memory stays bounded by one window)
-into :func:`transforms.storage.atomic_writer`, which publishes the file whole or not at all. A
+into :func:`clipbeam.transforms.storage.atomic_writer`, which publishes the file whole or not at
+all. A
 retried bundle therefore overwrites a unit's file instead of adding a second one, and readers
 never see half a file.
 """
@@ -14,8 +15,8 @@ from types import TracebackType
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transforms import storage
-from transforms.spec import JobSpec
+from clipbeam.transforms import storage
+from clipbeam.transforms.spec import JobSpec
 
 __all__ = ["COMPRESSION", "ParquetSpool", "job_metadata"]
 
@@ -36,7 +37,8 @@ def job_metadata(spec: JobSpec, model_metadata: dict[str, str]) -> dict[str, str
 class ParquetSpool:
     """One output Parquet file, written batch by batch, published whole on :meth:`commit`.
 
-    The bytes go through :func:`transforms.storage.atomic_writer`: a hidden temporary file renamed
+    The bytes go through :func:`clipbeam.transforms.storage.atomic_writer`: a hidden temporary file
+    renamed
     into place on local disk, an upload finalized only on success on object stores. Use as a
     context manager: leaving the block without :meth:`commit` (an exception) discards what was
     written and leaves the destination untouched.

@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from model.configuration import (
+from clipbeam.model.configuration import (
     BaseConfig,
     ChineseCLIPConfig,
     ChineseCLIPTextConfig,
@@ -20,7 +20,7 @@ from model.configuration import (
     CLIPVisionConfig,
     config_class_for,
 )
-from model.hub import CheckpointError, CheckpointNotFoundError
+from clipbeam.model.hub import CheckpointError, CheckpointNotFoundError
 
 CLASSES = [
     CLIPConfig,

@@ -4,7 +4,7 @@ import fsspec
 import pytest
 import torch
 
-from model.hub import CheckpointNotFoundError, resolve_source
+from clipbeam.model.hub import CheckpointNotFoundError, resolve_source
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def hub(tmp_path, monkeypatch):
 def test_a_model_loads_through_the_hub_path(hub, hf_checkpoint):
     from safetensors.torch import load_file
 
-    from model.modeling_clip import CLIPModel
+    from clipbeam.model.modeling_clip import CLIPModel
 
     folder = hf_checkpoint("clip-b32")
     requests = hub(folder)
@@ -139,7 +139,7 @@ def test_a_model_loads_through_the_hub_path(hub, hf_checkpoint):
 
 
 def test_offline_mode_without_cached_weights_says_so(hub, hf_checkpoint, monkeypatch):
-    from model.modeling_clip import CLIPModel
+    from clipbeam.model.modeling_clip import CLIPModel
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub(hf_checkpoint("clip-b32"), uncached=WEIGHTS)
@@ -154,7 +154,7 @@ def test_offline_mode_without_cached_weights_says_so(hub, hf_checkpoint, monkeyp
 
 
 def test_an_unreachable_hub_without_cached_weights_says_so(hub, hf_checkpoint, monkeypatch):
-    from model.modeling_clip import CLIPModel
+    from clipbeam.model.modeling_clip import CLIPModel
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     hub(hf_checkpoint("clip-b32"), uncached=WEIGHTS)
@@ -171,7 +171,7 @@ def test_offline_files_known_absent_are_absent(hub, hf_checkpoint, tmp_path, mon
 
     from safetensors.torch import load_file
 
-    from model.modeling_clip import CLIPModel
+    from clipbeam.model.modeling_clip import CLIPModel
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hub(hf_checkpoint("clip-b32"), uncached=WEIGHTS, known_absent=WEIGHTS)

@@ -20,9 +20,9 @@ import skimage
 import torch
 import transformers
 
-import model
-from model.hub import CheckpointNotFoundError
-from model.image_processing import (
+from clipbeam import model
+from clipbeam.model.hub import CheckpointNotFoundError
+from clipbeam.model.image_processing import (
     ChineseCLIPFeatureExtractor,
     ChineseCLIPImageProcessor,
     CLIPFeatureExtractor,
@@ -382,7 +382,7 @@ def test_from_pretrained_overrides_and_errors(tmp_path):
 
 def test_unknown_config_keys_are_kept_with_a_warning(caplog):
     config = {**CLIP_B32_NEW, "processor_class": "CLIPProcessor", "some_future_key": 3}
-    with caplog.at_level(logging.WARNING, logger="model.image_processing"):
+    with caplog.at_level(logging.WARNING, logger="clipbeam.model.image_processing"):
         processor = CLIPImageProcessor.from_dict(config)
     assert "some_future_key" in caplog.text
     assert processor.to_dict()["some_future_key"] == 3

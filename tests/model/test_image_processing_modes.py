@@ -16,7 +16,7 @@ import skimage
 import torch
 import transformers
 
-from model.image_processing import (
+from clipbeam.model.image_processing import (
     FAST_REDUCING_GAP,
     PREPROCESS_MODES,
     ChineseCLIPImageProcessor,

@@ -11,15 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.auto import load_model, weights_fingerprint
-from model.hub import CheckpointError, CheckpointNotFoundError
-from model.loading import resolve_device, resolve_dtype
-from model.modeling_chinese_clip import (
+from clipbeam.model.auto import load_model, weights_fingerprint
+from clipbeam.model.hub import CheckpointError, CheckpointNotFoundError
+from clipbeam.model.loading import resolve_device, resolve_dtype
+from clipbeam.model.modeling_chinese_clip import (
     ChineseCLIPModel,
     ChineseCLIPTextModel,
     ChineseCLIPVisionModel,
 )
-from model.modeling_clip import (
+from clipbeam.model.modeling_clip import (
     CLIPModel,
     CLIPTextModel,
     CLIPTextModelWithProjection,
@@ -304,7 +304,7 @@ def test_dtype_choices(tmp_path):
 
 
 def test_auto_dtype_without_config_dtype_uses_the_weights():
-    from model.configuration import CLIPVisionConfig
+    from clipbeam.model.configuration import CLIPVisionConfig
 
     tensors = [torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.bfloat16)]
     assert resolve_dtype("auto", CLIPVisionConfig(), tensors) is torch.bfloat16

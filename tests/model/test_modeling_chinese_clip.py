@@ -9,8 +9,8 @@ import pytest
 import torch
 import transformers
 
-from model.configuration import ChineseCLIPConfig, ChineseCLIPTextConfig
-from model.modeling_chinese_clip import (
+from clipbeam.model.configuration import ChineseCLIPConfig, ChineseCLIPTextConfig
+from clipbeam.model.modeling_chinese_clip import (
     ChineseCLIPModel,
     ChineseCLIPTextModel,
     ChineseCLIPVisionModel,

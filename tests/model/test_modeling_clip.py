@@ -9,8 +9,8 @@ import pytest
 import torch
 import transformers
 
-from model.configuration import CLIPConfig, CLIPTextConfig
-from model.modeling_clip import (
+from clipbeam.model.configuration import CLIPConfig, CLIPTextConfig
+from clipbeam.model.modeling_clip import (
     CLIPModel,
     CLIPTextModel,
     CLIPTextModelWithProjection,

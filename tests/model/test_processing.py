@@ -17,12 +17,12 @@ import skimage
 import torch
 import transformers
 
-import model
-from model.batch import BatchFeature
-from model.hub import CheckpointError, CheckpointNotFoundError
-from model.image_processing import ChineseCLIPImageProcessor, CLIPImageProcessor
-from model.processing import ChineseCLIPProcessor, CLIPProcessor, load_processor
-from model.tokenization import BertTokenizer, CLIPTokenizer
+from clipbeam import model
+from clipbeam.model.batch import BatchFeature
+from clipbeam.model.hub import CheckpointError, CheckpointNotFoundError
+from clipbeam.model.image_processing import ChineseCLIPImageProcessor, CLIPImageProcessor
+from clipbeam.model.processing import ChineseCLIPProcessor, CLIPProcessor, load_processor
+from clipbeam.model.tokenization import BertTokenizer, CLIPTokenizer
 
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
 MEAN = [0.48145466, 0.4578275, 0.40821073]

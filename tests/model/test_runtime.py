@@ -5,9 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import runtime
-from model.modeling_clip import CLIPModel
-from model.runtime import compile_towers, compute_dtype, cpu_has_native_bf16, should_compile
+from clipbeam.model import runtime
+from clipbeam.model.modeling_clip import CLIPModel
+from clipbeam.model.runtime import (
+    compile_towers,
+    compute_dtype,
+    cpu_has_native_bf16,
+    should_compile,
+)
 from tests.model.conftest import pixel_batch, text_batch
 
 ZEN4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f avx512_bf16 sha_ni\n"
@@ -97,7 +102,7 @@ def test_compiled_towers_match_eager(hf_checkpoint):
 def test_towers_compile_without_graph_breaks(hf_checkpoint, family):
     """Each tower is one graph: a break (e.g. at every linear layer's kernel choice) would leave
     torch.compile nothing to fuse across layers."""
-    from model import ChineseCLIPModel
+    from clipbeam.model import ChineseCLIPModel
 
     cls = ChineseCLIPModel if family.startswith("chinese") else CLIPModel
     model = cls.from_pretrained(hf_checkpoint(family)).eval()

@@ -19,8 +19,8 @@ import pytest
 import torch
 import transformers
 
-from model.hub import CheckpointError, CheckpointNotFoundError
-from model.tokenization import (
+from clipbeam.model.hub import CheckpointError, CheckpointNotFoundError
+from clipbeam.model.tokenization import (
     BertTokenizer,
     BertTokenizerFast,
     CLIPTokenizer,
@@ -849,6 +849,6 @@ def test_empty_batch(clip, bert):
 def test_too_long_input_warns(clip, caplog):
     fresh = pickle.loads(pickle.dumps(clip))
     fresh._warned.clear()
-    with caplog.at_level("WARNING", logger="model.tokenization"):
+    with caplog.at_level("WARNING", logger="clipbeam.model.tokenization"):
         fresh("word " * 100)
     assert "truncation=True" in caplog.text

@@ -3,7 +3,8 @@
 Each example is the text of the Hugging Face model documentation, with two unavoidable edits that
 apply to both runs alike: the checkpoint id becomes a local folder of random weights (nothing can
 be downloaded here), and the image comes from a local photograph instead of ``requests.get(url)``.
-The example runs once importing from ``transformers`` and once importing from ``model``; every
+The example runs once importing from ``transformers`` and once importing from ``clipbeam.model``;
+every
 variable it computes must agree within 1e-5.
 
 transformers 5 changed ``get_image_features`` / ``get_text_features`` to return an output object,
@@ -136,5 +137,5 @@ def test_documented_usage_example(example, clip_checkpoint, chinese_clip_checkpo
         processor_name: getattr(transformers, processor_name),
     }
     reference = _run(source, "", checkpoint, extra=shimmed)
-    ours = _run(source, f"from model import {processor_name}, {model_name}", checkpoint)
+    ours = _run(source, f"from clipbeam.model import {processor_name}, {model_name}", checkpoint)
     _assert_same(ours, reference)

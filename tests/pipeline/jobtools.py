@@ -46,10 +46,11 @@ def run_job(
     *args: str,
     beam_args: Sequence[str] = DIRECT,
 ) -> JobRun:
-    """Runs ``clipbeam <command>`` through :func:`pipeline.run` and collects what it reports."""
+    """Runs ``clipbeam <command>`` through :func:`clipbeam.pipeline.run` and collects what it
+    reports."""
     from apache_beam.metrics.metric import MetricsFilter
 
-    from pipeline import run
+    from clipbeam.pipeline import run
 
     patterns = [inputs] if isinstance(inputs, str) else list(inputs)
     if not any(arg.startswith("--dtype") for arg in args):
@@ -69,7 +70,7 @@ def run_job(
 
 
 def read_json(path: str) -> dict[str, Any]:
-    from transforms import storage
+    from clipbeam.transforms import storage
 
     return json.loads(storage.read_bytes(path))
 
@@ -80,7 +81,7 @@ def read_folder(folder: str) -> pa.Table:
     Every folder a job writes holds at least one file, errors/ included (an empty one when no
     row failed): a missing or empty folder fails here.
     """
-    from transforms import storage
+    from clipbeam.transforms import storage
 
     if "://" not in folder:
         table = pads.dataset(folder, format="parquet").to_table()
@@ -154,13 +155,13 @@ class Reference:
 
     @cached_property
     def model(self) -> Any:
-        from model import load_model
+        from clipbeam.model import load_model
 
         return load_model(self.checkpoint, device="cpu").eval()
 
     @cached_property
     def processor(self) -> Any:
-        from model import load_processor
+        from clipbeam.model import load_processor
 
         return load_processor(self.checkpoint)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.demo import MARKER_FILE, main, run_demo
+from clipbeam.pipeline.demo import MARKER_FILE, main, run_demo
 
 
 @pytest.mark.parametrize("model", ["demo-clip", "demo-chinese-clip"])
@@ -72,9 +72,9 @@ def test_bundled_models_run_embed_and_classify(model: str, language: str, tmp_pa
     classify names the shape and colour of held-out scenes, embed writes unit vectors."""
     import numpy as np
 
-    from model import ChineseCLIPConfig, CLIPConfig
-    from model.hub import resolve_source
-    from pipeline.scenes import class_labels, class_prompt, write_scenes
+    from clipbeam.model import ChineseCLIPConfig, CLIPConfig
+    from clipbeam.model.hub import resolve_source
+    from clipbeam.pipeline.scenes import class_labels, class_prompt, write_scenes
     from tests.pipeline.jobtools import run_job
 
     # A seed neither training (1), calibration (3) nor the other tests here use.

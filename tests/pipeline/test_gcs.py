@@ -26,7 +26,7 @@ IN_MEMORY = ["--runner", "DirectRunner", "--direct_num_workers", "1"]
 
 def upload(folder: Path, url: str) -> str:
     """Copies a local checkpoint folder to gs://, so the model is read from the bucket too."""
-    from transforms import storage
+    from clipbeam.transforms import storage
 
     for path in sorted(folder.iterdir()):
         storage.write_atomic(f"{url}/{path.name}", path.read_bytes())

@@ -279,7 +279,7 @@ def test_top_fraction(clip_checkpoint, tmp_path):
     kept, rejected = run.table("kept"), run.table("rejected")
     scored = kept.num_rows + rejected.num_rows
     # Beam's sketch with N quantiles bounds the rank error of the cut by scored / N rows.
-    from transforms.process import TOP_FRACTION_QUANTILES
+    from clipbeam.transforms.process import TOP_FRACTION_QUANTILES
 
     bound = math.ceil(scored / TOP_FRACTION_QUANTILES) + 1  # + 1: rounding of the cut's rank
     assert abs(kept.num_rows - 0.3 * scored) <= bound, (kept.num_rows, scored)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cli
-from pipeline.options import LaunchError
+from clipbeam.pipeline import cli
+from clipbeam.pipeline.options import LaunchError
 from tests.datasets import build_dataset
 
 
@@ -24,7 +24,7 @@ def no_pipeline(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a pipeline was built although launch checks should have failed")
 
-    monkeypatch.setattr("pipeline.jobs.build_job", refuse)
+    monkeypatch.setattr("clipbeam.pipeline.jobs.build_job", refuse)
 
 
 def launch_error(capsys, *argv: str) -> str:
@@ -177,8 +177,8 @@ def test_output_holds_an_earlier_run(capsys, tmp_path, dataset, clip_checkpoint)
 
 
 def test_resume_of_a_different_job(capsys, tmp_path, dataset, clip_checkpoint):
-    from pipeline.options import parse_args
-    from pipeline.validate import JOB_FILE, job_record
+    from clipbeam.pipeline.options import parse_args
+    from clipbeam.pipeline.validate import JOB_FILE, job_record
 
     out = tmp_path / "o"
     out.mkdir()
@@ -310,8 +310,8 @@ def test_dataflow_refuses_a_model_workers_cannot_fetch(capsys, model):
 def test_check_remote_accepts_urls_bundled_models_and_a_local_labels_file(tmp_path):
     """A labels file is read on the launcher and its labels travel in the job: a direct run may
     read it from the launcher's disk (the template launcher has no user files, and refuses it)."""
-    from pipeline.options import parse_args
-    from pipeline.validate import check_remote
+    from clipbeam.pipeline.options import parse_args
+    from clipbeam.pipeline.validate import check_remote
 
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\n")
@@ -347,8 +347,8 @@ def test_check_remote_accepts_urls_bundled_models_and_a_local_labels_file(tmp_pa
     ],
 )
 def test_local_image_paths_are_refused_on_dataflow_unless_allowed(runner, given, schemes):
-    from pipeline.options import parse_args
-    from pipeline.validate import for_runner
+    from clipbeam.pipeline.options import parse_args
+    from clipbeam.pipeline.validate import for_runner
 
     parsed = parse_args(job("score", "gs://b/in", "gs://b/out", "demo-clip", *given))
     assert for_runner(parsed.spec, runner).allowed_url_schemes == schemes

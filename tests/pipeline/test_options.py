@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.options import LaunchError, build_parser, parse_args
+from clipbeam.pipeline.options import LaunchError, build_parser, parse_args
 
 BASE = ["--input", "data/*.parquet", "--output", "out", "--model", "ckpt"]
 
@@ -246,7 +246,7 @@ def test_bad_beam_option_values(args, message):
     ],
 )
 def test_runner_spellings_beam_accepts(runner, name):
-    from pipeline.options import runner_name
+    from clipbeam.pipeline.options import runner_name
 
     assert runner_name(runner) == name
     if runner is not None:

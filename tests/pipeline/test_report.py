@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.report import ReportData, collect, main, render, write_report
-from pipeline.summary import counter_names
+from clipbeam.pipeline.report import ReportData, collect, main, render, write_report
+from clipbeam.pipeline.summary import counter_names
 from tests.datasets import Dataset, build_dataset
 from tests.pipeline.jobtools import JobRun, expected_id, run_job
 
@@ -267,7 +267,7 @@ def test_report_notes_changed_inputs_and_outputs(jobs, tmp_path):
 
 
 def test_report_of_an_output_folder_in_a_bucket(jobs, gcs_dir):
-    from transforms import storage
+    from clipbeam.transforms import storage
 
     local = Path(jobs["score"].run.output)
     for path in local.rglob("*"):
@@ -283,7 +283,7 @@ def test_report_of_an_output_folder_in_a_bucket(jobs, gcs_dir):
 
 
 def test_cli_writes_the_page_and_refuses_a_folder_without_summary(jobs, tmp_path, capsys):
-    from pipeline.cli import main as clipbeam
+    from clipbeam.pipeline.cli import main as clipbeam
 
     out = tmp_path / "page.html"
     assert clipbeam(["report", jobs["score"].run.output, "--out", str(out), "--examples", "1"]) == 0

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import scenes
-from pipeline.scenes import (
+from clipbeam.pipeline import scenes
+from clipbeam.pipeline.scenes import (
     COLORS,
     POSITIONS,
     SCHEMA,

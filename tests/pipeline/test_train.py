@@ -15,10 +15,10 @@ import pytest
 import torch
 import transformers
 
-from model import BertTokenizer, CLIPTokenizer, load_model, load_processor
-from model.modeling_clip import contrastive_loss as clip_loss
-from pipeline import train
-from pipeline.scenes import (
+from clipbeam.model import BertTokenizer, CLIPTokenizer, load_model, load_processor
+from clipbeam.model.modeling_clip import contrastive_loss as clip_loss
+from clipbeam.pipeline import train
+from clipbeam.pipeline.scenes import (
     caption,
     class_labels,
     class_prompt,
@@ -26,7 +26,7 @@ from pipeline.scenes import (
     sample_scene,
     write_scenes,
 )
-from pipeline.train import (
+from clipbeam.pipeline.train import (
     CALIBRATION_FILE,
     RECIPES,
     PairData,

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline import cli
+from clipbeam.pipeline import cli
 from tests.datasets import build_dataset
 
 
@@ -24,7 +24,7 @@ def no_pipeline(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a pipeline was built although launch checks should have failed")
 
-    monkeypatch.setattr("pipeline.jobs.build_job", refuse)
+    monkeypatch.setattr("clipbeam.pipeline.jobs.build_job", refuse)
 
 
 @pytest.fixture
@@ -148,8 +148,8 @@ def test_a_torchscript_archive_is_refused(capsys, tmp_path, dataset, clip_checkp
 
 
 def test_remote_code_in_a_checkpoint_is_never_imported(tmp_path, clip_checkpoint):
-    from pipeline.options import parse_args
-    from pipeline.validate import check_model
+    from clipbeam.pipeline.options import parse_args
+    from clipbeam.pipeline.validate import check_model
 
     model = tmp_path / "remote-code"
     shutil.copytree(clip_checkpoint, model)

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.options import LaunchError, parse_args
+from clipbeam.pipeline.options import LaunchError, parse_args
+from clipbeam.transforms.errors import RowError
+from clipbeam.transforms.images import decode_image, load_image
+from clipbeam.transforms.limits import DEFAULT_LIMITS, Limits, check_caption, read_limited
+from clipbeam.transforms.spec import JobSpec
 from tests.reliability.conftest import PASSWORD, USER
 from tests.reliability.corpus import EPS, animated, bomb_png, encode, sixteen_bit_png
-from transforms.errors import RowError
-from transforms.images import decode_image, load_image
-from transforms.limits import DEFAULT_LIMITS, Limits, check_caption, read_limited
-from transforms.spec import JobSpec
 
 BASE = ["score", "--input", "in/*.parquet", "--output", "out", "--model", "m"]
 

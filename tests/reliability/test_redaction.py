@@ -17,11 +17,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import cli
+from clipbeam.pipeline import cli
+from clipbeam.transforms.redact import redact, redact_url
 from tests.datasets import build_dataset
 from tests.pipeline.jobtools import DIRECT
 from tests.reliability.conftest import PASSWORD, USER
-from transforms.redact import redact, redact_url
 
 
 @pytest.mark.parametrize(

@@ -46,7 +46,7 @@ class _FailOnce:
 def test_failed_bundles_are_retried_without_losing_or_doubling_rows(
     clip_checkpoint, tmp_path, monkeypatch
 ):
-    from transforms import storage, writer
+    from clipbeam.transforms import storage, writer
 
     data = build_dataset(
         tmp_path / "in",

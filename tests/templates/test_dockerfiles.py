@@ -155,6 +155,7 @@ def test_copied_sources_exist_and_cover_the_packages(dockerfile):
         sources += paths
     for path in sources:
         assert (ROOT / path).exists(), f"COPY {path}: not in the repository"
-    packages = PYPROJECT["tool"]["setuptools"]["packages"]
-    assert set(packages) <= set(sources)
+    setuptools = PYPROJECT["tool"]["setuptools"]
+    folders = {setuptools["package-dir"][name] for name in setuptools["packages"]}
+    assert folders <= set(sources)
     assert PYPROJECT["project"]["readme"] in sources  # setuptools reads it to build metadata

@@ -13,11 +13,11 @@ from apache_beam.internal import pickler
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from pipeline.options import LaunchError, parse_args
+from clipbeam.pipeline.options import LaunchError, parse_args
+from clipbeam.transforms import storage
+from clipbeam.transforms.process import UnitDoFn
 from templates import launcher
 from tests.datasets import build_dataset
-from transforms import storage
-from transforms.process import UnitDoFn
 
 JOB_LABELS = '{"goog-dataflow-provided-template-type": "flex", "team": "curation"}'
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.options import JOB_KINDS, LaunchError, build_parser, parse_args
+from clipbeam.pipeline.options import JOB_KINDS, LaunchError, build_parser, parse_args
 from templates import launcher
 
 METADATA_PATH = Path(launcher.__file__).with_name("metadata.json")

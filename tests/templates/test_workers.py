@@ -7,9 +7,9 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from model import hub
-from transforms import storage
-from transforms.encoder import Encoder, acquire_encoder
+from clipbeam.model import hub
+from clipbeam.transforms import storage
+from clipbeam.transforms.encoder import Encoder, acquire_encoder
 
 
 def test_model_on_gcs_is_fetched_once_and_loaded_once_per_process(

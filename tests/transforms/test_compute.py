@@ -4,15 +4,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from transforms.compute import (
+from clipbeam.transforms.compute import (
     Prompts,
     filter_reasons,
     output_schema,
     result_columns,
     split_filtered,
 )
-from transforms.rows import EncodedWindow
-from transforms.spec import JobSpec
+from clipbeam.transforms.rows import EncodedWindow
+from clipbeam.transforms.spec import JobSpec
 
 INPUT = pa.schema(
     [("key", pa.int64()), ("image", pa.binary()), ("text", pa.string()), ("rank", pa.int32())]

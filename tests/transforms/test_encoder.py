@@ -5,8 +5,13 @@ import pytest
 import torch
 from PIL import Image
 
+from clipbeam.transforms.encoder import (
+    Encoder,
+    acquire_encoder,
+    resolve_device,
+    weights_fingerprint,
+)
 from tests.datasets import make_caption, make_image
-from transforms.encoder import Encoder, acquire_encoder, resolve_device, weights_fingerprint
 
 
 def features(output):

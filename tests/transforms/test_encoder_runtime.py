@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from model import runtime
-from pipeline.options import parse_args
-from transforms.encoder import Encoder, acquire_encoder
+from clipbeam.model import runtime
+from clipbeam.pipeline.options import parse_args
+from clipbeam.transforms.encoder import Encoder, acquire_encoder
 
 BASE = ["--input", "data/*.parquet", "--output", "out", "--model", "ckpt"]
 

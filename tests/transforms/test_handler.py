@@ -10,10 +10,10 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from clipbeam.transforms.encoder import Encoder
+from clipbeam.transforms.errors import RowError
+from clipbeam.transforms.handler import ClipModelHandler, prepare_example
 from tests.datasets import encode_image, make_caption, make_image
-from transforms.encoder import Encoder
-from transforms.errors import RowError
-from transforms.handler import ClipModelHandler, prepare_example
 
 CORRUPT = b"\xff\xd8\xff\xe0" + bytes(range(64))
 

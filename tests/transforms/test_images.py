@@ -8,8 +8,13 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from transforms.errors import RowError
-from transforms.images import decode_image, load_image, read_image_bytes, resolve_image_format
+from clipbeam.transforms.errors import RowError
+from clipbeam.transforms.images import (
+    decode_image,
+    load_image,
+    read_image_bytes,
+    resolve_image_format,
+)
 
 
 def encoded(fmt: str, size=(7, 5), mode="RGB") -> bytes:

@@ -8,8 +8,8 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 import pytest
 
-from transforms.errors import RowError
-from transforms.prefetch import decode_pool, decode_threads, prefetch
+from clipbeam.transforms.errors import RowError
+from clipbeam.transforms.prefetch import decode_pool, decode_threads, prefetch
 
 
 class Recorder(Executor):

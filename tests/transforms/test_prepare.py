@@ -9,10 +9,10 @@ import PIL.Image
 import pytest
 import skimage.data
 
-from model.image_processing import PREPROCESS_MODES, CLIPImageProcessor, process_image
-from transforms.errors import RowError
-from transforms.images import decode_image, prepare_image
-from transforms.spec import PREPROCESS_MODES as SPEC_MODES
+from clipbeam.model.image_processing import PREPROCESS_MODES, CLIPImageProcessor, process_image
+from clipbeam.transforms.errors import RowError
+from clipbeam.transforms.images import decode_image, prepare_image
+from clipbeam.transforms.spec import PREPROCESS_MODES as SPEC_MODES
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from apache_beam.transforms.stats import ApproximateQuantilesCombineFn
 
-from tests.datasets import build_dataset
-from transforms.process import (
+from clipbeam.transforms.process import (
     EMPTY_ERRORS_FILE,
     THRESHOLD_FILE,
     TOP_FRACTION_QUANTILES,
@@ -34,10 +33,11 @@ from transforms.process import (
     settle_errors,
     top_fraction_threshold,
 )
-from transforms.rows import error_schema
-from transforms.spec import JobSpec
-from transforms.stats import UnitStats, score_histogram
-from transforms.units import plan_units
+from clipbeam.transforms.rows import error_schema
+from clipbeam.transforms.spec import JobSpec
+from clipbeam.transforms.stats import UnitStats, score_histogram
+from clipbeam.transforms.units import plan_units
+from tests.datasets import build_dataset
 
 ATOL = 1e-5
 
@@ -47,7 +47,7 @@ ATOL = 1e-5
 
 @functools.cache
 def reference(path: str):
-    from model import load_model, load_processor
+    from clipbeam.model import load_model, load_processor
 
     return load_model(path, device=torch.device("cpu"), dtype=torch.float32), load_processor(path)
 
@@ -80,7 +80,7 @@ def ref_score(path, row) -> float:
 
 def run(spec: JobSpec, pattern: str, expected: UnitStats | None = None) -> dict[str, int]:
     """Runs ProcessUnits over ``pattern``; checks the summed stats; returns the counters."""
-    from transforms.process import ProcessUnits
+    from clipbeam.transforms.process import ProcessUnits
 
     pipeline = BeamTestPipeline()
     stats = (
@@ -341,8 +341,8 @@ def test_top_fraction_keeps_the_best_scores_of_the_whole_dataset(clip_checkpoint
 def test_compile_option_reaches_the_model(clip_checkpoint, tmp_path, monkeypatch, compile):
     from apache_beam.utils import shared
 
-    from model import runtime
-    from transforms import encoder
+    from clipbeam.model import runtime
+    from clipbeam.transforms import encoder
 
     # A model of its own (not one an earlier test loaded), "compiled" by a stand-in: the real
     # torch.compile costs about 20 s per tower on two cores.

@@ -5,7 +5,7 @@ import pickle
 
 import pytest
 
-from transforms.spec import RESULT_COLUMNS, JobSpec
+from clipbeam.transforms.spec import RESULT_COLUMNS, JobSpec
 
 
 def spec(**kwargs):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from transforms.stats import HISTOGRAM_BINS, UnitStats, histogram_edges, score_histogram
+from clipbeam.transforms.stats import HISTOGRAM_BINS, UnitStats, histogram_edges, score_histogram
 
 
 def test_histogram_bins_cover_minus_one_to_one():

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from transforms import storage
+from clipbeam.transforms import storage
 
 if TYPE_CHECKING:
     from tests.gcs import GcsEmulator
@@ -204,7 +204,7 @@ def test_fresh_process_reaches_the_emulator_quickly(gcs_dir: str) -> None:
         f"""
         import time
         start = time.monotonic()
-        from transforms import storage
+        from clipbeam.transforms import storage
         storage.write_atomic({path!r}, b"worker")
         assert storage.read_bytes({path!r}) == b"worker"
         print(f"{{time.monotonic() - start:.2f}}")

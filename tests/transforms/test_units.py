@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from transforms.units import WorkUnit, input_root, iter_batches, plan_units
+from clipbeam.transforms.units import WorkUnit, input_root, iter_batches, plan_units
 
 
 def write(path, rows: int, row_group_size: int) -> None:

@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from transforms.spec import JobSpec
-from transforms.writer import ParquetSpool, job_metadata
+from clipbeam.transforms.spec import JobSpec
+from clipbeam.transforms.writer import ParquetSpool, job_metadata
 
 SCHEMA = pa.schema([("id", pa.string()), ("x", pa.float32())], metadata={"k": "v"})
 
