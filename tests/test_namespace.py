@@ -27,16 +27,11 @@ PACKAGES = ("model", "transforms", "pipeline")
 BARE_IMPORT = re.compile(r"^\s*(?:from|import)\s+(?:model|transforms|pipeline)(?:\.|\s|$)", re.M)
 
 
-def _python(code: str, *, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _python(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Runs this interpreter in ``cwd`` without the test session's PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
     )
 
 
@@ -79,7 +74,7 @@ def test_every_module_loads_under_one_name_only():
         }}))
         """
     )
-    done = _python(code, cwd=ROOT)
+    done = _python("-c", code, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["bare"] == []
@@ -119,16 +114,7 @@ def test_a_users_own_model_pipeline_and_transforms_do_not_shadow_clipbeam(tmp_pa
             """
         )
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run(
-        [sys.executable, "job.py"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    done = _python("job.py", cwd=project)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "STATE DONE" in done.stdout
     scores = pq.read_table(output / "scores").column("id").to_pylist()
@@ -146,10 +132,9 @@ def test_setup_file_packaging_carries_the_namespace(tmp_path):
         names = archive.getnames()
     assert any(n.endswith("model/pretrained/demo-clip/model.safetensors") for n in names)
     target = tmp_path / "site"
-    install = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), tarball],
-        capture_output=True, text=True, timeout=600, check=False,
+    install = _python(
+        "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+        "--target", str(target), tarball, cwd=tmp_path,
     )
     assert install.returncode == 0, install.stderr[-3000:]
     assert not (target / "model").exists() and not (target / "pipeline").exists()
@@ -163,6 +148,6 @@ def test_setup_file_packaging_carries_the_namespace(tmp_path):
         print(resolve_source("demo-clip").location)
         """
     )
-    done = _python(code, cwd=tmp_path)
+    done = _python("-c", code, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().startswith(str(target))
