@@ -26,7 +26,7 @@ _EXPORTS = {
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+        raise AttributeError(f"module 'clipbeam.pipeline' has no attribute {name!r}")
     import importlib
 
     value = getattr(importlib.import_module(module), name)

@@ -1,4 +1,4 @@
-"""``python -m pipeline``: the same as the ``clipbeam`` console script."""
+"""``python -m clipbeam.pipeline``: the same as the ``clipbeam`` console script."""
 
 from clipbeam.pipeline.cli import main
 

@@ -9,10 +9,7 @@ second, bare name in one process (two copies of a module hold two copies of its 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import tarfile
 import textwrap
 from pathlib import Path
@@ -21,18 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.datasets import build_dataset
+from tests.processes import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("model", "transforms", "pipeline")
 BARE_IMPORT = re.compile(r"^\s*(?:from|import)\s+(?:model|transforms|pipeline)(?:\.|\s|$)", re.M)
-
-
-def _python(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Runs this interpreter in ``cwd`` without the test session's PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
 
 
 def test_no_source_file_imports_a_bare_package_name():
@@ -74,7 +64,7 @@ def test_every_module_loads_under_one_name_only():
         }}))
         """
     )
-    done = _python("-c", code, cwd=ROOT)
+    done = run_python("-c", code, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["bare"] == []
@@ -114,7 +104,7 @@ def test_a_users_own_model_pipeline_and_transforms_do_not_shadow_clipbeam(tmp_pa
             """
         )
     )
-    done = _python("job.py", cwd=project)
+    done = run_python("job.py", cwd=project)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "STATE DONE" in done.stdout
     scores = pq.read_table(output / "scores").column("id").to_pylist()
@@ -132,7 +122,7 @@ def test_setup_file_packaging_carries_the_namespace(tmp_path):
         names = archive.getnames()
     assert any(n.endswith("model/pretrained/demo-clip/model.safetensors") for n in names)
     target = tmp_path / "site"
-    install = _python(
+    install = run_python(
         "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
         "--target", str(target), tarball, cwd=tmp_path,
     )
@@ -148,6 +138,6 @@ def test_setup_file_packaging_carries_the_namespace(tmp_path):
         print(resolve_source("demo-clip").location)
         """
     )
-    done = _python("-c", code, cwd=tmp_path)
+    done = run_python("-c", code, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().startswith(str(target))

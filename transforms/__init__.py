@@ -1,7 +1,7 @@
 """The clipbeam engine as Beam building blocks: work units, transforms and a RunInference handler.
 
-Names are imported lazily (PEP 562), so ``import transforms`` loads neither torch nor Beam until a
-name that needs them is used::
+Names are imported lazily (PEP 562), so ``import clipbeam.transforms`` loads neither torch nor
+Beam until a name that needs them is used::
 
     from clipbeam.transforms import JobSpec, ProcessUnits, plan_units
 
@@ -38,7 +38,7 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'transforms' has no attribute {name!r}")
+        raise AttributeError(f"module 'clipbeam.transforms' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value

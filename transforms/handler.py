@@ -16,7 +16,10 @@ Each output is a ``PredictionResult`` whose ``inference`` is a dict with ``image
 A bad image makes ``run_inference`` raise, which fails the whole batch (Beam's contract:
 ``with_exception_handling`` routes the batch to ``failed_inferences``). To reject bad images one
 by one instead, decode them before batching: ``handler.with_preprocess_fn(prepare_example)``, and
-failures land in ``failed_preprocessing`` per element.
+failures land in ``failed_preprocessing`` per element. With ids, put the preprocessing function on
+the outer handler, ``KeyedModelHandler(handler).with_preprocess_fn(fn)`` with ``fn`` taking and
+returning ``(key, example)`` (Beam refuses to key a handler that has one already); README.md's
+"Python API" section has the whole example.
 """
 
 from __future__ import annotations
