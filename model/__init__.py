@@ -5,8 +5,7 @@ Code written for ``transformers`` runs by changing only its import line::
     from clipbeam.model import CLIPModel, CLIPProcessor
 
 Names are imported lazily (PEP 562): importing ``clipbeam.model`` costs nothing until a class is
-used,
-and Beam can pickle DoFns that refer to this package without loading torch at import time.
+used, and Beam can pickle DoFns that refer to this package without loading torch at import time.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ A processor pairs the family's tokenizer with its image processor, as transforme
 do: ``processor(text=..., images=..., return_tensors="pt")`` returns ``input_ids``,
 ``attention_mask`` (and ``token_type_ids`` for Chinese-CLIP) and ``pixel_values`` in one
 :class:`~clipbeam.model.batch.BatchFeature`. :func:`load_processor` picks the class from the
-checkpoint's
-``config.json``.
+checkpoint's ``config.json``.
 """
 
 from __future__ import annotations

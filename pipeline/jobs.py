@@ -11,12 +11,12 @@
                                        +-> UnitStats    units -> SelectStaged <----+ -> UnitStats
                                                                   both passes' UnitStats -> summary
 
-Work units are planned on the launcher (:mod:`clipbeam.pipeline.validate`); each is processed on
-its own,
-so one explicit ``Reshuffle`` spreads them over workers (``Create``'s own reshuffle is turned off:
-two would shuffle twice). The summary and the metrics counters come from the same per-unit stats.
-Before ``summary.json`` is written, ``errors/`` gets an empty file if the job had no error rows
-(:func:`clipbeam.transforms.process.settle_errors`), so every job's ``errors/`` reads as a table.
+Work units are planned on the launcher (:mod:`clipbeam.pipeline.validate`); each is processed on its
+own, so one explicit ``Reshuffle`` spreads them over workers (``Create``'s own reshuffle is turned
+off: two would shuffle twice). The summary and the metrics counters come from the same per-unit
+stats. Before ``summary.json`` is written, ``errors/`` gets an empty file if the job had no error
+rows (:func:`clipbeam.transforms.process.settle_errors`), so every job's ``errors/`` reads as a
+table.
 """
 
 from __future__ import annotations

@@ -1,11 +1,10 @@
 """The end of every job: counts summed over all units, written as ``summary.json`` and as metrics.
 
 Both come from the same per-unit :class:`~clipbeam.transforms.stats.UnitStats` (the engine's unit
-DoFn adds
-each to the Beam metrics counters of namespace ``clipbeam`` as it emits it), so ``summary.json``
-and the counters always agree, resumed units included. The summary
-is written by the pipeline itself, not by the launcher, so it also appears for jobs the launcher
-does not wait for (a Dataflow job submitted from a Flex Template).
+DoFn adds each to the Beam metrics counters of namespace ``clipbeam`` as it emits it), so
+``summary.json`` and the counters always agree, resumed units included. The summary is written by
+the pipeline itself, not by the launcher, so it also appears for jobs the launcher does not wait for
+(a Dataflow job submitted from a Flex Template).
 """
 
 from __future__ import annotations

@@ -168,9 +168,8 @@ def check_remote(parsed: Any) -> None:
     """Refuses paths that only exist on the launcher: every worker is another machine.
 
     :func:`clipbeam.pipeline.validate.check_remote`, which every Dataflow launch runs, with the
-    template's
-    parameter names; a template also refuses a local labels file (the launcher's container holds
-    none of the user's files).
+    template's parameter names; a template also refuses a local labels file (the launcher's
+    container holds none of the user's files).
 
     Args:
         parsed: the :class:`clipbeam.pipeline.options.ParsedArgs` of the job.

@@ -28,8 +28,8 @@ class RowError(Exception):
         error_type: a key of :data:`ERROR_TYPES`, stored in the ``error_type`` column.
         message: what went wrong, stored in the ``error_message`` column, with credentials in
             URLs redacted (see :func:`clipbeam.transforms.redact.redact`): messages quote the paths
-            and
-            URLs found in the data, and error rows are read by more people than the data's owner.
+            and URLs found in the data, and error rows are read by more people than the data's
+            owner.
     """
 
     def __init__(self, error_type: str, message: str):

@@ -1,13 +1,12 @@
 """Per-image work on a pool of threads, a batch ahead of the model.
 
 Reading, decoding and preprocessing an image (:func:`clipbeam.transforms.images.prepare_image`)
-spends its
-time in Pillow's C code, which releases the GIL, so threads run it in parallel with one another
-and with the model, whose PyTorch kernels release the GIL too. :func:`prefetch` keeps the next
-batch's images in preparation while the caller runs the model on the current one: on a GPU
+spends its time in Pillow's C code, which releases the GIL, so threads run it in parallel with one
+another and with the model, whose PyTorch kernels release the GIL too. :func:`prefetch` keeps the
+next batch's images in preparation while the caller runs the model on the current one: on a GPU
 worker the CPUs decode while the GPU computes, and on a CPU worker decoding fills the gaps the
-model's parallel kernels leave. At most ``ahead + 1`` batches of prepared pixels exist at once,
-so memory stays bounded by the batch size, not the input size.
+model's parallel kernels leave. At most ``ahead + 1`` batches of prepared pixels exist at once, so
+memory stays bounded by the batch size, not the input size.
 
 The pool is per process, created on first use (nothing is started at import, and nothing here is
 pickled with a DoFn), with one thread per CPU the process may run on.

@@ -4,8 +4,7 @@
 normalized embeddings, image sizes and captions) and error rows (with a :class:`RowError`), and
 never raises for a bad cell. Images are decoded and preprocessed on a thread pool a batch ahead of
 the model (:mod:`clipbeam.transforms.prefetch`) and dropped once embedded, so memory holds at most
-two
-batches of preprocessed images whatever the window size.
+two batches of preprocessed images whatever the window size.
 """
 
 from __future__ import annotations

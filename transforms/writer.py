@@ -2,8 +2,7 @@
 
 Rows are streamed with ``pyarrow.parquet.ParquetWriter`` (memory stays bounded by one window)
 into :func:`clipbeam.transforms.storage.atomic_writer`, which publishes the file whole or not at
-all. A
-retried bundle therefore overwrites a unit's file instead of adding a second one, and readers
+all. A retried bundle therefore overwrites a unit's file instead of adding a second one, and readers
 never see half a file.
 """
 
@@ -38,8 +37,7 @@ class ParquetSpool:
     """One output Parquet file, written batch by batch, published whole on :meth:`commit`.
 
     The bytes go through :func:`clipbeam.transforms.storage.atomic_writer`: a hidden temporary file
-    renamed
-    into place on local disk, an upload finalized only on success on object stores. Use as a
+    renamed into place on local disk, an upload finalized only on success on object stores. Use as a
     context manager: leaving the block without :meth:`commit` (an exception) discards what was
     written and leaves the destination untouched.
 

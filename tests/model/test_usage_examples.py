@@ -4,8 +4,7 @@ Each example is the text of the Hugging Face model documentation, with two unavo
 apply to both runs alike: the checkpoint id becomes a local folder of random weights (nothing can
 be downloaded here), and the image comes from a local photograph instead of ``requests.get(url)``.
 The example runs once importing from ``transformers`` and once importing from ``clipbeam.model``;
-every
-variable it computes must agree within 1e-5.
+every variable it computes must agree within 1e-5.
 
 transformers 5 changed ``get_image_features`` / ``get_text_features`` to return an output object,
 so its run uses a two-line shim that restores the documented tensor return; ours must need none.
