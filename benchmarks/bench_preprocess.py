@@ -47,7 +47,9 @@ from benchmarks.workloads import (
     interleaved_medians,
     load_average,
 )
-from clipbeam.model.image_processing import CLIPImageProcessor, ImageSettings, process_image
+from clipbeam.model.image_processing import CLIPImageProcessor
+from clipbeam.model.image_settings import ImageSettings
+from clipbeam.model.image_transforms import process_image
 from clipbeam.transforms.images import prepare_image
 from clipbeam.transforms.prefetch import decode_pool, decode_threads, prefetch
 

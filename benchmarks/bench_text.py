@@ -7,7 +7,7 @@ tokenization, and are timed in turn within every repeat:
 
 * ``clipbeam``: ``Encoder.encode_texts``: captions sorted by token count, cut into batches, each
   batch padded to its own longest caption, and the model's products run on the real tokens alone
-  (:class:`clipbeam.model.modeling_clip.TokenPacking`);
+  (:class:`clipbeam.model.attention.TokenPacking`);
 * ``padded to the context``: batches in input order, every caption padded to 77 tokens (what
   ``padding="max_length"`` gives, and what fixed-shape exports do), every position computed;
 * ``padded to each batch's longest``: batches in input order, each padded to its longest caption

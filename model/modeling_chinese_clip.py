@@ -1,46 +1,43 @@
 """Chinese-CLIP (Yang et al. 2022) in plain PyTorch, loading Hugging Face checkpoints one to one.
 
-The image tower is CLIP's (:class:`clipbeam.model.modeling_clip.CLIPVisionModel`). The text tower
-is a
-BERT / RoBERTa-wwm-ext encoder: post-LayerNorm blocks, ``token_type_ids``, and the checkpoint
-names of BERT (``embeddings.word_embeddings``, ``encoder.layer.N.attention.self.query``,
-``attention.output.dense``, ``intermediate.dense``, ``output.LayerNorm``, ``pooler.dense``).
+The image tower is CLIP's (:class:`clipbeam.model.modeling_clip.CLIPVisionModel`). The text
+tower is a BERT / RoBERTa-wwm-ext encoder: post-LayerNorm blocks, ``token_type_ids``, and the
+checkpoint names of BERT (``embeddings.word_embeddings``, ``encoder.layer.N.attention.self.query``,
+``attention.output.dense``, ``intermediate.dense``, ``output.LayerNorm``, ``pooler.dense``). Its
+layers run the attention and layer loop shared with CLIP (:mod:`clipbeam.model.attention`,
+:func:`clipbeam.model.layers.run_layers`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from .attention import TokenPacking, mask_to_bias, self_attention, take_rows
 from .configuration import ChineseCLIPConfig, ChineseCLIPTextConfig, ChineseCLIPVisionConfig
 from .kernels import get_activation, linear
+from .layers import run_layers
 from .loading import PreTrainedModel
 from .modeling_clip import (
-    BaseModelOutputWithPooling,
     CLIPModel,
     CLIPVisionModel,
-    ModelOutput,
-    TokenPacking,
     _dual_output,
-    _flag,
     _normalize,
     _require_both,
+)
+from .modeling_outputs import (
+    BaseModelOutputWithPooling,
+    ChineseCLIPOutput,
+    _flag,
     as_requested,
-    mask_to_bias,
-    run_layers,
-    self_attention,
-    take_rows,
     wants_output_object,
 )
+from .pooling import cls_pool
 
 __all__ = [
     "ChineseCLIPModel",
-    "ChineseCLIPOutput",
     "ChineseCLIPTextModel",
     "ChineseCLIPVisionModel",
-    "cls_pool",
 ]
 
 # The family's renaming table: BERT checkpoints converted from TensorFlow name the LayerNorm
@@ -49,30 +46,6 @@ _RENAMES = (
     (r"LayerNorm\.gamma$", "LayerNorm.weight"),
     (r"LayerNorm\.beta$", "LayerNorm.bias"),
 )
-
-
-@dataclass
-class ChineseCLIPOutput(ModelOutput):
-    """Output of :class:`ChineseCLIPModel` (fields as
-    :class:`clipbeam.model.modeling_clip.CLIPOutput`)."""
-
-    loss: torch.Tensor | None = None
-    logits_per_image: torch.Tensor | None = None
-    logits_per_text: torch.Tensor | None = None
-    text_embeds: torch.Tensor | None = None
-    image_embeds: torch.Tensor | None = None
-    text_model_output: BaseModelOutputWithPooling | None = None
-    vision_model_output: BaseModelOutputWithPooling | None = None
-
-
-def cls_pool(hidden_states: torch.Tensor) -> torch.Tensor:
-    """Chinese-CLIP text pooling: the final hidden state of the first ([CLS]) token.
-
-    The full model projects this state directly; BERT's ``pooler`` (dense + tanh) is not used
-    there, only by the standalone :class:`ChineseCLIPTextModel`'s ``pooler_output``.
-    ``[B, S, D] -> [B, D]``.
-    """
-    return hidden_states[:, 0]
 
 
 def _init_bert_linear(layer: nn.Linear, std: float) -> None:
@@ -122,7 +95,7 @@ class ChineseCLIPTextEmbeddings(nn.Module):
 
 class ChineseCLIPTextSelfAttention(nn.Module):
     """BERT's query / key / value projections (computed as one product, see
-    :func:`clipbeam.model.modeling_clip.fused_projection`) and the attention itself."""
+    :func:`clipbeam.model.attention.fused_projection`) and the attention itself."""
 
     def __init__(self, config: ChineseCLIPTextConfig) -> None:
         super().__init__()
@@ -325,7 +298,7 @@ class ChineseCLIPTextModel(PreTrainedModel):
             output_hidden_states: return the embeddings and every layer's output
                 (default: ``config.output_hidden_states``).
             return_dict: False returns ``to_tuple()`` of the output (see
-                :func:`clipbeam.model.modeling_clip.as_requested`).
+                :func:`clipbeam.model.modeling_outputs.as_requested`).
             pooled_only: compute only the [CLS] position on the last layer (all that pooling
                 needs); ``last_hidden_state`` is then its ``[batch, 1, hidden]`` state.
 

@@ -111,7 +111,7 @@ def should_compile(requested: bool | None, device: str | torch.device) -> bool:
     elementwise work between products: ``benchmarks/bench_model.py`` measured 2-12% more
     throughput in float32 and none in bfloat16, for 20 s to about 3 minutes of compilation per
     process on two cores (see ``benchmarks/README.md``). Compiled text towers also run padded
-    batches as they are (packing real tokens, :class:`clipbeam.model.modeling_clip.TokenPacking`,
+    batches as they are (packing real tokens, :class:`clipbeam.model.attention.TokenPacking`,
     depends
     on the data and is left out of the graph), so on CPU the eager text tower is the faster one.
     Pass ``compile=True`` for long float32 image jobs.

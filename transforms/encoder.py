@@ -178,9 +178,9 @@ class Encoder:
             images: PIL images, loaded or only opened (fast mode then decodes JPEGs at reduced
                 scale).
             mode: the preprocessing mode, ``"exact"`` or ``"fast"`` (see
-                ``model.image_processing``).
+                ``model.image_transforms``).
         """
-        from clipbeam.model.image_processing import process_image
+        from clipbeam.model.image_transforms import process_image
 
         def batch(lo: int, hi: int) -> torch.Tensor:
             pixels = [

@@ -28,7 +28,7 @@ from clipbeam.transforms.errors import RowError
 from clipbeam.transforms.limits import DEFAULT_LIMITS, Limits, read_limited
 
 if TYPE_CHECKING:
-    from clipbeam.model.image_processing import ImageSettings
+    from clipbeam.model.image_settings import ImageSettings
 
 __all__ = [
     "WEB_IMAGE_FORMATS",
@@ -132,7 +132,7 @@ def open_image(
 
     The first half of :func:`decode_image`: the header is parsed, the format allowed and the
     pixel count checked. :func:`load_pixels` is the second half; in between, a caller may ask
-    for a reduced decoding (``model.image_processing.draft_image``).
+    for a reduced decoding (``model.image_transforms.draft_image``).
 
     Raises:
         RowError: as :func:`decode_image`, except for errors in the pixel data.
@@ -392,7 +392,7 @@ class PreparedImage:
     """One image cell made ready for the model.
 
     Attributes:
-        pixels: ``(C, H, W)`` model input, from ``model.image_processing.process_image``.
+        pixels: ``(C, H, W)`` model input, from ``model.image_transforms.process_image``.
         size: ``(width, height)`` of the image as stored (before any reduced decoding).
     """
 
@@ -420,14 +420,14 @@ def prepare_image(
         settings: the model's resolved image settings
             (``CLIPImageProcessor.resolve_settings()``).
         mode: ``"exact"`` (transformers' values) or ``"fast"`` (JPEGs decoded at reduced scale,
-            see ``model.image_processing``).
+            see ``model.image_transforms``).
         base: the folder relative paths start from.
         limits: what one image may cost (:class:`~clipbeam.transforms.limits.Limits`).
 
     Raises:
         RowError: the image is missing, empty, too large, not an image, corrupt or unreadable.
     """
-    from clipbeam.model.image_processing import draft_image, process_image
+    from clipbeam.model.image_transforms import draft_image, process_image
 
     data, what = image_bytes(value, image_format, base=base, limits=limits)
     image = open_image(data, what=what, limits=limits)

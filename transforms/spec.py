@@ -39,7 +39,7 @@ IMAGE_FORMATS = ("auto", "bytes", "hf-struct", "path")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 EMBEDDING_DTYPES = ("float32", "float16")
-# model.image_processing.PREPROCESS_MODES, repeated so that parsing a command line does not import
+# model.image_settings.PREPROCESS_MODES, repeated so that parsing a command line does not import
 # torch (a test keeps the two equal).
 PREPROCESS_MODES = ("exact", "fast")
 
@@ -90,7 +90,7 @@ class JobSpec:
         embedding_dtype: dtype embeddings are stored in.
         preprocess: ``"exact"`` (image inputs equal to transformers') or ``"fast"`` (JPEGs
             decoded at reduced scale and resized in steps: several times faster, image features
-            within about 0.995 cosine of exact mode; see ``model.image_processing``).
+            within about 0.995 cosine of exact mode; see ``model.image_transforms``).
         resume: skip work units whose output is already complete.
         min_score: filter: reject rows whose ``clip_score`` is below this.
         top_fraction: filter: keep only the best-scoring fraction of the whole dataset.

@@ -27,10 +27,8 @@ from clipbeam.model.image_processing import (
     ChineseCLIPImageProcessor,
     CLIPFeatureExtractor,
     CLIPImageProcessor,
-    center_crop,
-    process_image,
-    resize_output_size,
 )
+from clipbeam.model.image_transforms import center_crop, process_image, resize_output_size
 
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
 MEAN = [0.48145466, 0.4578275, 0.40821073]

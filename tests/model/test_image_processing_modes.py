@@ -16,14 +16,9 @@ import skimage
 import torch
 import transformers
 
-from clipbeam.model.image_processing import (
-    FAST_REDUCING_GAP,
-    PREPROCESS_MODES,
-    ChineseCLIPImageProcessor,
-    CLIPImageProcessor,
-    draft_image,
-    process_image,
-)
+from clipbeam.model.image_processing import ChineseCLIPImageProcessor, CLIPImageProcessor
+from clipbeam.model.image_settings import PREPROCESS_MODES
+from clipbeam.model.image_transforms import FAST_REDUCING_GAP, draft_image, process_image
 
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "motorcycle_left.png", "rocket.jpg")

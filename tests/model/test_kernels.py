@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from clipbeam.model import kernels
+from clipbeam.model.attention import fused_projection
 from clipbeam.model.kernels import ACTIVATIONS, get_activation, linear, quick_gelu
-from clipbeam.model.modeling_clip import fused_projection
 
 needs_onednn = pytest.mark.skipif(
     not kernels.onednn_linear_available(), reason="this torch build has no oneDNN"

@@ -14,8 +14,8 @@ from clipbeam.model.modeling_chinese_clip import (
     ChineseCLIPModel,
     ChineseCLIPTextModel,
     ChineseCLIPVisionModel,
-    cls_pool,
 )
+from clipbeam.model.pooling import cls_pool
 from tests.model.conftest import (
     CHINESE_VARIANTS,
     INIT_SETTINGS,

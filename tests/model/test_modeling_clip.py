@@ -10,15 +10,15 @@ import torch
 import transformers
 
 from clipbeam.model.configuration import CLIPConfig, CLIPTextConfig
+from clipbeam.model.kernels import get_activation
 from clipbeam.model.modeling_clip import (
     CLIPModel,
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPVisionModel,
     CLIPVisionModelWithProjection,
-    eos_pool,
-    get_activation,
 )
+from clipbeam.model.pooling import eos_pool
 from tests.model.conftest import (
     CLIP_VARIANTS,
     EOS,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from clipbeam.model.attention import TokenPacking, take_rows
 from clipbeam.model.configuration import ChineseCLIPConfig, CLIPConfig
 from clipbeam.model.modeling_chinese_clip import ChineseCLIPModel
-from clipbeam.model.modeling_clip import CLIPModel, TokenPacking, take_rows
+from clipbeam.model.modeling_clip import CLIPModel
 
 SMALL = {"hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4}
 VISION = {**SMALL, "num_hidden_layers": 2, "image_size": 32, "patch_size": 8}
@@ -154,7 +155,7 @@ def test_feed_forward_residual_folds_the_quick_gelu_scale(monkeypatch):
     """Inference folds quick_gelu's 1.702 into the LayerNorm and biases (one in-place silu);
     the result is the plain block's, and the plain activation is what training runs."""
     from clipbeam.model import kernels
-    from clipbeam.model.modeling_clip import CLIPEncoderLayer
+    from clipbeam.model.layers import CLIPEncoderLayer
 
     torch.manual_seed(0)
     layer = CLIPEncoderLayer(CLIPConfig(vision_config=VISION).vision_config)
@@ -182,7 +183,7 @@ def test_feed_forward_residual_folds_the_quick_gelu_scale(monkeypatch):
 def test_attention_from_rows_needs_no_keys_or_values(dropout_p):
     """The pooled row's attention, computed from W_k^T q and sum_j p_j x_j, is the attention of
     the explicit keys and values (with the same dropout mask on the probabilities)."""
-    from clipbeam.model.modeling_clip import attend_from_rows, mask_to_bias
+    from clipbeam.model.attention import attend_from_rows, mask_to_bias
 
     torch.manual_seed(0)
     batch, seq, width, heads = 3, 6, 32, 4

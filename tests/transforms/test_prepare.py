@@ -9,7 +9,9 @@ import PIL.Image
 import pytest
 import skimage.data
 
-from clipbeam.model.image_processing import PREPROCESS_MODES, CLIPImageProcessor, process_image
+from clipbeam.model.image_processing import CLIPImageProcessor
+from clipbeam.model.image_settings import PREPROCESS_MODES
+from clipbeam.model.image_transforms import process_image
 from clipbeam.transforms.errors import RowError
 from clipbeam.transforms.images import decode_image, prepare_image
 from clipbeam.transforms.spec import PREPROCESS_MODES as SPEC_MODES
