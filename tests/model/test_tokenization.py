@@ -1,4 +1,4 @@
-"""Parity of model.tokenization with transformers' CLIPTokenizer and BertTokenizer.
+"""Parity of model.tokenization_clip and model.tokenization_bert with transformers' tokenizers.
 
 The references are built from the same real vocabularies (OpenAI's BPE merges and the Chinese
 RoBERTa-wwm-ext WordPiece vocabulary bundled in model/data), written here in the hub layouts,
@@ -20,13 +20,8 @@ import torch
 import transformers
 
 from clipbeam.model.hub import CheckpointError, CheckpointNotFoundError
-from clipbeam.model.tokenization import (
-    BertTokenizer,
-    BertTokenizerFast,
-    CLIPTokenizer,
-    CLIPTokenizerFast,
-    load_openai_bpe,
-)
+from clipbeam.model.tokenization_bert import BertTokenizer, BertTokenizerFast
+from clipbeam.model.tokenization_clip import CLIPTokenizer, CLIPTokenizerFast, load_openai_bpe
 
 DATA = Path(__file__).resolve().parents[2] / "model" / "data"
 BPE_FILE = DATA / "bpe_simple_vocab_16e6.txt.gz"
@@ -849,6 +844,6 @@ def test_empty_batch(clip, bert):
 def test_too_long_input_warns(clip, caplog):
     fresh = pickle.loads(pickle.dumps(clip))
     fresh._warned.clear()
-    with caplog.at_level("WARNING", logger="clipbeam.model.tokenization"):
+    with caplog.at_level("WARNING", logger="clipbeam.model.tokenization_utils"):
         fresh("word " * 100)
     assert "truncation=True" in caplog.text
