@@ -1,8 +1,8 @@
 """BERT's WordPiece tokenizer, ``BertTokenizer``, as Chinese-CLIP uses it, and its vocab.txt.
 
 ``BertTokenizer`` has the API of the transformers 5 class of that name and gives the same ids and
-token type ids (``tests/model/test_tokenization.py`` checks it); ``BertTokenizerFast`` is the same
-class under its older name. The shared encoding, loading and saving are in
+token type ids (``tests/model/test_tokenization_bert.py`` checks it); ``BertTokenizerFast`` is
+the same class under its older name. The shared encoding, loading and saving are in
 :mod:`~clipbeam.model.tokenization_utils`. Unlike transformers, a constructor without a
 vocabulary raises.
 """

@@ -1,7 +1,7 @@
 """CLIP's tokenizer, ``CLIPTokenizer``: byte-level BPE, and OpenAI's vocabulary files.
 
 ``CLIPTokenizer`` has the API of the transformers 5 class of that name and gives the same ids
-(``tests/model/test_tokenization.py`` checks it); ``CLIPTokenizerFast`` is the same class under
+(``tests/model/test_tokenization_clip.py`` checks it); ``CLIPTokenizerFast`` is the same class under
 its older name. The shared encoding, loading and saving are in
 :mod:`~clipbeam.model.tokenization_utils`.
 

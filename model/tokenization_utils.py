@@ -10,7 +10,7 @@ each in its own module::
 
 Both tokenizers have the API of the transformers 5 classes of the same names (``__call__``,
 ``encode``, ``decode``, ``from_pretrained``, ``save_pretrained``...) and give the same token ids,
-attention masks and token type ids; ``tests/model/test_tokenization.py`` checks that against
+attention masks and token type ids; ``tests/model/test_tokenization_utils.py`` checks that against
 transformers on several hundred strings.
 
 Behaviour, as in transformers 5.23:
