@@ -34,10 +34,10 @@ _EXPORTS: dict[str, str] = {
     "model_type_of": "auto",
     "weights_fingerprint": "auto",
     # tokenizers
-    "CLIPTokenizer": "tokenization",
-    "CLIPTokenizerFast": "tokenization",
-    "BertTokenizer": "tokenization",
-    "BertTokenizerFast": "tokenization",
+    "CLIPTokenizer": "tokenization_clip",
+    "CLIPTokenizerFast": "tokenization_clip",
+    "BertTokenizer": "tokenization_bert",
+    "BertTokenizerFast": "tokenization_bert",
     # image processors
     "CLIPImageProcessor": "image_processing",
     "CLIPFeatureExtractor": "image_processing",

@@ -22,7 +22,8 @@ from .batch import BatchFeature
 from .configuration import read_config_dict
 from .hub import CheckpointError
 from .image_processing import PREPROCESS_OPTIONS, ChineseCLIPImageProcessor, CLIPImageProcessor
-from .tokenization import BertTokenizer, CLIPTokenizer
+from .tokenization_bert import BertTokenizer
+from .tokenization_clip import CLIPTokenizer
 
 __all__ = ["CLIPProcessor", "ChineseCLIPProcessor", "load_processor"]
 

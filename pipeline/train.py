@@ -92,7 +92,7 @@ def build_clip_bpe(texts: Iterable[str]) -> tuple[dict[str, int], list[tuple[str
     from tokenizers import Tokenizer, trainers
     from tokenizers.models import BPE
 
-    from clipbeam.model.tokenization import CLIPTokenizer, bytes_to_unicode
+    from clipbeam.model.tokenization_clip import CLIPTokenizer, bytes_to_unicode
 
     specials = ("<|startoftext|>", "<|endoftext|>")
     # A throwaway tokenizer lends its normalizer and word split: one definition of both.

@@ -7,5 +7,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
-# Shared fixtures: tiny random checkpoints of both families, and the GCS emulator on loopback.
-pytest_plugins = ["tests.checkpoints", "tests.gcs"]
+# Shared fixtures: tiny random checkpoints of both families, the GCS emulator on loopback, and
+# the tokenizer tests' references (corpus, hub layouts, transformers' tokenizers).
+pytest_plugins = ["tests.checkpoints", "tests.gcs", "tests.model.tokenizer_references"]

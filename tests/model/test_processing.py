@@ -22,7 +22,8 @@ from clipbeam.model.batch import BatchFeature
 from clipbeam.model.hub import CheckpointError, CheckpointNotFoundError
 from clipbeam.model.image_processing import ChineseCLIPImageProcessor, CLIPImageProcessor
 from clipbeam.model.processing import ChineseCLIPProcessor, CLIPProcessor, load_processor
-from clipbeam.model.tokenization import BertTokenizer, CLIPTokenizer
+from clipbeam.model.tokenization_bert import BertTokenizer
+from clipbeam.model.tokenization_clip import CLIPTokenizer
 
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
 MEAN = [0.48145466, 0.4578275, 0.40821073]
