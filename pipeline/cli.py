@@ -19,7 +19,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
-from clipbeam.pipeline.options import LaunchError, parse_args
+from clipbeam.pipeline.arguments import parse_args
+from clipbeam.pipeline.options import LaunchError
 from clipbeam.pipeline.validate import JOB_FILE, job_record, validate
 from clipbeam.transforms.spec import JobSpec
 
