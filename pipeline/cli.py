@@ -30,7 +30,7 @@ _log = logging.getLogger("clipbeam")
 
 # Subcommands that are not Beam jobs: command -> module whose ``main(argv) -> int`` runs it.
 _TOOLS = {
-    "demo": "clipbeam.pipeline.demo",
+    "demo": "clipbeam.pipeline.demo.command",
     "report": "clipbeam.pipeline.report",
     "train": "clipbeam.pipeline.train",
 }
