@@ -19,7 +19,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
-from clipbeam.pipeline.options import LaunchError, parse_args
+from clipbeam.pipeline.arguments import parse_args
+from clipbeam.pipeline.options import LaunchError
 from clipbeam.pipeline.validate import JOB_FILE, job_record, validate
 from clipbeam.transforms.spec import JobSpec
 
@@ -29,7 +30,7 @@ _log = logging.getLogger("clipbeam")
 
 # Subcommands that are not Beam jobs: command -> module whose ``main(argv) -> int`` runs it.
 _TOOLS = {
-    "demo": "clipbeam.pipeline.demo",
+    "demo": "clipbeam.pipeline.demo.command",
     "report": "clipbeam.pipeline.report",
     "train": "clipbeam.pipeline.train",
 }

@@ -1,26 +1,18 @@
-"""The command line of the clipbeam jobs: subcommands, their options, and what they turn into.
+"""The ``clipbeam`` argument parser: one subcommand per job, every option, its help and value type.
 
 Every clipbeam option is accepted spelled with dashes (``--image-column``) and with underscores
 (``--image_column``), so a Dataflow Flex Template, whose parameters are identifiers, can pass it.
-Arguments clipbeam does not define are Beam pipeline options (``--runner``,
-``--direct_num_workers``, ``--temp_location``...); an argument that is neither is an error, not a
-warning, so a typo such as ``--min-scor`` cannot silently change what a job keeps.
-
-Parsing never prints or exits (except ``--help``): problems raise :class:`LaunchError`, which
-:func:`clipbeam.pipeline.cli.main` prints as one line. That includes Beam's options: they are
-parsed here
-with Beam's own parser, so a value Beam refuses (``--direct_num_workers abc``, ``--runner`` without
-a name, an unknown runner) is one message naming the option, not Beam's usage and exit.
+The parser never prints or exits (except ``--help``): problems raise :class:`LaunchError`, which
+:func:`clipbeam.pipeline.cli.main` prints as one line. The help texts are also the Flex
+Template's parameter help (``templates/metadata.json``). From a parsed command line to a job:
+:mod:`clipbeam.pipeline.arguments`.
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
 import math
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from clipbeam.transforms.limits import (
@@ -38,17 +30,14 @@ from clipbeam.transforms.spec import (
     IMAGE_FORMATS,
     KINDS,
     PREPROCESS_MODES,
-    JobSpec,
 )
 
 __all__ = [
+    "DEFAULT_TEMPLATE",
     "JOB_KINDS",
     "NONE",
     "LaunchError",
-    "ParsedArgs",
     "build_parser",
-    "parse_args",
-    "runner_name",
 ]
 
 JOB_KINDS: tuple[str, ...] = KINDS
@@ -56,7 +45,8 @@ JOB_KINDS: tuple[str, ...] = KINDS
 # The column value that means "this dataset has no such column" (text-only / image-only embed).
 NONE = "none"
 
-_DEFAULT_TEMPLATE = "a photo of a {}."
+# The prompt of --template when none is given (classify's labels, filter's concepts).
+DEFAULT_TEMPLATE = "a photo of a {}."
 
 _JOB_HELP = {
     "embed": "L2-normalized image and/or text embeddings -> OUTPUT/embeddings/",
@@ -76,25 +66,6 @@ class LaunchError(Exception):
 
     def __init__(self, message: str):
         super().__init__(redact(message))
-
-
-@dataclass(frozen=True)
-class ParsedArgs:
-    """The parsed command line.
-
-    Attributes:
-        command: the subcommand (a job kind for the jobs).
-        inputs: the ``--input`` patterns, in the order given.
-        spec: the job's specification (``None`` for a non-job subcommand).
-        beam_args: the arguments left for Beam's ``PipelineOptions``.
-        labels_file: the ``--labels-file`` path, if labels were read from one.
-    """
-
-    command: str
-    inputs: tuple[str, ...]
-    spec: JobSpec | None
-    beam_args: tuple[str, ...]
-    labels_file: str | None = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -512,7 +483,7 @@ def _add_templates(group: Any, what: str) -> None:
         default=None,
         metavar="TEMPLATE",
         help=f"prompt template with one {{}} for the {what}; repeat to average several "
-        f"(default: {_DEFAULT_TEMPLATE!r})",
+        f"(default: {DEFAULT_TEMPLATE!r})",
     )
 
 
@@ -549,313 +520,3 @@ def build_parser(prog: str = "clipbeam") -> argparse.ArgumentParser:
         elif kind == "classify":
             _add_classify(sub)
     return parser
-
-
-# -- from arguments to a job -----------------------------------------------------------------------
-
-
-def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = None) -> ParsedArgs:
-    """Parses a clipbeam command line.
-
-    Args:
-        argv: the arguments after the program name.
-        read_text: reads a ``--labels-file`` (defaults to the storage layer, so gs:// works).
-
-    Returns:
-        The subcommand, the job's :class:`JobSpec` and the arguments left for Beam.
-
-    Raises:
-        LaunchError: unknown or malformed arguments, or options that conflict.
-    """
-    parser = build_parser()
-    namespace, extras = parser.parse_known_args(list(argv))
-    command = namespace.command
-    _check_beam_args(extras, parser, command)
-    args = vars(namespace)
-
-    labels = list(args.get("labels") or [])
-    labels_file = args.get("labels_file")
-    if command == "classify":
-        if labels and labels_file:
-            raise LaunchError("pass --labels or --labels-file, not both")
-        if labels_file:
-            labels = _read_labels(labels_file, read_text)
-        if not labels:
-            raise LaunchError(
-                "classify needs candidate labels: pass --labels 'cat,dog' or --labels-file FILE"
-            )
-    _check_names("--labels-file" if labels_file else "--labels", labels)
-    _check_names("--keep-columns", args["keep_columns"])
-    _check_names("--reject-concepts", args.get("reject_concepts") or [])
-    _check_names("--allowed-url-schemes", args["allowed_url_schemes"])
-
-    if command == "filter":
-        _check_filter(args)
-
-    templates = args.get("template") or [_DEFAULT_TEMPLATE]
-    for template in templates:
-        if template.count("{}") != 1:
-            raise LaunchError(
-                f"--template {template!r} must contain exactly one '{{}}' where the "
-                f"{'label' if command == 'classify' else 'concept'} goes, "
-                f"e.g. {_DEFAULT_TEMPLATE!r}"
-            )
-
-    options = _recorded_options(args)
-    try:
-        spec = JobSpec(
-            kind=command,
-            model=args["model"],
-            output=args["output"].rstrip("/") or args["output"],
-            image_column=args["image_column"],
-            text_column=args["text_column"],
-            id_column=args["id_column"],
-            image_format=args["image_format"],
-            keep_columns=tuple(args["keep_columns"]),
-            batch_size=args["batch_size"],
-            device=args["device"],
-            dtype=args["dtype"],
-            compile=args["compile"],
-            embedding_dtype=args["embedding_dtype"],
-            preprocess=args["preprocess"],
-            resume=args["resume"],
-            min_score=args.get("min_score"),
-            top_fraction=args.get("top_fraction"),
-            min_image_side=args.get("min_image_side"),
-            max_aspect_ratio=args.get("max_aspect_ratio"),
-            min_text_chars=args.get("min_text_chars"),
-            reject_concepts=tuple(args.get("reject_concepts") or ()),
-            concept_threshold=args.get("concept_threshold"),
-            labels=tuple(labels),
-            templates=tuple(templates),
-            top_k=args.get("top_k") or 5,
-            http_timeout=args["http_timeout"],
-            max_image_pixels=args["max_image_pixels"],
-            max_image_bytes=args["max_image_bytes"],
-            max_text_chars=args["max_text_chars"],
-            allowed_url_schemes=tuple(args["allowed_url_schemes"] or DEFAULT_URL_SCHEMES),
-            options=options,
-        )
-    except ValueError as exc:
-        raise LaunchError(str(exc)) from None
-    return ParsedArgs(
-        command=command,
-        inputs=tuple(args["input"]),
-        spec=spec,
-        beam_args=tuple(extras),
-        labels_file=labels_file,
-    )
-
-
-def _check_filter(args: dict[str, Any]) -> None:
-    if args["min_score"] is not None and args["top_fraction"] is not None:
-        raise LaunchError(
-            "pass --min-score or --top-fraction, not both: --min-score keeps pairs above a fixed "
-            "similarity, --top-fraction keeps the best fraction of the dataset"
-        )
-    if args["reject_concepts"] and args["concept_threshold"] is None:
-        raise LaunchError(
-            "--reject-concepts needs --concept-threshold T, the image-concept cosine similarity "
-            "at or above which an image is rejected (it depends on the model: look at the "
-            "scores of a few known images first)"
-        )
-    if args["concept_threshold"] is not None and not args["reject_concepts"]:
-        raise LaunchError("--concept-threshold is set but --reject-concepts is not")
-    if args["template"] and not args["reject_concepts"]:
-        raise LaunchError("--template only applies to --reject-concepts in filter")
-    rules = ("min_score", "top_fraction", "min_image_side", "max_aspect_ratio", "min_text_chars")
-    if all(args[r] is None for r in rules) and not args["reject_concepts"]:
-        raise LaunchError(
-            "filter needs at least one rule: --min-score, --top-fraction, --min-image-side, "
-            "--max-aspect-ratio, --min-text-chars or --reject-concepts"
-        )
-
-
-def _check_names(option: str, names: Sequence[str]) -> None:
-    if any(not name for name in names):
-        raise LaunchError(f"{option} holds an empty name: {','.join(names)!r}")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise LaunchError(f"{option} repeats {', '.join(duplicates)}")
-
-
-def _read_labels(path: str, read_text: Callable[[str], str] | None) -> list[str]:
-    if read_text is None:
-        from clipbeam.transforms import storage
-
-        def read_text(p: str) -> str:
-            return storage.read_bytes(p).decode("utf-8")
-
-    try:
-        text = read_text(path)
-    except FileNotFoundError:
-        raise LaunchError(f"--labels-file {path} does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise LaunchError(f"--labels-file {path} is not UTF-8 text ({exc.reason})") from None
-    except OSError as exc:
-        raise LaunchError(f"cannot read --labels-file {path}: {exc}") from None
-    labels = [line.strip() for line in text.splitlines() if line.strip()]
-    if not labels:
-        raise LaunchError(f"--labels-file {path} holds no labels (expected one per line)")
-    return labels
-
-
-def _recorded_options(args: dict[str, Any]) -> dict[str, Any]:
-    """The clipbeam options as given, JSON-serializable, for output metadata and summary.json."""
-    recorded = {}
-    for key, value in sorted(args.items()):
-        if isinstance(value, tuple):
-            value = list(value)
-        recorded[key] = value
-    return recorded
-
-
-def _check_beam_args(extras: list[str], parser: argparse.ArgumentParser, command: str) -> None:
-    """Fails on arguments that are neither clipbeam's nor Beam's (typos must not be ignored), and
-    on Beam options whose value Beam would refuse.
-
-    Beam itself only logs "Discarding unparseable args"; this collects Beam's options the way
-    ``PipelineOptions.get_all_options`` does and turns a leftover into an error with a hint. A
-    value Beam's parser refuses (``--direct_num_workers abc``) would make Beam print its whole
-    usage and exit; here it is one :class:`LaunchError` naming the option, the value and what
-    the option takes.
-    """
-    if not extras:
-        return
-    beam_parser = _beam_parser()
-    try:
-        beam_namespace, unknown = beam_parser.parse_known_args(extras)
-    except argparse.ArgumentError as exc:
-        raise _beam_value_error(exc, beam_parser, extras) from None
-    except (TypeError, ValueError) as exc:
-        # A few of Beam's options check their value in a custom action, not through argparse.
-        raise LaunchError(
-            f"a Beam pipeline option in {' '.join(extras)!r} has a value Beam cannot take: {exc}"
-        ) from None
-    if unknown:
-        _unknown_argument_error(unknown, parser, beam_parser, command)
-    runner_name(getattr(beam_namespace, "runner", None))  # raises for a runner Beam does not know
-
-
-def _unknown_argument_error(
-    unknown: list[str],
-    parser: argparse.ArgumentParser,
-    beam_parser: argparse.ArgumentParser,
-    command: str,
-) -> NoReturn:
-    flags = [a for a in unknown if a.startswith("-")]
-    if not flags:
-        raise LaunchError(
-            f"unexpected argument {unknown[0]!r} (options take the form --name value; quote "
-            "globs so the shell does not expand them)"
-        )
-    jobs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    name = flags[0].split("=", 1)[0]
-    owners = [job for job, p in jobs.items() for a in p._actions if name in a.option_strings]
-    if owners:
-        raise LaunchError(f"{name} is an option of clipbeam {' and '.join(owners)}, not {command}")
-    known = [s for p in (beam_parser, jobs[command]) for a in p._actions for s in a.option_strings]
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    raise LaunchError(
-        f"unknown option {name} for clipbeam {command}: it is neither a clipbeam option nor a "
-        f"Beam pipeline option{hint}"
-    )
-
-
-def _beam_parser() -> argparse.ArgumentParser:
-    """Beam's own option parser, raising ``argparse.ArgumentError`` instead of exiting."""
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
-
-    class BeamParser(_BeamArgumentParser):
-        def error(self, message: str) -> NoReturn:
-            # Reached for problems argparse does not tie to one option (exit_on_error=False
-            # lets the others through as ArgumentError).
-            raise LaunchError(f"Beam pipeline options: {message}")
-
-    beam_parser = BeamParser(allow_abbrev=False, add_help=False, exit_on_error=False)
-    # Beam may see an options class twice (e.g. re-imported in __main__); register each once.
-    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
-    for cls in classes.values():
-        cls._add_argparse_args(beam_parser)
-    return beam_parser
-
-
-# argparse's messages for a refused value: "invalid int value: 'abc'", "invalid choice: 'x' (...".
-_REFUSED_VALUE = re.compile(r"^invalid (?:choice|\S+ value): (.+?)(?: \(choose from .*)?$")
-_IGNORED_VALUE = re.compile(r"^ignored explicit argument (.*)$")
-_EXPECTED_BY_TYPE = {"int": "an integer", "float": "a number", "loads": "a JSON value"}
-
-
-def _beam_value_error(
-    exc: argparse.ArgumentError, beam_parser: argparse.ArgumentParser, extras: Sequence[str]
-) -> LaunchError:
-    """One message for a Beam option whose value argparse refused: option, value, expectation."""
-    action = next(
-        (a for a in beam_parser._actions if "/".join(a.option_strings) == exc.argument_name),
-        None,
-    )
-    if action is None:
-        return LaunchError(f"Beam pipeline option {exc.argument_name}: {exc.message}")
-    # Name the option as it was typed (Beam accepts --experiment and --experiments...).
-    typed = {a.split("=", 1)[0] for a in extras}
-    name = next((s for s in action.option_strings if s in typed), action.option_strings[0])
-    type_name = getattr(action.type, "__name__", None)
-    if action.choices is not None:
-        expected = f"one of {', '.join(str(c) for c in action.choices)}"
-    elif action.dest == "runner":
-        expected = "a runner name such as DirectRunner or DataflowRunner"
-    elif type_name is None:
-        expected = "a value"
-    else:
-        expected = _EXPECTED_BY_TYPE.get(type_name, f"a value of type {type_name}")
-    refused = _REFUSED_VALUE.match(exc.message)
-    if refused:
-        return LaunchError(f"Beam pipeline option {name} takes {expected}, got {refused.group(1)}")
-    ignored = _IGNORED_VALUE.match(exc.message)
-    if ignored:
-        return LaunchError(
-            f"Beam pipeline option {name} is an on/off flag and takes no value, got "
-            f"{ignored.group(1)}: pass {name} alone to turn it on, leave it out to keep it off"
-        )
-    if exc.message.startswith("expected "):
-        return LaunchError(
-            f"Beam pipeline option {name} is given without a value: it takes {expected} "
-            f"({name} VALUE or {name}=VALUE)"
-        )
-    return LaunchError(f"Beam pipeline option {name}: {exc.message}")
-
-
-def runner_name(runner: str | None) -> str:
-    """The class name of the Beam runner that ``--runner`` selects, resolved as Beam does.
-
-    Beam accepts a runner's class name in any case and with or without its ``Runner`` suffix
-    (``dataflow``, ``DataflowRunner``), or the dotted path of a runner class.
-
-    Args:
-        runner: the ``--runner`` value; ``None`` for Beam's default.
-
-    Returns:
-        The runner's class name, e.g. ``"DataflowRunner"`` (``"DirectRunner"`` for ``None``).
-
-    Raises:
-        LaunchError: a name that is neither a runner Beam knows nor a dotted path.
-    """
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    if runner is None:
-        return StandardOptions.DEFAULT_RUNNER
-    try:
-        # What apache_beam.runners.runner.create_runner resolves names with.
-        from apache_beam.runners.runner import _RUNNER_MAP as known
-    except ImportError:
-        known = {name.lower(): name for name in StandardOptions.KNOWN_RUNNER_NAMES}
-    key = runner.strip().lower()
-    path = known.get(key, known.get(key + "runner", runner))
-    if "." not in path and path not in StandardOptions.KNOWN_RUNNER_NAMES:
-        raise LaunchError(
-            f"Beam pipeline option --runner takes a runner name such as DirectRunner or "
-            f"DataflowRunner (one of {', '.join(StandardOptions.KNOWN_RUNNER_NAMES)}) or the "
-            f"dotted path of a PipelineRunner subclass, got {runner!r}"
-        )
-    return path.rsplit(".", 1)[-1]

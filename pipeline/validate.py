@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipbeam.pipeline.options import NONE, LaunchError, runner_name
+from clipbeam.pipeline.beam_options import runner_name
+from clipbeam.pipeline.options import NONE, LaunchError
 from clipbeam.transforms.limits import DEFAULT_URL_SCHEMES, LOCAL_SCHEME
 from clipbeam.transforms.spec import JobSpec
 from clipbeam.transforms.units import WorkUnit

@@ -172,7 +172,7 @@ def check_remote(parsed: Any) -> None:
     container holds none of the user's files).
 
     Args:
-        parsed: the :class:`clipbeam.pipeline.options.ParsedArgs` of the job.
+        parsed: the :class:`clipbeam.pipeline.arguments.ParsedArgs` of the job.
 
     Raises:
         LaunchError: the input, output, model or labels file is a local path (or a file:// URL).
@@ -204,8 +204,8 @@ def launch(argv: Sequence[str]) -> Any:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from clipbeam.pipeline.arguments import parse_args
     from clipbeam.pipeline.cli import run
-    from clipbeam.pipeline.options import parse_args
 
     call = translate(argv)
     parsed = parse_args(call.command)

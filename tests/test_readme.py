@@ -23,7 +23,7 @@ def _examples() -> list[str]:
 
 @pytest.fixture(scope="module")
 def demo_folder(tmp_path_factory) -> Path:
-    from clipbeam.pipeline.demo import run_demo
+    from clipbeam.pipeline.demo.command import run_demo
 
     folder = tmp_path_factory.mktemp("readme")
     run_demo(["--output", str(folder / "demo-output"), "--rows", "60"], quiet=True)

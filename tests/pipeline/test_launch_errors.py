@@ -177,7 +177,7 @@ def test_output_holds_an_earlier_run(capsys, tmp_path, dataset, clip_checkpoint)
 
 
 def test_resume_of_a_different_job(capsys, tmp_path, dataset, clip_checkpoint):
-    from clipbeam.pipeline.options import parse_args
+    from clipbeam.pipeline.arguments import parse_args
     from clipbeam.pipeline.validate import JOB_FILE, job_record
 
     out = tmp_path / "o"
@@ -310,7 +310,7 @@ def test_dataflow_refuses_a_model_workers_cannot_fetch(capsys, model):
 def test_check_remote_accepts_urls_bundled_models_and_a_local_labels_file(tmp_path):
     """A labels file is read on the launcher and its labels travel in the job: a direct run may
     read it from the launcher's disk (the template launcher has no user files, and refuses it)."""
-    from clipbeam.pipeline.options import parse_args
+    from clipbeam.pipeline.arguments import parse_args
     from clipbeam.pipeline.validate import check_remote
 
     labels = tmp_path / "labels.txt"
@@ -347,7 +347,7 @@ def test_check_remote_accepts_urls_bundled_models_and_a_local_labels_file(tmp_pa
     ],
 )
 def test_local_image_paths_are_refused_on_dataflow_unless_allowed(runner, given, schemes):
-    from clipbeam.pipeline.options import parse_args
+    from clipbeam.pipeline.arguments import parse_args
     from clipbeam.pipeline.validate import for_runner
 
     parsed = parse_args(job("score", "gs://b/in", "gs://b/out", "demo-clip", *given))

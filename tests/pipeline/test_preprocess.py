@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from clipbeam.pipeline.options import JOB_KINDS, LaunchError, parse_args
+from clipbeam.pipeline.arguments import parse_args
+from clipbeam.pipeline.options import JOB_KINDS, LaunchError
 from tests.datasets import build_dataset
 from tests.pipeline.jobtools import ids, join, run_job
 

@@ -148,7 +148,7 @@ def test_a_torchscript_archive_is_refused(capsys, tmp_path, dataset, clip_checkp
 
 
 def test_remote_code_in_a_checkpoint_is_never_imported(tmp_path, clip_checkpoint):
-    from clipbeam.pipeline.options import parse_args
+    from clipbeam.pipeline.arguments import parse_args
     from clipbeam.pipeline.validate import check_model
 
     model = tmp_path / "remote-code"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipbeam.pipeline.options import LaunchError, parse_args
+from clipbeam.pipeline.arguments import parse_args
+from clipbeam.pipeline.options import LaunchError
 from clipbeam.transforms.errors import RowError
 from clipbeam.transforms.images import decode_image, load_image
 from clipbeam.transforms.limits import DEFAULT_LIMITS, Limits, check_caption, read_limited

@@ -13,7 +13,8 @@ from apache_beam.internal import pickler
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from clipbeam.pipeline.options import LaunchError, parse_args
+from clipbeam.pipeline.arguments import parse_args
+from clipbeam.pipeline.options import LaunchError
 from clipbeam.transforms import storage
 from clipbeam.transforms.process import UnitDoFn
 from templates import launcher

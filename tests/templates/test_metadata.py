@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from clipbeam.pipeline.options import JOB_KINDS, LaunchError, build_parser, parse_args
+from clipbeam.pipeline.arguments import parse_args
+from clipbeam.pipeline.options import JOB_KINDS, LaunchError, build_parser
 from templates import launcher
 
 METADATA_PATH = Path(launcher.__file__).with_name("metadata.json")

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from clipbeam.model import runtime
-from clipbeam.pipeline.options import parse_args
+from clipbeam.pipeline.arguments import parse_args
 from clipbeam.transforms.encoder import Encoder, acquire_encoder
 
 BASE = ["--input", "data/*.parquet", "--output", "out", "--model", "ckpt"]

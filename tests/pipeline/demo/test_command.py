@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from clipbeam.pipeline.demo import MARKER_FILE, main, run_demo
+from clipbeam.pipeline.demo.command import MARKER_FILE, main, run_demo
 
 
 @pytest.mark.parametrize("model", ["demo-clip", "demo-chinese-clip"])
@@ -74,7 +74,7 @@ def test_bundled_models_run_embed_and_classify(model: str, language: str, tmp_pa
 
     from clipbeam.model import ChineseCLIPConfig, CLIPConfig
     from clipbeam.model.hub import resolve_source
-    from clipbeam.pipeline.scenes import class_labels, class_prompt, write_scenes
+    from clipbeam.pipeline.demo.scenes import class_labels, class_prompt, write_scenes
     from tests.pipeline.jobtools import run_job
 
     # A seed neither training (1), calibration (3) nor the other tests here use.

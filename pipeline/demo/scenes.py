@@ -11,7 +11,7 @@ Generation is deterministic: row ``i`` of seed ``s`` is the same image and capti
 number of rows, so a small file is a prefix of a large one (only the choice of mismatched rows
 depends on the row count)::
 
-    python -m clipbeam.pipeline.scenes --rows 2000 --mismatch-fraction 0.1 --out scenes.parquet
+    python -m clipbeam.pipeline.demo.scenes --rows 2000 --mismatch-fraction 0.1 --out scenes.parquet
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ SCHEMA = pa.schema(
         pa.field("positions", pa.list_(pa.string()), nullable=False),
         pa.field("background", pa.string(), nullable=False),
     ],
-    metadata={"clipbeam.scenes.description": "synthetic shape scenes, see pipeline/scenes.py"},
+    metadata={"clipbeam.scenes.description": "synthetic shape scenes, see pipeline/demo/scenes.py"},
 )
 
 
@@ -557,9 +557,9 @@ def _check_range(name: str, value: float, low: float, high: float | None) -> Non
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m clipbeam.pipeline.scenes --rows N --out FILE.parquet``."""
+    """Command line: ``python -m clipbeam.pipeline.demo.scenes --rows N --out FILE.parquet``."""
     parser = argparse.ArgumentParser(
-        prog="python -m clipbeam.pipeline.scenes",
+        prog="python -m clipbeam.pipeline.demo.scenes",
         description="Write a Parquet dataset of synthetic shape scenes with English and Chinese "
         "captions, some deliberately mismatched (truth kept in the columns).",
     )

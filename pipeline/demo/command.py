@@ -1,9 +1,9 @@
 """``clipbeam demo``: the whole product in one offline command, on data whose answers are known.
 
-It generates image-caption pairs of simple scenes (:mod:`clipbeam.pipeline.scenes`), a tenth of
-them with
-a deliberately wrong caption, then runs the real ``score`` and ``filter`` jobs on Beam's
-DirectRunner with a bundled demo model, and compares what the filter rejected with the truth::
+It generates image-caption pairs of simple scenes (:mod:`clipbeam.pipeline.demo.scenes`), a
+tenth of them with a deliberately wrong caption, then runs the real ``score`` and ``filter`` jobs
+on Beam's DirectRunner with a bundled demo model, and compares what the filter rejected with the
+truth::
 
     clipbeam demo --output demo-output
     clipbeam demo --model demo-chinese-clip --output demo-output-zh   # Chinese captions
@@ -117,8 +117,8 @@ def run_demo(argv: Sequence[str] | None = None, *, quiet: bool = False) -> DemoR
 
     from clipbeam.model.hub import CheckpointError, resolve_source
     from clipbeam.pipeline.cli import run
-    from clipbeam.pipeline.scenes import write_scenes
-    from clipbeam.pipeline.train import CALIBRATION_FILE
+    from clipbeam.pipeline.demo.recipes import CALIBRATION_FILE
+    from clipbeam.pipeline.demo.scenes import write_scenes
 
     parser = _parser()
     args = parser.parse_args(argv)

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from clipbeam.pipeline import scenes
-from clipbeam.pipeline.scenes import (
+from clipbeam.pipeline.demo import scenes
+from clipbeam.pipeline.demo.scenes import (
     COLORS,
     POSITIONS,
     SCHEMA,

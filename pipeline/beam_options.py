@@ -1,0 +1,172 @@
+"""Beam's pipeline options on a ``clipbeam`` command line: typos, refused values, runner names.
+
+Arguments clipbeam does not define are Beam pipeline options (``--runner``,
+``--direct_num_workers``, ``--temp_location``...); an argument that is neither is an error, not a
+warning, so a typo such as ``--min-scor`` cannot silently change what a job keeps. Beam's
+options are parsed here with Beam's own parser, so a value Beam refuses
+(``--direct_num_workers abc``, ``--runner`` without a name, an unknown runner) is one
+:class:`~clipbeam.pipeline.options.LaunchError` naming the option, not Beam's usage and exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+from collections.abc import Sequence
+from typing import NoReturn
+
+from clipbeam.pipeline.options import LaunchError
+
+__all__ = ["check_beam_args", "runner_name"]
+
+
+def check_beam_args(extras: list[str], parser: argparse.ArgumentParser, command: str) -> None:
+    """Fails on arguments that are neither clipbeam's nor Beam's (typos must not be ignored), and
+    on Beam options whose value Beam would refuse.
+
+    Beam itself only logs "Discarding unparseable args"; this collects Beam's options the way
+    ``PipelineOptions.get_all_options`` does and turns a leftover into an error with a hint. A
+    value Beam's parser refuses (``--direct_num_workers abc``) would make Beam print its whole
+    usage and exit; here it is one :class:`LaunchError` naming the option, the value and what
+    the option takes.
+    """
+    if not extras:
+        return
+    beam_parser = _beam_parser()
+    try:
+        beam_namespace, unknown = beam_parser.parse_known_args(extras)
+    except argparse.ArgumentError as exc:
+        raise _beam_value_error(exc, beam_parser, extras) from None
+    except (TypeError, ValueError) as exc:
+        # A few of Beam's options check their value in a custom action, not through argparse.
+        raise LaunchError(
+            f"a Beam pipeline option in {' '.join(extras)!r} has a value Beam cannot take: {exc}"
+        ) from None
+    if unknown:
+        _unknown_argument_error(unknown, parser, beam_parser, command)
+    runner_name(getattr(beam_namespace, "runner", None))  # raises for a runner Beam does not know
+
+
+def _unknown_argument_error(
+    unknown: list[str],
+    parser: argparse.ArgumentParser,
+    beam_parser: argparse.ArgumentParser,
+    command: str,
+) -> NoReturn:
+    flags = [a for a in unknown if a.startswith("-")]
+    if not flags:
+        raise LaunchError(
+            f"unexpected argument {unknown[0]!r} (options take the form --name value; quote "
+            "globs so the shell does not expand them)"
+        )
+    jobs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    name = flags[0].split("=", 1)[0]
+    owners = [job for job, p in jobs.items() for a in p._actions if name in a.option_strings]
+    if owners:
+        raise LaunchError(f"{name} is an option of clipbeam {' and '.join(owners)}, not {command}")
+    known = [s for p in (beam_parser, jobs[command]) for a in p._actions for s in a.option_strings]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise LaunchError(
+        f"unknown option {name} for clipbeam {command}: it is neither a clipbeam option nor a "
+        f"Beam pipeline option{hint}"
+    )
+
+
+def _beam_parser() -> argparse.ArgumentParser:
+    """Beam's own option parser, raising ``argparse.ArgumentError`` instead of exiting."""
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    class BeamParser(_BeamArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            # Reached for problems argparse does not tie to one option (exit_on_error=False
+            # lets the others through as ArgumentError).
+            raise LaunchError(f"Beam pipeline options: {message}")
+
+    beam_parser = BeamParser(allow_abbrev=False, add_help=False, exit_on_error=False)
+    # Beam may see an options class twice (e.g. re-imported in __main__); register each once.
+    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+    for cls in classes.values():
+        cls._add_argparse_args(beam_parser)
+    return beam_parser
+
+
+# argparse's messages for a refused value: "invalid int value: 'abc'", "invalid choice: 'x' (...".
+_REFUSED_VALUE = re.compile(r"^invalid (?:choice|\S+ value): (.+?)(?: \(choose from .*)?$")
+_IGNORED_VALUE = re.compile(r"^ignored explicit argument (.*)$")
+_EXPECTED_BY_TYPE = {"int": "an integer", "float": "a number", "loads": "a JSON value"}
+
+
+def _beam_value_error(
+    exc: argparse.ArgumentError, beam_parser: argparse.ArgumentParser, extras: Sequence[str]
+) -> LaunchError:
+    """One message for a Beam option whose value argparse refused: option, value, expectation."""
+    action = next(
+        (a for a in beam_parser._actions if "/".join(a.option_strings) == exc.argument_name),
+        None,
+    )
+    if action is None:
+        return LaunchError(f"Beam pipeline option {exc.argument_name}: {exc.message}")
+    # Name the option as it was typed (Beam accepts --experiment and --experiments...).
+    typed = {a.split("=", 1)[0] for a in extras}
+    name = next((s for s in action.option_strings if s in typed), action.option_strings[0])
+    type_name = getattr(action.type, "__name__", None)
+    if action.choices is not None:
+        expected = f"one of {', '.join(str(c) for c in action.choices)}"
+    elif action.dest == "runner":
+        expected = "a runner name such as DirectRunner or DataflowRunner"
+    elif type_name is None:
+        expected = "a value"
+    else:
+        expected = _EXPECTED_BY_TYPE.get(type_name, f"a value of type {type_name}")
+    refused = _REFUSED_VALUE.match(exc.message)
+    if refused:
+        return LaunchError(f"Beam pipeline option {name} takes {expected}, got {refused.group(1)}")
+    ignored = _IGNORED_VALUE.match(exc.message)
+    if ignored:
+        return LaunchError(
+            f"Beam pipeline option {name} is an on/off flag and takes no value, got "
+            f"{ignored.group(1)}: pass {name} alone to turn it on, leave it out to keep it off"
+        )
+    if exc.message.startswith("expected "):
+        return LaunchError(
+            f"Beam pipeline option {name} is given without a value: it takes {expected} "
+            f"({name} VALUE or {name}=VALUE)"
+        )
+    return LaunchError(f"Beam pipeline option {name}: {exc.message}")
+
+
+def runner_name(runner: str | None) -> str:
+    """The class name of the Beam runner that ``--runner`` selects, resolved as Beam does.
+
+    Beam accepts a runner's class name in any case and with or without its ``Runner`` suffix
+    (``dataflow``, ``DataflowRunner``), or the dotted path of a runner class.
+
+    Args:
+        runner: the ``--runner`` value; ``None`` for Beam's default.
+
+    Returns:
+        The runner's class name, e.g. ``"DataflowRunner"`` (``"DirectRunner"`` for ``None``).
+
+    Raises:
+        LaunchError: a name that is neither a runner Beam knows nor a dotted path.
+    """
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    if runner is None:
+        return StandardOptions.DEFAULT_RUNNER
+    try:
+        # What apache_beam.runners.runner.create_runner resolves names with.
+        from apache_beam.runners.runner import _RUNNER_MAP as known
+    except ImportError:
+        known = {name.lower(): name for name in StandardOptions.KNOWN_RUNNER_NAMES}
+    key = runner.strip().lower()
+    path = known.get(key, known.get(key + "runner", runner))
+    if "." not in path and path not in StandardOptions.KNOWN_RUNNER_NAMES:
+        raise LaunchError(
+            f"Beam pipeline option --runner takes a runner name such as DirectRunner or "
+            f"DataflowRunner (one of {', '.join(StandardOptions.KNOWN_RUNNER_NAMES)}) or the "
+            f"dotted path of a PipelineRunner subclass, got {runner!r}"
+        )
+    return path.rsplit(".", 1)[-1]
