@@ -74,11 +74,13 @@ class Row:
     meaning: str
     count: int
     share: float
-    examples: list[dict[str, Any]] | None = None
+    examples: list[dict[str, Any]] | None = None  # errors: the first rows of this type
 
 
 @dataclass
 class CardSection:
+    """A section of example cards: its element id, title, optional intro line and cards."""
+
     id: str
     title: str
     intro: str
@@ -92,6 +94,7 @@ def render(data: ReportData) -> str:
 
 @functools.cache
 def _environment() -> jinja2.Environment:
+    """The Jinja2 environment of the page's template, made once per process on first use."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("clipbeam.pipeline.report", "."),
         autoescape=True,
@@ -110,44 +113,43 @@ def _thousands(value: Any) -> str:
 
 
 def _context(data: ReportData) -> dict[str, Any]:
-    kind = data.kind
-    total_rejected = data.summary.get("rejected", 0)
+    """The template's names: what each section of the page says."""
+    kind, summary, fine = data.kind, data.summary, data.scores.fine
+    rejections = None
+    if kind == "filter":
+        rejections = {
+            "total": summary.get("rejected", 0),
+            "rules": _rows(data.reject_rules, _rule_text),
+            "cards": [_card(e) for e in data.rejected],
+        }
     return {
         "kind": kind,
         "output": data.output,
         "meta": _meta(data),
         "notes": data.notes,
         "counts": [
-            (key, data.summary[key], _COUNT_NAMES.get(key, key))
+            (key, summary[key], _COUNT_NAMES.get(key, key))
             for key in counter_names(kind)
-            if key in data.summary
+            if key in summary
         ],
         "checks": _checks(data),
         "files": ", ".join(f"{folder}/ {rows:,} rows" for folder, rows in data.file_rows.items()),
         "no_scores": _no_scores(data),
         "scores": data.scores,
         "histogram": _histogram(data),
-        "legend": [(f, _COLOURS.get(f, _ACCENT)) for f in data.scores.fine]
-        if len(data.scores.fine) > 1
-        else [],
+        "legend": [(f, _COLOURS.get(f, _ACCENT)) for f in fine] if len(fine) > 1 else [],
         "labels": _rows(data.label_counts) if kind == "classify" else [],
         "label_total": sum(data.label_counts.values()),
         "sections": _card_sections(data),
-        "rejections": {
-            "total": total_rejected,
-            "rules": _rows(data.reject_rules, _rule_text),
-            "cards": [_card(e) for e in data.rejected],
-        }
-        if kind == "filter"
-        else None,
+        "rejections": rejections,
         "errors": _rows(
             data.error_counts,
-            lambda k: ERROR_TYPES.get(k, ""),
-            lambda k: data.error_examples.get(k, []),
+            lambda kind: ERROR_TYPES.get(kind, ""),
+            lambda kind: data.error_examples.get(kind, []),
         ),
         "options": [
             (k, json.dumps(v, ensure_ascii=False))
-            for k, v in sorted((data.summary.get("options") or {}).items())
+            for k, v in sorted((summary.get("options") or {}).items())
         ],
     }
 
