@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from clipbeam.transforms.stats import score_histogram
+from clipbeam.transforms.stats import score_bins, score_histogram
 
 __all__ = ["FINE_BINS", "Example", "ReportData", "ReportError", "ScoreStats"]
 
@@ -72,8 +72,7 @@ class ScoreStats:
         self.total += float(scores.sum(dtype=np.float64))
         self.low = min(self.low, float(scores.min()))
         self.high = max(self.high, float(scores.max()))
-        bins = np.clip(np.floor((scores.astype(np.float64) + 1) / 2 * FINE_BINS), 0, FINE_BINS - 1)
-        fine = np.bincount(bins.astype(np.int64), minlength=FINE_BINS)
+        fine = np.bincount(score_bins(scores, FINE_BINS), minlength=FINE_BINS)
         coarse = np.asarray(score_histogram(scores))
         self.fine[folder] = self.fine.get(folder, 0) + fine
         self.coarse[folder] = self.coarse.get(folder, 0) + coarse

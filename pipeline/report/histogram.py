@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from clipbeam.pipeline.report.data import FINE_BINS
+from clipbeam.transforms.stats import score_bins
 
 __all__ = ["MAX_BARS", "Bar", "Histogram", "Rect", "Threshold", "Tick", "histogram", "nice_step"]
 
@@ -105,7 +106,7 @@ def histogram(
     nonzero = np.flatnonzero(total)
     first, last = int(nonzero[0]), int(nonzero[-1]) + 1
     for value in (v for _, v in lines):  # keep threshold lines inside the plotted range
-        b = int(np.clip(math.floor((value + 1) / 2 * FINE_BINS), 0, FINE_BINS - 1))
+        b = int(score_bins(np.array([value]), FINE_BINS)[0])
         first, last = min(first, b), max(last, b + 1)
     factor = next(f for f in _REBIN_FACTORS if math.ceil(last / f) - first // f <= MAX_BARS)
     lo, hi = first // factor, math.ceil(last / factor)
