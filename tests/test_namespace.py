@@ -121,6 +121,7 @@ def test_setup_file_packaging_carries_the_namespace(tmp_path):
     with tarfile.open(tarball) as archive:
         names = archive.getnames()
     assert any(n.endswith("model/pretrained/demo-clip/model.safetensors") for n in names)
+    assert any(n.endswith("pipeline/report/page.html.j2") for n in names)
     target = tmp_path / "site"
     install = run_python(
         "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
@@ -134,7 +135,12 @@ def test_setup_file_packaging_carries_the_namespace(tmp_path):
         sys.path.insert(0, {str(target)!r})
         import clipbeam.model, clipbeam.pipeline.cli, clipbeam.transforms
         from clipbeam.model.hub import resolve_source
+        from clipbeam.pipeline.report import page
         assert clipbeam.model.__file__.startswith({str(target)!r}), clipbeam.model.__file__
+        # The report's template (and the stylesheet it includes) ship in the package.
+        template = page._environment().get_template(page.TEMPLATE)
+        assert template.filename.startswith({str(target)!r}), template.filename
+        assert "page.css" in page._environment().list_templates()
         print(resolve_source("demo-clip").location)
         """
     )

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-__all__ = ["HISTOGRAM_BINS", "UnitStats", "histogram_edges", "score_histogram"]
+__all__ = ["HISTOGRAM_BINS", "UnitStats", "histogram_edges", "score_bins", "score_histogram"]
 
 HISTOGRAM_BINS = 20
 
@@ -17,13 +17,18 @@ def histogram_edges() -> list[float]:
     return np.linspace(-1.0, 1.0, HISTOGRAM_BINS + 1).tolist()
 
 
+def score_bins(scores: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """The bin of each score among ``bins`` equal bins over ``[-1, 1]``, as int64 indices;
+    scores outside ``[-1, 1]`` (rounding) go to the end bins, and 1.0 lands in the last bin."""
+    scaled = np.floor((np.asarray(scores, dtype=np.float64) + 1.0) / 2.0 * bins)
+    return np.clip(scaled, 0, bins - 1).astype(np.int64)
+
+
 def score_histogram(scores: np.ndarray) -> tuple[int, ...]:
     """Counts of ``scores`` per bin; scores outside ``[-1, 1]`` (rounding) go to the end bins."""
     if len(scores) == 0:
         return (0,) * HISTOGRAM_BINS
-    scaled = np.floor((np.asarray(scores, dtype=np.float64) + 1.0) / 2.0 * HISTOGRAM_BINS)
-    bins = np.clip(scaled, 0, HISTOGRAM_BINS - 1).astype(np.int64)  # 1.0 lands in the last bin
-    return tuple(int(c) for c in np.bincount(bins, minlength=HISTOGRAM_BINS))
+    return tuple(int(c) for c in np.bincount(score_bins(scores), minlength=HISTOGRAM_BINS))
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,17 @@ def test_image_is_launcher_and_worker(dockerfile):
     assert f"templates/launcher.py {py_file.removeprefix(workdir + '/')}" in copies
 
 
+def _package_folder(package: str, package_dir: dict[str, str]) -> str:
+    """The repository folder of ``package``: its nearest mapped ancestor's folder, then the rest
+    of its dotted name (``clipbeam.pipeline.report`` -> ``pipeline/report``)."""
+    parts = package.split(".")
+    for n in range(len(parts), 0, -1):
+        mapped = package_dir.get(".".join(parts[:n]))
+        if mapped is not None:
+            return "/".join([mapped, *parts[n:]])
+    return "/".join(parts)
+
+
 def test_copied_sources_exist_and_cover_the_packages(dockerfile):
     _, file = dockerfile
     sources = []
@@ -156,15 +167,7 @@ def test_copied_sources_exist_and_cover_the_packages(dockerfile):
     for path in sources:
         assert (ROOT / path).exists(), f"COPY {path}: not in the repository"
     setuptools = PYPROJECT["tool"]["setuptools"]
-
-    def folder(package: str) -> str:
-        # A subpackage without its own package-dir entry lies in its parent's folder.
-        if package in setuptools["package-dir"]:
-            return setuptools["package-dir"][package]
-        parent, _, name = package.rpartition(".")
-        return f"{folder(parent)}/{name}"
-
-    for package in setuptools["packages"]:
-        path = folder(package)
-        assert any(path == s or path.startswith(s + "/") for s in sources), f"{package}: not copied"
+    folders = {_package_folder(name, setuptools["package-dir"]) for name in setuptools["packages"]}
+    uncovered = [f for f in folders if not any(f == s or f.startswith(s + "/") for s in sources)]
+    assert not uncovered, f"packages whose folders no COPY brings: {uncovered}"
     assert PYPROJECT["project"]["readme"] in sources  # setuptools reads it to build metadata

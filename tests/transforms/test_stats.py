@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from clipbeam.transforms.stats import HISTOGRAM_BINS, UnitStats, histogram_edges, score_histogram
+from clipbeam.transforms.stats import (
+    HISTOGRAM_BINS,
+    UnitStats,
+    histogram_edges,
+    score_bins,
+    score_histogram,
+)
 
 
 def test_histogram_bins_cover_minus_one_to_one():
@@ -17,6 +23,13 @@ def test_histogram_bins_cover_minus_one_to_one():
     assert counts[10] == 2  # [0, 0.1)
     assert counts[-1] == 3  # 1.0 and a rounding overshoot land in the last bin
     assert score_histogram(np.array([])) == (0,) * HISTOGRAM_BINS
+
+
+def test_score_bins_of_any_width_clip_to_the_end_bins():
+    # The report's 400 bins of 0.005: rounding overshoots on either side land in the end bins.
+    scores = np.array([-1.0000001, -1.0, -0.9951, -0.993, 0.0, 0.999, 1.0, 1.01], np.float32)
+    assert score_bins(scores, 400).tolist() == [0, 0, 0, 1, 200, 399, 399, 399]
+    assert score_bins(scores).tolist() == [0, 0, 0, 0, 10, 19, 19, 19]
 
 
 def test_stats_add_exactly_and_sum():
