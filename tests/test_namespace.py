@@ -147,3 +147,19 @@ def test_setup_file_packaging_carries_the_namespace(tmp_path):
     done = run_python("-c", code, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().startswith(str(target))
+
+
+def test_every_package_folder_is_listed_for_installation():
+    """pyproject.toml lists packages by hand (the folders are mapped under clipbeam.*): a new
+    subpackage left out of the list would be missing from wheels, sdists and Docker images."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {folder: name for name, folder in setuptools["package-dir"].items()}
+    found = set()
+    for top in PACKAGES:
+        for init in (ROOT / top).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT).as_posix()
+            top_folder, _, rest = relative.partition("/")
+            found.add(".".join([folders[top_folder], *filter(None, rest.split("/"))]))
+    assert found == set(setuptools["packages"])
