@@ -68,6 +68,9 @@ INT8 = "int8"
 # every embedding goes through last; the BERT pooler is not used by the features.
 FLOAT_LAYERS: tuple[str, ...] = (r"(visual|text)_projection", r"text_model\.pooler\..*")
 
+# Names of the q, k and v layers of one attention module (CLIP's, BERT's), packed as one product.
+_QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
+
 # CPU flags of int8 dot-product instructions (4 products summed per 32-bit lane, no saturation).
 _VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
@@ -242,10 +245,11 @@ def quantize_int8(
     }
     packed: dict[str, Int8Weight] = {}
     for name, _ in model.named_modules():
-        group = [f"{name}.{p}" if name else p for p in ("q_proj", "k_proj", "v_proj")]
-        if all(g in chosen for g in group):
-            parts = Int8Weight.pack_together([chosen[g].weight for g in group], engine)
-            packed.update(zip(group, parts, strict=True))
+        for triple in _QKV_NAMES:
+            group = [f"{name}.{p}" if name else p for p in triple]
+            if all(g in chosen for g in group):
+                parts = Int8Weight.pack_together([chosen[g].weight for g in group], engine)
+                packed.update(zip(group, parts, strict=True))
     for name, linear in chosen.items():
         weight = packed.get(name) or Int8Weight.pack(linear.weight, engine)
         _replace(model, name, Int8Linear(weight, linear.bias))
