@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from clipbeam.model import runtime
+from clipbeam.model.attention import fused_projection
 from clipbeam.model.configuration import ChineseCLIPConfig, CLIPConfig
 from clipbeam.model.modeling_chinese_clip import ChineseCLIPModel
-from clipbeam.model.modeling_clip import CLIPModel, fused_projection
+from clipbeam.model.modeling_clip import CLIPModel
 from clipbeam.model.quantization import (
     FLOAT_LAYERS,
     Int8Linear,
