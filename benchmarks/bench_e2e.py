@@ -8,7 +8,9 @@ captions (see :mod:`benchmarks.workloads`); the model a CLIP ViT-B/16 with rando
   padded per batch and truncated), ``CLIPModel`` in float32, the cosine of the two embeddings,
   ``pyarrow.parquet.ParquetWriter``;
 * ``clipbeam score`` on Beam's DirectRunner with its defaults (``--dtype auto``), in ``exact``
-  and ``fast`` preprocessing, and once with ``--dtype float32`` to show what the dtype brings.
+  and ``fast`` preprocessing, and once each with ``--dtype float32`` and ``--dtype int8`` (exact
+  preprocessing) to show what the dtype brings; int8 is compared with float32, and the model's
+  size on disk and in memory is printed for both.
 
 Each variant runs as its own process, as a user would run it, so the times include starting
 Python and loading the model; the variants take turns when ``--repeats`` is above 1 and medians
@@ -129,6 +131,7 @@ def commands(data: Path, checkpoint: Path, out: Path, name: str) -> dict[str, li
             "--dtype",
             "float32",
         ],
+        "clipbeam exact, int8": [*job, "--output", str(out / f"exact8-{name}"), "--dtype", "int8"],
     }
 
 
@@ -158,6 +161,19 @@ def stages(data: Path, checkpoint: Path, mode: str) -> dict[str, float]:
     return {"decode + preprocess": len(cells) / decode, "model": len(cells) / model}
 
 
+def print_sizes(checkpoint: Path) -> None:
+    """The model's size on disk (its checkpoint files) and its weights in memory, per dtype."""
+    from clipbeam.model.quantization import model_bytes
+    from clipbeam.transforms.encoder import Encoder
+
+    disk = sum(f.stat().st_size for f in checkpoint.glob("*.safetensors"))
+    print(f"  model on disk: {disk / 2**20:.0f} MiB (float32 safetensors; int8 packs at load)")
+    for dtype in ("float32", "int8"):
+        encoder = Encoder.load(str(checkpoint), device="cpu", dtype=dtype)
+        size = model_bytes(encoder.model) / 2**20
+        print(f"  model in memory, {dtype}: {size:.0f} MiB of weights")
+
+
 def _scores(path: Path) -> dict[str, float]:
     files = [path] if path.is_file() else sorted((path / "scores").glob("*.parquet"))
     table = pa.concat_tables([pq.read_table(f, columns=["id", "clip_score"]) for f in files])
@@ -172,7 +188,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rows", type=int, default=64, help="rows in the input file")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each variant")
-    parser.add_argument("--skip-float32", action="store_true", help="skip clipbeam --dtype float32")
+    parser.add_argument(
+        "--skip-float32", action="store_true", help="skip clipbeam --dtype float32 and int8"
+    )
     parser.add_argument(
         "--user-loop", nargs=3, metavar=("DATA", "MODEL", "OUT"), help=argparse.SUPPRESS
     )
@@ -204,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             variants = commands(data, checkpoint, root, f"r{repeat}")
             singles = commands(one_row, checkpoint, root, f"one-r{repeat}")
             for label, command in variants.items():
-                if args.skip_float32 and "float32" in label and "clipbeam" in label:
+                if args.skip_float32 and label.startswith("clipbeam exact, "):
                     continue
                 full.setdefault(label, []).append(_timed(command))
                 fixed.setdefault(label, []).append(_timed(singles[label]))
@@ -225,8 +243,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                     f"{steady[label] / steady[base]:.2f}x steady state"
                 )
 
+        if "clipbeam exact, int8" in seconds:
+            int8, float32 = "clipbeam exact, int8", "clipbeam exact, float32"
+            print(
+                f"  ratio int8 / float32 (clipbeam exact): "
+                f"{seconds[float32] / seconds[int8]:.2f}x whole run, "
+                f"{steady[int8] / steady[float32]:.2f}x steady state"
+            )
+            print_sizes(checkpoint)
+
         reference = _scores(root / "user-r0.parquet")
-        for label, folder in (("exact", "exact-r0"), ("fast", "fast-r0")):
+        folders = [("exact", "exact-r0"), ("fast", "fast-r0")]
+        if "clipbeam exact, int8" in seconds:
+            folders.append(("exact, int8", "exact8-r0"))
+        for label, folder in folders:
             got = _scores(root / folder)
             gap = max(abs(got[k] - reference[k]) for k in reference)
             print(f"  largest clip_score difference, clipbeam {label} vs user loop: {gap:.4f}")

@@ -9,7 +9,9 @@ printed ratios hold on a busy machine even when the absolute rates do not. It al
 cosine similarity of reduced-precision features to float32 ones.
 
 On CPU it compares float32, and, where the CPU has native bfloat16 (what ``dtype="auto"``
-picks), bfloat16 against transformers under bfloat16 autocast and with bfloat16 weights. On a
+picks), bfloat16 against transformers under bfloat16 autocast and with bfloat16 weights. On CPU it
+also times ``--dtype int8`` (:mod:`clipbeam.model.quantization`) against clipbeam's float32 and
+prints the towers' weight size in memory. On a
 CUDA GPU it compares float16 and bfloat16, clipbeam compiled (its default there) and not.
 
 Run ``python -m benchmarks.bench_model`` (``--help`` for the options); transformers must be
@@ -37,6 +39,7 @@ import transformers
 from clipbeam import model
 from clipbeam.model import kernels
 from clipbeam.model.loading import resolve_device
+from clipbeam.model.quantization import model_bytes, quantize_int8
 from clipbeam.model.runtime import compile_towers, compute_dtype, cpu_has_native_bf16
 
 FAMILIES = ("clip", "chinese_clip")
@@ -252,6 +255,9 @@ def runners_for(
         runners.append(Runner("transformers float32", load_reference(family, path, device, None)))
         add_ours(torch.float32)
         pairs += [("clipbeam float32", "transformers float32")]
+        quantized = quantize_int8(ours_cls.from_pretrained(path, device=device))
+        runners.append(Runner("clipbeam int8", quantized, device=device))
+        pairs += [("clipbeam int8", "clipbeam float32"), ("clipbeam int8", "transformers float32")]
         auto = compute_dtype("auto", device)
         if auto != torch.float32:
             name = str(auto).removeprefix("torch.")
@@ -276,7 +282,7 @@ def runners_for(
             add_ours(dtype)
             pairs.append((f"clipbeam {name}", f"transformers {name}"))
     if compile_ours:
-        pairs += [(f"{mine} compiled", ref) for mine, ref in list(pairs)]
+        pairs += [(f"{mine} compiled", ref) for mine, ref in list(pairs) if "int8" not in mine]
     return runners, pairs
 
 
@@ -291,6 +297,10 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device) ->
     tokens = sum(int(b["attention_mask"].sum()) for b in texts)
     padded = sum(b["input_ids"].numel() for b in texts)
     print(f"\n== {family}: ViT-B/16 image tower, {len(runners)} variants ==")
+    for label in ("clipbeam float32", "clipbeam int8"):
+        if label in by_label:
+            megabytes = model_bytes(by_label[label].model) / 2**20
+            print(f"  {label}: weights take {megabytes:.0f} MiB in memory (both towers)")
 
     # Warm up (and compile) every variant on the exact shapes it will be timed on.
     features: dict[str, dict[str, torch.Tensor]] = {"image": {}, "text": {}}

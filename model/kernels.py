@@ -22,6 +22,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .quantization import Int8Weight
+
 __all__ = [
     "ACTIVATIONS",
     "get_activation",
@@ -142,7 +144,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 
 def linear(
     x: torch.Tensor,
-    weight: torch.Tensor,
+    weight: torch.Tensor | Int8Weight,
     bias: torch.Tensor | None = None,
     activation: str | None = None,
 ) -> torch.Tensor:
@@ -150,7 +152,8 @@ def linear(
 
     Args:
         x: ``[..., in]`` inputs.
-        weight: ``[out, in]`` weight, as in ``nn.Linear``.
+        weight: ``[out, in]`` weight, as in ``nn.Linear``, or an int8 one
+            (:mod:`clipbeam.model.quantization`), multiplied in int8.
         bias: ``[out]`` bias, or ``None``.
         activation: a ``hidden_act`` name applied to the result (fused into the product where
             the kernel can), or ``None``.
@@ -158,6 +161,9 @@ def linear(
     Returns:
         ``[..., out]`` outputs.
     """
+    if isinstance(weight, Int8Weight):
+        out = weight.linear(x, bias)
+        return out if activation is None else get_activation(activation)(out)
     if _use_onednn(x, weight, bias):
         postop, algorithm = _POSTOPS.get(activation or "", ("none", ""))
         out = _onednn_linear(x, weight, bias, postop, algorithm)

@@ -309,7 +309,8 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
         choices=DTYPES,
         default="auto",
         help="dtype the model computes in; auto: float16 on GPU, bfloat16 on CPUs with native "
-        "bfloat16 (AVX512-BF16, AMX), else float32",
+        "bfloat16 (AVX512-BF16, AMX), else float32; int8 (CPU only, never picked by auto): int8 "
+        "linear layers, faster with slightly changed scores",
     )
     _add(
         compute,

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from clipbeam.pipeline.beam_options import runner_name
 from clipbeam.pipeline.options import NONE, LaunchError
 from clipbeam.transforms.limits import DEFAULT_URL_SCHEMES, LOCAL_SCHEME
-from clipbeam.transforms.spec import JobSpec
+from clipbeam.transforms.spec import JobSpec, int8_problem
 from clipbeam.transforms.units import WorkUnit
 
 __all__ = [
@@ -270,11 +270,16 @@ def _local(path: str) -> bool:
 
 
 def check_device(spec: JobSpec, runner: str | None) -> None:
-    """Refuses ``--device cuda`` on a machine without a GPU when the job runs on this machine.
+    """Refuses ``--device cuda`` on a machine without a GPU when the job runs on this machine,
+    and ``--dtype int8`` where it cannot run (CUDA, ``--compile``) on any runner.
 
     Raises:
-        LaunchError: CUDA is asked for, the runner is local and torch sees no GPU.
+        LaunchError: CUDA is asked for, the runner is local and torch sees no GPU; or int8 is
+            asked for with CUDA or compilation.
     """
+    problem = int8_problem(spec.device, spec.compile) if spec.dtype == "int8" else None
+    if problem:
+        raise LaunchError(problem)
     if not spec.device.startswith("cuda"):
         return
     if _runner_class(runner) not in LOCAL_RUNNERS:

@@ -5,13 +5,15 @@ Measures, on this machine and on one CPU core, the two costs a pair has on a wor
 - decoding and preprocessing one image (a 640x480 JPEG, resized and cropped to 224x224): the CPU
   work a GPU worker's vCPUs must keep up with;
 - running CLIP ViT-B/16 (random weights, the same arithmetic as the real checkpoint) on the
-  image and its caption in float32: the model cost of a CPU worker;
+  image and its caption in float32, and in int8 (``--dtype int8``): the model cost of a CPU
+  worker;
 
 then prints the planning table of the README from those figures and from the GPU anchor
 (clip-retrieval's published 1,100 images/s per A100 on ViT-B/16; not measured by clipbeam)::
 
     python -m templates.plan            # measure (about a minute), then print the table
     python -m templates.plan --cpu-pairs-per-core 2.1 --decode-per-core 95   # table only
+    python -m templates.plan --cpu-pairs-per-core 2.1 --decode-per-core 95 --int8-pairs-per-core 3
 
 Figures per core are scaled to a worker linearly (one SDK process per vCPU on CPU workers): an
 assumption, as are the GPU anchor and the absence of startup and I/O time in the hours.
@@ -44,10 +46,13 @@ class Throughput:
         decode_per_core: images decoded and preprocessed.
         cpu_pairs_per_core: pairs through decoding, both ViT-B/16 towers (float32) and the
             normalization of the embeddings.
+        int8_pairs_per_core: the same with ``--dtype int8``; ``None``: not measured (no int8
+            rows in the table).
     """
 
     decode_per_core: float
     cpu_pairs_per_core: float
+    int8_pairs_per_core: float | None = None
 
 
 def _rate(work: Callable[[], int], seconds: float) -> float:
@@ -85,6 +90,7 @@ def measure(seconds: float = 10.0, batch_size: int = 8) -> Throughput:
         CLIPProcessor,
         CLIPTokenizer,
     )
+    from clipbeam.model.quantization import quantize_int8
     from clipbeam.transforms.encoder import Encoder
 
     torch.set_num_threads(1)
@@ -105,18 +111,26 @@ def measure(seconds: float = 10.0, batch_size: int = 8) -> Throughput:
         vision_config={"hidden_size": 768, "intermediate_size": 3072, "patch_size": 16},
         projection_dim=512,
     )
-    encoder = Encoder(
-        CLIPModel(config), processor, device=torch.device("cpu"), batch_size=batch_size
-    )
+    float32 = CLIPModel(config).eval()
+    int8 = quantize_int8(CLIPModel(config).eval())
+    encoders = [
+        Encoder(m, processor, device=torch.device("cpu"), batch_size=batch_size)
+        for m in (float32, int8)
+    ]
 
-    def pairs() -> int:
-        decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
-        encoder.encode_images(decoded)
-        encoder.encode_texts([CAPTION] * len(images))
-        return len(images)
+    def pairs(encoder: Encoder) -> Callable[[], int]:
+        def run() -> int:
+            decoded = [Image.open(io.BytesIO(b)).convert("RGB") for b in images]
+            encoder.encode_images(decoded)
+            encoder.encode_texts([CAPTION] * len(images))
+            return len(images)
+
+        return run
 
     return Throughput(
-        decode_per_core=_rate(decode, seconds), cpu_pairs_per_core=_rate(pairs, seconds * 3)
+        decode_per_core=_rate(decode, seconds),
+        cpu_pairs_per_core=_rate(pairs(encoders[0]), seconds * 3),
+        int8_pairs_per_core=_rate(pairs(encoders[1]), seconds * 3),
     )
 
 
@@ -145,11 +159,21 @@ def table(throughput: Throughput) -> str:
             f"| {gpu_hours:,.0f} | {CPU_WORKERS[pairs]} "
             f"| {_hours(pairs, worker_rate * CPU_WORKERS[pairs]):.1f} | {cpu_hours:,.0f} |"
         )
+    int8 = throughput.int8_pairs_per_core
+    for pairs in DATASETS if int8 else ():
+        lines.append(
+            f"| {_count(pairs)}, CPU int8 | | | | {CPU_WORKERS[pairs]} "
+            f"| {_hours(pairs, int8 * CPU_WORKER_VCPUS * CPU_WORKERS[pairs]):.1f} "
+            f"| {_hours(pairs, int8):,.0f} |"
+        )
+    int8_note = ""
+    if int8:
+        int8_note = f", {int8:.2f} in int8 ({int8 / throughput.cpu_pairs_per_core:.2f}x)"
     lines += [
         "",
         f"Measured on one core: {throughput.decode_per_core:.0f} images/s decoded and "
         f"preprocessed, {throughput.cpu_pairs_per_core:.2f} pairs/s through ViT-B/16 float32 "
-        f"on CPU. Feeding {GPU_ANCHOR_PAIRS_PER_S:,.0f} images/s to one GPU takes about "
+        f"on CPU{int8_note}. Feeding {GPU_ANCHOR_PAIRS_PER_S:,.0f} images/s to one GPU takes about "
         f"{feed_vcpus} vCPUs of decoding.",
     ]
     return "\n".join(lines)
@@ -160,10 +184,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decode-per-core", type=float, help="skip measuring: images/s")
     parser.add_argument("--cpu-pairs-per-core", type=float, help="skip measuring: pairs/s")
+    parser.add_argument("--int8-pairs-per-core", type=float, help="skip measuring: int8 pairs/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="time per measurement")
     args = parser.parse_args(argv)
     if args.decode_per_core and args.cpu_pairs_per_core:
-        throughput = Throughput(args.decode_per_core, args.cpu_pairs_per_core)
+        throughput = Throughput(
+            args.decode_per_core, args.cpu_pairs_per_core, args.int8_pairs_per_core
+        )
     else:
         throughput = measure(args.seconds)
     print(table(throughput))

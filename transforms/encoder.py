@@ -21,6 +21,7 @@ from apache_beam.utils import shared
 from PIL import Image
 
 from clipbeam.transforms.redact import redact_url
+from clipbeam.transforms.spec import int8_problem
 
 __all__ = [
     "Encoder",
@@ -114,7 +115,8 @@ class Encoder:
         self.device = device
         self.source = source
         self.batch_size = batch_size
-        self.dtype = next(model.parameters()).dtype
+        self.dtype = next(model.parameters()).dtype  # what inputs are cast to
+        self.dtype_name = _dtype_name(model, self.dtype)
         self.projection_dim = int(model.config.projection_dim)
         # Truncate to what both the tokenizer and the position table allow: Chinese-CLIP's
         # tokenizer may claim 512 while a checkpoint was trained with a shorter context.
@@ -144,16 +146,22 @@ class Encoder:
             source: checkpoint folder, fsspec URL or hub id.
             device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
             dtype: ``"auto"`` (float16 on GPU, bfloat16 on CPUs with native bfloat16, else
-                float32; see ``model.runtime.compute_dtype``), ``"float32"``, ``"bfloat16"`` or
-                ``"float16"``.
+                float32; see ``model.runtime.compute_dtype``), ``"float32"``, ``"bfloat16"``,
+                ``"float16"`` or ``"int8"`` (CPU only: int8 linear layers, see
+                ``model.quantization``; with ``device="auto"`` it runs on CPU).
             batch_size: most rows per model call.
             compile: ``torch.compile`` the towers; ``None`` compiles on GPU only.
         """
         from clipbeam.model import load_model, load_processor
+        from clipbeam.model.quantization import INT8, quantize_int8
         from clipbeam.model.runtime import compile_towers, compute_dtype, should_compile
 
-        target = resolve_device(device)
-        model = load_model(source, device=target, dtype=compute_dtype(dtype, target))
+        if dtype == INT8:
+            target = _int8_device(device, compile)
+            model = quantize_int8(load_model(source, device=target, dtype=torch.float32))
+        else:
+            target = resolve_device(device)
+            model = load_model(source, device=target, dtype=compute_dtype(dtype, target))
         if should_compile(compile, target):
             compile_towers(model)
         processor = load_processor(source)
@@ -307,10 +315,24 @@ class Encoder:
             "clipbeam.model_family": self.family,
             "clipbeam.model_sha256": weights_fingerprint(self.source) if self.source else "",
             "clipbeam.projection_dim": str(self.projection_dim),
-            "clipbeam.model_dtype": str(self.dtype).removeprefix("torch."),
+            "clipbeam.model_dtype": self.dtype_name,
             "clipbeam.logit_scale": repr(self.logit_scale),
             "clipbeam.preprocessing": json.dumps(preprocessing, sort_keys=True, default=str),
         }
+
+
+def _int8_device(device: str, compile: bool | None) -> torch.device:
+    problem = int8_problem(device, compile)
+    if problem:
+        raise ValueError(problem)
+    return resolve_device("cpu" if device == "auto" else device)
+
+
+def _dtype_name(model: torch.nn.Module, dtype: torch.dtype) -> str:
+    """The dtype output metadata records: ``int8`` for a quantized model, else the dtype's."""
+    from clipbeam.model.quantization import INT8, is_quantized
+
+    return INT8 if is_quantized(model) else str(dtype).removeprefix("torch.")
 
 
 def _public_settings(image_processor: Any) -> dict[str, Any]:

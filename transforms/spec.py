@@ -32,16 +32,33 @@ __all__ = [
     "PREPROCESS_MODES",
     "RESULT_COLUMNS",
     "JobSpec",
+    "int8_problem",
 ]
 
 KINDS = ("embed", "score", "filter", "classify")
 IMAGE_FORMATS = ("auto", "bytes", "hf-struct", "path")
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
 EMBEDDING_DTYPES = ("float32", "float16")
 # model.image_settings.PREPROCESS_MODES, repeated so that parsing a command line does not import
 # torch (a test keeps the two equal).
 PREPROCESS_MODES = ("exact", "fast")
+
+
+def int8_problem(device: str, compile: bool | None = None) -> str | None:
+    """Why ``--dtype int8`` cannot run with these options (one line), or ``None`` if it can.
+
+    int8 runs on CPU only (``--device auto`` then means CPU), without ``torch.compile``.
+    """
+    if device.startswith("cuda"):
+        return (
+            f"--dtype int8 runs on CPU only (got --device {device}); on a GPU use --dtype "
+            "float16 or bfloat16, or pass --device cpu"
+        )
+    if compile:
+        return "--dtype int8 runs without --compile (pass --no-compile or another --dtype)"
+    return None
+
 
 # Sub-folders of the output directory each kind writes rows to (errors/ is written by every kind).
 OUTPUT_DIRS: dict[str, tuple[str, ...]] = {
@@ -81,7 +98,8 @@ class JobSpec:
         batch_size: rows per model call.
         device: ``"auto"`` (CUDA if present, else CPU), ``"cpu"`` or ``"cuda"`` (an error without
             a GPU; never a silent fallback).
-        dtype: dtype the model computes in; ``"auto"``: float16 on GPU, bfloat16 on CPUs with
+        dtype: dtype the model computes in (``"int8"``: int8 linear layers, CPU only, never picked
+            by ``"auto"``); ``"auto"``: float16 on GPU, bfloat16 on CPUs with
             native bfloat16 (AVX512-BF16, AMX, Arm BF16), else float32 (``model.runtime``). The
             command line defaults to ``"auto"``; this class to float32, which gives the same
             rows on every machine.

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from clipbeam.transforms.spec import DTYPES
+
 __all__ = ["MARKER_FILE", "DemoResult", "main", "run_demo"]
 
 _DEFAULT_OUTPUT = "clipbeam-demo"
@@ -95,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size", type=int, default=256, help="rows per model call in the jobs (256)"
     )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="dtype the jobs' model computes in, as the jobs' --dtype (auto)",
+    )
     return parser
 
 
@@ -165,6 +173,8 @@ def run_demo(argv: Sequence[str] | None = None, *, quiet: bool = False) -> DemoR
         f"is_mismatched,{text_column},true_{text_column}",
         "--batch-size",
         str(args.batch_size),
+        "--dtype",
+        args.dtype,
         "--runner",
         "DirectRunner",
     ]
