@@ -54,7 +54,7 @@ def test_invalid_combinations_fail_with_a_message(kwargs, message):
 
 def test_all_problems_are_reported_at_once():
     with pytest.raises(ValueError) as info:
-        spec(kind="nope", batch_size=0, dtype="int8")
+        spec(kind="nope", batch_size=0, dtype="int4")
     assert str(info.value).count("\n  - ") == 3
 
 
