@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from clipbeam.pipeline.head_options import add_head_options, add_head_rules, head_fields
 from clipbeam.transforms.limits import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -414,6 +415,7 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
         f"{','.join(s for s in DEFAULT_URL_SCHEMES if s != LOCAL_SCHEME)}, as a worker's "
         "disk holds no dataset)",
     )
+    add_head_options(parser, _add)
 
 
 def _add_filter(parser: argparse.ArgumentParser) -> None:
@@ -473,6 +475,7 @@ def _add_filter(parser: argparse.ArgumentParser) -> None:
         help="cosine similarity between image and concept prompt at or above which a concept "
         "rejects an image",
     )
+    add_head_rules(rules, _add)
     _add_templates(rules, "concept")
 
 
@@ -635,6 +638,7 @@ def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = 
             max_text_chars=args["max_text_chars"],
             allowed_url_schemes=tuple(args["allowed_url_schemes"] or DEFAULT_URL_SCHEMES),
             options=options,
+            **head_fields(args),
         )
     except ValueError as exc:
         raise LaunchError(str(exc)) from None
@@ -664,10 +668,11 @@ def _check_filter(args: dict[str, Any]) -> None:
     if args["template"] and not args["reject_concepts"]:
         raise LaunchError("--template only applies to --reject-concepts in filter")
     rules = ("min_score", "top_fraction", "min_image_side", "max_aspect_ratio", "min_text_chars")
-    if all(args[r] is None for r in rules) and not args["reject_concepts"]:
+    listed = ("reject_concepts", "min_head", "max_head")
+    if all(args[r] is None for r in rules) and not any(args[r] for r in listed):
         raise LaunchError(
             "filter needs at least one rule: --min-score, --top-fraction, --min-image-side, "
-            "--max-aspect-ratio, --min-text-chars or --reject-concepts"
+            "--max-aspect-ratio, --min-text-chars, --reject-concepts, --min-head or --max-head"
         )
 
 
