@@ -137,7 +137,7 @@ class HeadConfig:
             if layer.activation not in ACTIVATIONS:
                 p.append(f"layers[{i}].activation must be one of {', '.join(ACTIVATIONS)}")
             if layer.in_features != width:
-                p.append(f"layers[{i}] takes {layer.in_features} inputs, the one before gives {width}")
+                p.append(f"layers[{i}] takes {layer.in_features} inputs, gets {width}")
             if layer.out_features < 1:
                 p.append(f"layers[{i}] has {layer.out_features} outputs")
             width = layer.out_features
@@ -161,7 +161,9 @@ class HeadConfig:
         names = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - names)
         if unknown:
-            raise HeadError(f"{where}: head.json has unknown keys {unknown}; known: {sorted(names)}")
+            raise HeadError(
+                f"{where}: head.json has {len(unknown)} unknown keys; known: {sorted(names)}"
+            )
         try:
             layers = tuple(LayerConfig(**layer) for layer in data.get("layers") or ())
             config = cls(
@@ -410,8 +412,7 @@ def _safetensors(data: bytes, where: str) -> dict[str, torch.Tensor]:
         tensors = load(data)
     except (SafetensorError, ValueError, OverflowError) as exc:
         raise HeadError(
-            f"{where} is not a readable safetensors file ({len(data)} bytes): "
-            f"{_first_line(exc)}"
+            f"{where} is not a readable safetensors file ({len(data)} bytes): {_first_line(exc)}"
         ) from None
     return tensors
 

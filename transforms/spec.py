@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from clipbeam.transforms.heads import head_problems
 from clipbeam.transforms.limits import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -20,7 +21,6 @@ from clipbeam.transforms.limits import (
     Limits,
     limit_problems,
 )
-from clipbeam.transforms.heads import head_problems
 from clipbeam.transforms.redact import redact_obj
 
 __all__ = [
