@@ -642,7 +642,9 @@ def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = 
             **head_fields(args),
         )
     except ValueError as exc:
-        raise LaunchError(str(exc)) from None
+        # JobSpec lists its problems one per line; the command line prints one line.
+        lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines()]
+        raise LaunchError(f"{lines[0]} {'; '.join(lines[1:])}".strip()) from None
     return ParsedArgs(
         command=command,
         inputs=tuple(args["input"]),
