@@ -236,8 +236,11 @@ _INT = r"^[+-]?[0-9]+$"
 _FLOAT = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
 _BOOL = r"^(?i:true|false|yes|no|on|off|1|0)$"
 _LIST = r"^\s*[^,\s][^,]*(?:,\s*[^,\s][^,]*)*$"  # comma-separated, no empty entry
-_PAIR = r"[A-Za-z_][A-Za-z0-9_]*=[^,\s]+"  # NAME=VALUE
-_PAIRS = rf"^\s*{_PAIR}(?:\s*,\s*{_PAIR})*\s*$"  # comma-separated
+_NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_HEAD = r"[A-Za-z_][A-Za-z0-9_]*=gs://[^/,\s]+/[^,\s]*"  # NAME=gs://bucket/path
+_THRESHOLD = rf"[A-Za-z_][A-Za-z0-9_]*={_NUMBER}"  # NAME=X
+_HEADS = rf"^\s*{_HEAD}(?:\s*,\s*{_HEAD})*\s*$"  # comma-separated
+_THRESHOLDS = rf"^\s*{_THRESHOLD}(?:\s*,\s*{_THRESHOLD})*\s*$"
 _REGEX_BY_TYPE = {
     "int": _INT,
     "float": _FLOAT,
@@ -246,8 +249,8 @@ _REGEX_BY_TYPE = {
     "_names": _LIST,
     "_schemes": _LIST,
     "_byte_count": r"^\s*[0-9]+\s*[A-Za-z]*\s*$",  # units are checked by the launcher
-    "head_pairs": _PAIRS,
-    "head_thresholds": _PAIRS,
+    "head_pairs": _HEADS,
+    "head_thresholds": _THRESHOLDS,
 }
 # Plain string options, by dest.
 _REGEX_BY_DEST = {
