@@ -256,3 +256,21 @@ def test_launch_errors(clip_checkpoint, small, tmp_path, capsys):
                            "nothing=1")  # fmt: skip
     assert "not heads of this job" in message
     assert "--min-head is an option of clipbeam filter" in score("--min-head", "a=1")
+
+
+def test_convert_head_round_trips(tmp_path, capsys):
+    from clipbeam.model.heads import load_head
+
+    torch.save(random_curator(768).state_dict(), tmp_path / "nsfw.pth")
+    assert cli.main(["convert-head", str(tmp_path / "nsfw.pth"), "--out", str(tmp_path / "c"),
+                     "--meaning", "nsfw probability"]) == 0  # fmt: skip
+    assert "curator-nsfw head, 768-dim input" in capsys.readouterr().out
+    original, converted = load_head(tmp_path / "nsfw.pth"), load_head(tmp_path / "c")
+    assert converted.config.meaning == "nsfw probability" and converted.config.standardize
+    x = torch.nn.functional.normalize(torch.randn(16, 768), dim=-1)
+    with torch.no_grad():
+        assert torch.equal(original(x), converted(x))
+    assert (
+        cli.main(["convert-head", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "d")]) == 2
+    )
+    assert "does not exist" in capsys.readouterr().err
