@@ -11,7 +11,14 @@ import importlib
 import time
 
 # In the order they run.
-BENCHMARKS = ("bench_model", "bench_preprocess", "bench_text", "bench_e2e", "bench_memory")
+BENCHMARKS = (
+    "bench_model",
+    "bench_preprocess",
+    "bench_text",
+    "bench_e2e",
+    "bench_memory",
+    "bench_heads",
+)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clipbeam.pipeline.beam_options import check_beam_args
+from clipbeam.pipeline.head_options import head_fields
 from clipbeam.pipeline.options import DEFAULT_TEMPLATE, LaunchError, build_parser
 from clipbeam.transforms.limits import DEFAULT_URL_SCHEMES
 from clipbeam.transforms.spec import JobSpec
@@ -121,9 +122,12 @@ def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = 
             max_text_chars=args["max_text_chars"],
             allowed_url_schemes=tuple(args["allowed_url_schemes"] or DEFAULT_URL_SCHEMES),
             options=options,
+            **head_fields(args),
         )
     except ValueError as exc:
-        raise LaunchError(str(exc)) from None
+        # JobSpec lists its problems one per line; the command line prints one line.
+        lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines()]
+        raise LaunchError(f"{lines[0]} {'; '.join(lines[1:])}".strip()) from None
     return ParsedArgs(
         command=command,
         inputs=tuple(args["input"]),
@@ -150,10 +154,11 @@ def _check_filter(args: dict[str, Any]) -> None:
     if args["template"] and not args["reject_concepts"]:
         raise LaunchError("--template only applies to --reject-concepts in filter")
     rules = ("min_score", "top_fraction", "min_image_side", "max_aspect_ratio", "min_text_chars")
-    if all(args[r] is None for r in rules) and not args["reject_concepts"]:
+    listed = ("reject_concepts", "min_head", "max_head")
+    if all(args[r] is None for r in rules) and not any(args[r] for r in listed):
         raise LaunchError(
             "filter needs at least one rule: --min-score, --top-fraction, --min-image-side, "
-            "--max-aspect-ratio, --min-text-chars or --reject-concepts"
+            "--max-aspect-ratio, --min-text-chars, --reject-concepts, --min-head or --max-head"
         )
 
 

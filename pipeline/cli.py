@@ -28,11 +28,14 @@ __all__ = ["main", "run"]
 
 _log = logging.getLogger("clipbeam")
 
-# Subcommands that are not Beam jobs: command -> module whose ``main(argv) -> int`` runs it.
+# Subcommands that are not Beam jobs: command -> module whose ``main(argv) -> int`` runs it (or
+# ``module:function`` naming another function).
 _TOOLS = {
     "demo": "clipbeam.pipeline.demo.command",
     "report": "clipbeam.pipeline.report",
     "train": "clipbeam.pipeline.train",
+    "train-head": "clipbeam.pipeline.heads:train_main",
+    "convert-head": "clipbeam.pipeline.heads:convert_main",
 }
 
 
@@ -155,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in _TOOLS:
         import importlib
 
-        return importlib.import_module(_TOOLS[args[0]]).main(args[1:])
+        module, _, function = _TOOLS[args[0]].partition(":")
+        return getattr(importlib.import_module(module), function or "main")(args[1:])
     try:
         spec, _ = _launch(args, None, wait=True)
     except LaunchError as exc:

@@ -15,6 +15,7 @@ import math
 import re
 from typing import Any, NoReturn
 
+from clipbeam.pipeline.head_options import add_head_options, add_head_rules
 from clipbeam.transforms.limits import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -386,6 +387,7 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
         f"{','.join(s for s in DEFAULT_URL_SCHEMES if s != LOCAL_SCHEME)}, as a worker's "
         "disk holds no dataset)",
     )
+    add_head_options(parser, _add)
 
 
 def _add_filter(parser: argparse.ArgumentParser) -> None:
@@ -445,6 +447,7 @@ def _add_filter(parser: argparse.ArgumentParser) -> None:
         help="cosine similarity between image and concept prompt at or above which a concept "
         "rejects an image",
     )
+    add_head_rules(rules, _add)
     _add_templates(rules, "concept")
 
 
@@ -501,7 +504,8 @@ def build_parser(prog: str = "clipbeam") -> argparse.ArgumentParser:
         "--temp_location, --project, --region...).",
         epilog="other commands (each with its own --help): demo (an offline demo on generated "
         "scenes), report DIR (an HTML report of a job's output), train (contrastive training "
-        "of a checkpoint on image-text Parquet)",
+        "of a checkpoint on image-text Parquet), train-head (a head of your own on embeddings and "
+        "labels), convert-head (LAION's or NeMo Curator's heads as clipbeam heads)",
         allow_abbrev=False,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

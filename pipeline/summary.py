@@ -82,6 +82,9 @@ def make_summary(
     summary: dict[str, Any] = {"job": spec.kind}
     for key in counter_names(spec.kind):
         summary[key] = getattr(stats, _COUNTS[key])
+    if spec.kind == "filter":
+        # Rows can fail several rules: these counts add up to at least `rejected`.
+        summary["rejected_by_rule"] = dict(stats.rejected_by_rule)
     if stats.histogram:
         summary["clip_score_histogram"] = {
             # Rounded: linspace leaves float noise such as -0.3999999999999999 in the file.

@@ -332,6 +332,7 @@ def check_remote(
 
     places = [("input", p) for p in inputs]
     places += [("output", spec.output), ("model", spec.model)]
+    places += [("head", source) for _, source in spec.heads]
     if labels_file is not None:
         places.append(("labels-file", labels_file))
     for option, path in places:
@@ -368,16 +369,28 @@ def for_runner(spec: JobSpec, runner: str | None) -> JobSpec:
 
 
 def check_model(spec: JobSpec) -> None:
-    """Loads the model and processor once on CPU, so a bad ``--model`` fails at launch.
+    """Loads the model, processor and heads once on CPU, so a bad ``--model`` or ``--head``
+    fails at launch.
 
     Raises:
-        LaunchError: the checkpoint is not found or does not load; the message is the loader's.
+        LaunchError: the checkpoint is not found or does not load; a head does not load or reads
+            embeddings of another size than the model's. The message is the loader's.
     """
+    from clipbeam.model.heads import HeadError
     from clipbeam.model.hub import CheckpointError
     from clipbeam.transforms.encoder import Encoder
 
     try:
-        Encoder.load(spec.model, device="cpu", dtype="float32", batch_size=spec.batch_size)
+        Encoder.load(
+            spec.model,
+            device="cpu",
+            dtype="float32",
+            batch_size=spec.batch_size,
+            heads=spec.heads,
+        )
+    except HeadError as exc:
+        # A head that does not load or does not fit the model: the message names the head.
+        raise LaunchError(str(exc)) from None
     except CheckpointError as exc:
         raise LaunchError(f"--model {spec.model}: {exc}") from None
     except (OSError, ValueError, KeyError) as exc:

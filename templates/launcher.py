@@ -236,6 +236,11 @@ _INT = r"^[+-]?[0-9]+$"
 _FLOAT = r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
 _BOOL = r"^(?i:true|false|yes|no|on|off|1|0)$"
 _LIST = r"^\s*[^,\s][^,]*(?:,\s*[^,\s][^,]*)*$"  # comma-separated, no empty entry
+_NUMBER = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_HEAD = r"[A-Za-z_][A-Za-z0-9_]*=gs://[^/,\s]+/[^,\s]*"  # NAME=gs://bucket/path
+_THRESHOLD = rf"[A-Za-z_][A-Za-z0-9_]*={_NUMBER}"  # NAME=X
+_HEADS = rf"^\s*{_HEAD}(?:\s*,\s*{_HEAD})*\s*$"  # comma-separated
+_THRESHOLDS = rf"^\s*{_THRESHOLD}(?:\s*,\s*{_THRESHOLD})*\s*$"
 _REGEX_BY_TYPE = {
     "int": _INT,
     "float": _FLOAT,
@@ -244,6 +249,8 @@ _REGEX_BY_TYPE = {
     "_names": _LIST,
     "_schemes": _LIST,
     "_byte_count": r"^\s*[0-9]+\s*[A-Za-z]*\s*$",  # units are checked by the launcher
+    "head_pairs": _HEADS,
+    "head_thresholds": _THRESHOLDS,
 }
 # Plain string options, by dest.
 _REGEX_BY_DEST = {
@@ -254,6 +261,8 @@ _REGEX_BY_DEST = {
 }
 # Dataflow's input pickers, by dest (the rest are TEXT). Only types that never pre-fill a value:
 # a BOOLEAN or NUMBER picker would send false or 0 for a parameter the user left alone.
+# Value types that take several comma-separated values in one parameter.
+_LIST_TYPES = ("_names", "_schemes", "head_pairs", "head_thresholds")
 _PARAM_TYPE_BY_DEST = {"output": "GCS_WRITE_FOLDER", "labels_file": "GCS_READ_FILE"}
 _LABEL_WORDS = {"id": "ID", "http": "HTTP", "url": "URL", "k": "K"}
 # Help that differs from the command line's: on Dataflow, paths are gs:// URLs and a parameter
@@ -268,6 +277,10 @@ _TEMPLATE_HELP = {
     "bundled demo model: demo-clip, demo-chinese-clip.",
     "labels_file": "A UTF-8 text file on Cloud Storage with one label per line; not with "
     "class_labels.",
+    "head": "Learned heads on the image embedding, NAME=gs://bucket/heads/NAME, several "
+    "comma-separated: a clipbeam head folder (head.json + head.safetensors), or LAION's aesthetic "
+    "predictor or NeMo Curator's NSFW detector as .pth or .safetensors. Each writes a float32 "
+    "column NAME.",
     "template": "Prompt template with one {} where the label (classify) or the concept (filter) "
     "goes. Default: 'a photo of a {}.'.",
 }
@@ -356,7 +369,7 @@ def _help_text(
     text = text[:1].upper() + text[1:]
     if not text.endswith("."):
         text += "."
-    if action.type is not None and _type_name(action) in ("_names", "_schemes"):
+    if action.type is not None and _type_name(action) in _LIST_TYPES:
         pass  # comma-separated lists take several values in one parameter
     elif isinstance(action, argparse._AppendAction | argparse._ExtendAction):
         text += " One value as a template parameter."

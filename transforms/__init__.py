@@ -29,6 +29,12 @@ _EXPORTS: dict[str, str] = {
     "UnitDoFn": "process",
     "top_fraction_threshold": "process",
     "ClipModelHandler": "handler",
+    "load_heads": "heads",
+    "Head": "_model_heads",
+    "HeadConfig": "_model_heads",
+    "HeadError": "_model_heads",
+    "load_head": "_model_heads",
+    "save_head": "_model_heads",
     "prepare_example": "handler",
 }
 
@@ -39,7 +45,10 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'clipbeam.transforms' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    if module == "_model_heads":  # the head network itself lives in clipbeam.model
+        value = getattr(importlib.import_module("clipbeam.model.heads"), name)
+    else:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
 

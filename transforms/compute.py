@@ -7,6 +7,7 @@ table.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from clipbeam.transforms.encoder import Encoder
+from clipbeam.transforms.heads import head_reasons
 from clipbeam.transforms.rows import EncodedWindow, id_field
 from clipbeam.transforms.spec import JobSpec
 
@@ -22,6 +24,7 @@ __all__ = [
     "filter_reasons",
     "output_schema",
     "result_columns",
+    "rule_counts",
     "split_filtered",
 ]
 
@@ -55,13 +58,23 @@ class Prompts:
 
 
 def result_fields(spec: JobSpec, dim: int, *, rejected: bool = True) -> list[pa.Field]:
-    """The columns ``spec.kind`` computes, in output order.
+    """The columns ``spec.kind`` computes, in output order: the kind's, then one float32 column
+    per head, then (filter) ``reject_reason``.
 
     Args:
         spec: the job.
         dim: the model's embedding size.
         rejected: filter: include ``reject_reason`` (the rejected/ and staging schema).
     """
+    heads = [pa.field(name, pa.float32()) for name in spec.head_names]
+    return _kind_fields(spec, dim) + heads + _reason_field(spec, rejected)
+
+
+def _reason_field(spec: JobSpec, rejected: bool) -> list[pa.Field]:
+    return [pa.field("reject_reason", pa.string())] if spec.kind == "filter" and rejected else []
+
+
+def _kind_fields(spec: JobSpec, dim: int) -> list[pa.Field]:
     embedding = pa.list_(_EMBEDDING_TYPES[spec.embedding_dtype], dim)
     score = pa.field("clip_score", pa.float32())
     if spec.kind == "embed":
@@ -83,8 +96,6 @@ def result_fields(spec: JobSpec, dim: int, *, rejected: bool = True) -> list[pa.
     fields = [score, pa.field("image_width", pa.int32()), pa.field("image_height", pa.int32())]
     if spec.reject_concepts:
         fields.append(pa.field("concept_scores", pa.list_(pa.float32(), len(spec.reject_concepts))))
-    if rejected:
-        fields.append(pa.field("reject_reason", pa.string()))
     return fields
 
 
@@ -119,10 +130,20 @@ def _embeddings(values: np.ndarray, field: pa.Field, dtype: str) -> pa.Array:
 def result_columns(spec: JobSpec, window: EncodedWindow, prompts: Prompts) -> list[pa.Array]:
     """The computed columns for the good rows of ``window``, matching :func:`result_fields`
     (with ``reject_reason`` holding the rules failed so far, null when none)."""
+    columns = _kind_columns(spec, window, prompts)
+    if spec.heads:
+        heads: np.ndarray = window.head_outputs  # type: ignore[assignment]
+        columns += [pa.array(heads[:, j], type=pa.float32()) for j in range(len(spec.heads))]
+    if spec.kind == "filter":
+        columns.append(_reasons(spec, window, prompts))
+    return columns
+
+
+def _kind_columns(spec: JobSpec, window: EncodedWindow, prompts: Prompts) -> list[pa.Array]:
     dim = (
         window.image_embeddings if window.image_embeddings is not None else window.text_embeddings
     ).shape[1]  # type: ignore[union-attr]
-    fields = result_fields(spec, dim)
+    fields = _kind_fields(spec, dim)
     if spec.kind == "embed":
         columns = []
         for f in fields:
@@ -146,15 +167,25 @@ def result_columns(spec: JobSpec, window: EncodedWindow, prompts: Prompts) -> li
         pa.array(widths, type=pa.int32()),
         pa.array(heights, type=pa.int32()),
     ]
-    concept_scores = None
     if spec.reject_concepts:
-        concept_scores = window.image_embeddings @ prompts.concepts.T  # type: ignore[union-attr,operator]
-        concept_field = fields[3]
-        flat = pa.array(concept_scores.astype(np.float32).reshape(-1), type=pa.float32())
-        columns.append(pa.FixedSizeListArray.from_arrays(flat, concept_field.type.list_size))
-    reasons = filter_reasons(spec, scores, window.sizes, window.texts, concept_scores)
-    columns.append(pa.array([",".join(r) or None for r in reasons], type=pa.string()))
+        concept_scores = _concept_scores(window, prompts)
+        flat = pa.array(concept_scores.reshape(-1), type=pa.float32())
+        columns.append(pa.FixedSizeListArray.from_arrays(flat, len(spec.reject_concepts)))
     return columns
+
+
+def _concept_scores(window: EncodedWindow, prompts: Prompts) -> np.ndarray:
+    scores = window.image_embeddings @ prompts.concepts.T  # type: ignore[union-attr,operator]
+    return scores.astype(np.float32)
+
+
+def _reasons(spec: JobSpec, window: EncodedWindow, prompts: Prompts) -> pa.Array:
+    """``reject_reason`` of a filter window's good rows: every rule failed, comma-separated."""
+    concept_scores = _concept_scores(window, prompts) if spec.reject_concepts else None
+    reasons = filter_reasons(
+        spec, _scores(window), window.sizes, window.texts, concept_scores, window.head_outputs
+    )
+    return pa.array([",".join(r) or None for r in reasons], type=pa.string())
 
 
 def _classify(spec: JobSpec, images: np.ndarray, prompts: Prompts) -> list[pa.Array]:
@@ -180,9 +211,12 @@ def filter_reasons(
     sizes: list[tuple[int, int]],
     texts: list[str],
     concept_scores: np.ndarray | None,
+    head_outputs: np.ndarray | None = None,
 ) -> list[list[str]]:
     """The rules each row fails, in a fixed order (``top_fraction`` is applied later, in
-    :func:`split_filtered`, once the dataset-wide threshold is known)."""
+    :func:`split_filtered`, once the dataset-wide threshold is known); head rules
+    (``min_head:NAME``, ``max_head:NAME``) come last."""
+    by_heads = head_reasons(spec, head_outputs)
     reasons: list[list[str]] = []
     for row, score in enumerate(scores):
         failed = []
@@ -200,6 +234,8 @@ def filter_reasons(
             for c, concept in enumerate(spec.reject_concepts):
                 if concept_scores[row, c] >= spec.concept_threshold:  # type: ignore[operator]
                     failed.append(f"concept:{concept}")
+        if by_heads:
+            failed += by_heads[row]
         reasons.append(failed)
     return reasons
 
@@ -230,3 +266,11 @@ def split_filtered(table: pa.Table, threshold: float | None = None) -> tuple[pa.
     kept = table.filter(passed).drop_columns(["reject_reason"])
     rejected = table.filter(pc.invert(passed))
     return kept, rejected
+
+
+def rule_counts(rejected: pa.Table) -> Counter[str]:
+    """How many rows of a ``rejected/`` table failed each rule (a row may fail several)."""
+    counts: Counter[str] = Counter()
+    for reason in rejected.column("reject_reason").to_pylist():
+        counts.update(r for r in (reason or "").split(",") if r)
+    return counts

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ import torch
 from apache_beam.utils import shared
 from PIL import Image
 
+from clipbeam.transforms.heads import load_heads
 from clipbeam.transforms.redact import redact_url
 from clipbeam.transforms.spec import int8_problem
 
@@ -95,6 +96,9 @@ class Encoder:
         device: where ``model`` lives.
         source: the checkpoint source, recorded in output metadata.
         batch_size: most rows per model call.
+        heads: learned heads (``model.heads.Head``) by output name; they run on the image
+            features of every image batch, on the model's device, in float32
+            (:meth:`embed_pixels`).
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class Encoder:
         device: torch.device,
         source: str = "",
         batch_size: int = 32,
+        heads: Mapping[str, torch.nn.Module] | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1 (got {batch_size})")
@@ -129,6 +134,7 @@ class Encoder:
         self._limits = {"image": batch_size, "text": batch_size}
         self._lock = threading.Lock()
         self._metadata: dict[str, str] | None = None
+        self.heads = {name: head.to(device).eval() for name, head in (heads or {}).items()}
 
     @classmethod
     def load(
@@ -139,6 +145,7 @@ class Encoder:
         dtype: str = "float32",
         batch_size: int = 32,
         compile: bool | None = None,
+        heads: Sequence[tuple[str, str]] = (),
     ) -> Encoder:
         """Loads model and processor from ``source`` onto ``device``.
 
@@ -151,6 +158,10 @@ class Encoder:
                 ``model.quantization``; with ``device="auto"`` it runs on CPU).
             batch_size: most rows per model call.
             compile: ``torch.compile`` the towers; ``None`` compiles on GPU only.
+            heads: ``(name, source)`` of learned heads to run on the image features.
+
+        Raises:
+            HeadError: a head does not load or reads embeddings of another size.
         """
         from clipbeam.model import load_model, load_processor
         from clipbeam.model.quantization import INT8, quantize_int8
@@ -165,7 +176,10 @@ class Encoder:
         if should_compile(compile, target):
             compile_towers(model)
         processor = load_processor(source)
-        return cls(model, processor, device=target, source=source, batch_size=batch_size)
+        loaded = load_heads(heads, int(model.config.projection_dim), source) if heads else None
+        return cls(
+            model, processor, device=target, source=source, batch_size=batch_size, heads=loaded
+        )
 
     @property
     def family(self) -> str:
@@ -208,6 +222,38 @@ class Encoder:
         return self._run(
             "image", len(pixel_values), lambda lo, hi: self._image_batch(pixel_values[lo:hi])
         )
+
+    def embed_pixels(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`encode_pixels` and the heads' outputs, from the same tower call.
+
+        Returns:
+            ``(embeddings, heads)``: ``float32[N, projection_dim]`` and ``float32[N, H]``, one
+            column per head in :attr:`heads` order.
+        """
+        outputs = np.empty((len(pixel_values), len(self.heads)), dtype=np.float32)
+        embeddings = self._run(
+            "image",
+            len(pixel_values),
+            lambda lo, hi: self._image_batch(pixel_values[lo:hi]),
+            heads_out=outputs,
+        )
+        return embeddings, outputs
+
+    def apply_heads(self, embeddings: np.ndarray) -> np.ndarray:
+        """The heads' outputs for embeddings computed earlier, ``float32[N, H]``."""
+        features = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))
+        return self._heads(features.to(self.device))
+
+    @torch.inference_mode()
+    def _heads(self, features: torch.Tensor) -> np.ndarray:
+        if not self.heads:
+            return np.empty((len(features), 0), dtype=np.float32)
+        columns = [head(features) for head in self.heads.values()]
+        out = torch.stack(columns, dim=1).cpu().numpy()
+        if not np.isfinite(out).all():
+            bad = [n for n, c in zip(self.heads, out.T, strict=True) if not np.isfinite(c).all()]
+            raise FloatingPointError(f"heads {bad} produced non-finite outputs")
+        return out
 
     @torch.inference_mode()
     def _image_batch(self, pixel_values: np.ndarray) -> torch.Tensor:
@@ -263,8 +309,17 @@ class Encoder:
 
     # -- batching -----------------------------------------------------------------------------
 
-    def _run(self, tower: str, n: int, call: Callable[[int, int], torch.Tensor]) -> np.ndarray:
+    def _run(
+        self,
+        tower: str,
+        n: int,
+        call: Callable[[int, int], torch.Tensor],
+        heads_out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Runs ``call`` over ``[0, n)`` in batches and returns normalized float32 rows.
+
+        With ``heads_out``, the heads read each batch's features where they are (on the device)
+        and their outputs fill ``heads_out``'s rows.
 
         A CUDA out-of-memory error halves the batch size for this tower and retries the batch
         (down to one row, then it is raised): a few huge inputs must not fail a whole bundle.
@@ -276,6 +331,8 @@ class Encoder:
             stop = min(n, start + size)
             try:
                 features = call(start, stop)
+                if heads_out is not None:
+                    heads_out[start:stop] = self._heads(features)
             except torch.cuda.OutOfMemoryError:
                 if size == 1:
                     raise
@@ -318,7 +375,26 @@ class Encoder:
             "clipbeam.model_dtype": self.dtype_name,
             "clipbeam.logit_scale": repr(self.logit_scale),
             "clipbeam.preprocessing": json.dumps(preprocessing, sort_keys=True, default=str),
+            **self._describe_heads(),
         }
+
+    def _describe_heads(self) -> dict[str, str]:
+        if not self.heads:
+            return {}
+        heads = [
+            {
+                "name": name,
+                "source": redact_url(getattr(head, "source", "")),
+                "sha256": getattr(head, "sha256", ""),
+                **{
+                    k: v
+                    for k, v in head.config.to_dict().items()
+                    if k in ("trained_on", "meaning", "classes", "output", "embedding_dim")
+                },
+            }
+            for name, head in self.heads.items()
+        ]
+        return {"clipbeam.heads": json.dumps(heads, sort_keys=True)}
 
 
 def _int8_device(device: str, compile: bool | None) -> torch.device:
@@ -353,7 +429,13 @@ def _jsonable(value: Any) -> bool:
 
 
 def acquire_encoder(
-    source: str, *, device: str, dtype: str, batch_size: int, compile: bool | None = None
+    source: str,
+    *,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    compile: bool | None = None,
+    heads: Sequence[tuple[str, str]] = (),
 ) -> Encoder:
     """The process-wide encoder for this model, device, dtype and compile setting; loaded on first
     use (see :meth:`Encoder.load` for the arguments).
@@ -364,9 +446,9 @@ def acquire_encoder(
 
     def build() -> Encoder:
         encoder = Encoder.load(
-            source, device=device, dtype=dtype, batch_size=batch_size, compile=compile
+            source, device=device, dtype=dtype, batch_size=batch_size, compile=compile, heads=heads
         )
         encoder.metadata()  # hash the weights once, here, not on the first write
         return encoder
 
-    return _SHARED.acquire(build, tag=(source, device, dtype, batch_size, compile))
+    return _SHARED.acquire(build, tag=(source, device, dtype, batch_size, compile, tuple(heads)))

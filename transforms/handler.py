@@ -11,7 +11,9 @@ For people who build their own pipelines::
 
 Each output is a ``PredictionResult`` whose ``inference`` is a dict with ``image_embedding`` and
 ``text_embedding`` (L2-normalized ``float32`` arrays, ``None`` for a missing side) and
-``clip_score`` (their cosine, ``None`` unless both sides are given).
+``clip_score`` (their cosine, ``None`` unless both sides are given), and one float per learned
+head given as ``heads={"aesthetic": "gs://bucket/heads/aesthetic"}`` (``None`` without an image);
+the heads run on the image features in the same batch as the image tower.
 
 A bad image makes ``run_inference`` raise, which fails the whole batch (Beam's contract:
 ``with_exception_handling`` routes the batch to ``failed_inferences``). To reject bad images one
@@ -77,6 +79,8 @@ class ClipModelHandler(ModelHandler[Example, PredictionResult, Encoder]):
         max_batch_duration_secs: longest a streaming batch is buffered.
         large_model: load one model per machine and share it across processes.
         model_copies: how many models to load per machine (implies sharing).
+        heads: learned heads on the image embedding, output name -> source (see
+            ``model.heads``); each adds its output to every inference dict.
     """
 
     def __init__(
@@ -90,6 +94,7 @@ class ClipModelHandler(ModelHandler[Example, PredictionResult, Encoder]):
         max_batch_duration_secs: int | None = None,
         large_model: bool = False,
         model_copies: int | None = None,
+        heads: Mapping[str, str] | None = None,
     ):
         if not 1 <= min_batch_size <= max_batch_size:
             raise ValueError(
@@ -107,6 +112,7 @@ class ClipModelHandler(ModelHandler[Example, PredictionResult, Encoder]):
         self._device = device
         self._dtype = dtype
         self._max_batch_size = max_batch_size
+        self._heads = tuple((str(k), str(v)) for k, v in (heads or {}).items())
 
     def load_model(self) -> Encoder:
         """Loads the model and processor (once per process or per machine; Beam decides)."""
@@ -115,6 +121,7 @@ class ClipModelHandler(ModelHandler[Example, PredictionResult, Encoder]):
             device=self._device,
             dtype=self._dtype,
             batch_size=self._max_batch_size,
+            heads=self._heads,
         )
 
     def run_inference(
@@ -129,9 +136,12 @@ class ClipModelHandler(ModelHandler[Example, PredictionResult, Encoder]):
         with_text = [i for i, e in enumerate(prepared) if e["text"] is not None]
         images: dict[int, np.ndarray] = {}
         texts: dict[int, np.ndarray] = {}
+        heads: dict[int, np.ndarray] = {}
         if with_image:
             embedded = model.encode_images([prepared[i]["image"] for i in with_image])
             images = dict(zip(with_image, embedded, strict=True))
+            if model.heads:
+                heads = dict(zip(with_image, model.apply_heads(embedded), strict=True))
         if with_text:
             embedded = model.encode_texts([prepared[i]["text"] for i in with_text])
             texts = dict(zip(with_text, embedded, strict=True))
@@ -142,6 +152,8 @@ class ClipModelHandler(ModelHandler[Example, PredictionResult, Encoder]):
             if image is not None and text is not None:
                 score = float(np.dot(image, text))
             inference = {"image_embedding": image, "text_embedding": text, "clip_score": score}
+            for j, name in enumerate(model.heads):
+                inference[name] = float(heads[i][j]) if i in heads else None
             results.append(PredictionResult(example, inference, self._model_source))
         return results
 

@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import posixpath
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,7 +40,13 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from clipbeam.transforms import storage
-from clipbeam.transforms.compute import Prompts, output_schema, result_columns, split_filtered
+from clipbeam.transforms.compute import (
+    Prompts,
+    output_schema,
+    result_columns,
+    rule_counts,
+    split_filtered,
+)
 from clipbeam.transforms.encoder import Encoder, acquire_encoder
 from clipbeam.transforms.images import resolve_image_format
 from clipbeam.transforms.rows import (
@@ -169,7 +176,7 @@ class UnitDoFn(beam.DoFn):
             }
             errors_path = self._path(ERRORS_DIR, f"{unit.name}.parquet")
             errors = spools.enter_context(ParquetSpool(errors_path, error_schema(spec, schema)))
-            input_rows, scores = 0, []
+            input_rows, scores, rules = 0, [], Counter()
             for batch in parquet.iter_batches(
                 batch_size=spec.batch_size * _WINDOW_BATCHES,
                 row_groups=[unit.row_group],
@@ -182,7 +189,7 @@ class UnitDoFn(beam.DoFn):
                 table = self._result_table(unit, window, input_rows, outputs)
                 if "clip_score" in table.column_names:
                     scores.extend(table.column("clip_score").to_pylist())
-                self._write_results(table, outputs)
+                rules += self._write_results(table, outputs)
                 input_rows += batch.num_rows
             if input_rows != unit.num_rows:
                 raise RuntimeError(
@@ -209,6 +216,7 @@ class UnitDoFn(beam.DoFn):
                 rejected=outputs["rejected"].rows if "rejected" in outputs else 0,
                 histogram=score_histogram(np.asarray(scores)) if self._has_scores() else (),
                 units=1,
+                rejected_by_rule=tuple(sorted(rules.items())),
             )
         return stats, scores
 
@@ -219,6 +227,7 @@ class UnitDoFn(beam.DoFn):
             schema = parquet.schema_arrow
             kept_schema = schema.remove(schema.get_field_index("reject_reason"))
             scores: list[float] = []
+            rules: Counter[str] = Counter()
             with contextlib.ExitStack() as spools:
                 kept_path = self._path("kept", f"{unit.name}.parquet")
                 kept = spools.enter_context(ParquetSpool(kept_path, kept_schema))
@@ -230,6 +239,7 @@ class UnitDoFn(beam.DoFn):
                     k, r = split_filtered(table, threshold)
                     kept.write(k)
                     rejected.write(r)
+                    rules += rule_counts(r)
                 kept.commit()
                 rejected.commit()
         return UnitStats(
@@ -237,6 +247,7 @@ class UnitDoFn(beam.DoFn):
             kept=kept.rows,
             rejected=rejected.rows,
             histogram=score_histogram(np.asarray(scores)),
+            rejected_by_rule=tuple(sorted(rules.items())),
         )
 
     def _staged_scores(self, unit: WorkUnit) -> list[float]:
@@ -255,6 +266,7 @@ class UnitDoFn(beam.DoFn):
                 dtype=spec.dtype,
                 batch_size=spec.batch_size,
                 compile=spec.compile,
+                heads=spec.heads,
             )
             self._prompts = Prompts.build(spec, self._encoder)
         return self._encoder
@@ -304,13 +316,15 @@ class UnitDoFn(beam.DoFn):
         columns += [window.batch.column(name).take(take) for name in self.spec.keep_columns]
         return pa.Table.from_arrays(columns, schema=spool.schema)
 
-    def _write_results(self, table: pa.Table, outputs: dict[str, ParquetSpool]) -> None:
+    def _write_results(self, table: pa.Table, outputs: dict[str, ParquetSpool]) -> Counter[str]:
+        """Writes the rows; returns how many rows failed each filter rule."""
         if "kept" in outputs:
             kept, rejected = split_filtered(table)
             outputs["kept"].write(kept)
             outputs["rejected"].write(rejected)
-        else:
-            next(iter(outputs.values())).write(table)
+            return rule_counts(rejected)
+        next(iter(outputs.values())).write(table)
+        return Counter()
 
     def _count(self, stats: UnitStats) -> None:
         for name, counter in self._counters.items():

@@ -45,6 +45,8 @@ class EncodedWindow:
         sizes: ``(width, height)`` of each good row's image (empty without images).
         texts: each good row's caption (empty without texts).
         errors: ``(index into batch, error)`` for every row that failed, ascending.
+        head_outputs: ``float32[len(good), H]``, the heads' outputs (``spec.heads`` order), or
+            ``None`` without images.
     """
 
     batch: pa.RecordBatch
@@ -54,6 +56,7 @@ class EncodedWindow:
     sizes: list[tuple[int, int]]
     texts: list[str]
     errors: list[tuple[int, RowError]]
+    head_outputs: np.ndarray | None = None
 
 
 def encode_window(
@@ -102,6 +105,7 @@ def encode_window(
 
     image_rows: list[int] = []
     image_chunks: list[np.ndarray] = []
+    head_chunks: list[np.ndarray] = []
     sizes: dict[int, tuple[int, int]] = {}
     for start, results in zip(range(0, len(todo), spec.batch_size), batches, strict=False):
         chunk, pixels = [], []
@@ -113,15 +117,19 @@ def encode_window(
             pixels.append(result.pixels)
             sizes[i] = result.size
         if pixels:
-            image_chunks.append(encoder.encode_pixels(np.stack(pixels)))
+            embeddings, heads = encoder.embed_pixels(np.stack(pixels))
+            image_chunks.append(embeddings)
+            head_chunks.append(heads)
             image_rows.extend(chunk)
         del pixels, results  # preprocessed pixels are the big objects: free them before the next
 
     good = [i for i in range(n) if i not in failed]
-    image_embeddings = None
+    image_embeddings = head_outputs = None
     if spec.image_column is not None:
-        embedded = dict(zip(image_rows, _rows(image_chunks, encoder), strict=True))
+        embedded = dict(zip(image_rows, _rows(image_chunks, encoder.projection_dim), strict=True))
         image_embeddings = _stack([embedded[i] for i in good], encoder.projection_dim)
+        scored = dict(zip(image_rows, _rows(head_chunks, len(encoder.heads)), strict=True))
+        head_outputs = _stack([scored[i] for i in good], len(encoder.heads))
     text_embeddings = None
     good_texts: list[str] = []
     if spec.text_column is not None:
@@ -139,12 +147,13 @@ def encode_window(
         sizes=[sizes[i] for i in good] if spec.image_column is not None else [],
         texts=good_texts,
         errors=sorted(failed.items()),
+        head_outputs=head_outputs,
     )
 
 
-def _rows(chunks: list[np.ndarray], encoder: Encoder) -> np.ndarray:
+def _rows(chunks: list[np.ndarray], width: int) -> np.ndarray:
     if not chunks:
-        return np.empty((0, encoder.projection_dim), dtype=np.float32)
+        return np.empty((0, width), dtype=np.float32)
     return np.concatenate(chunks)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from clipbeam.transforms.heads import head_problems
 from clipbeam.transforms.limits import (
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -127,6 +128,10 @@ class JobSpec:
         max_image_bytes: largest encoded image read, from a cell, a file or a URL.
         max_text_chars: longest caption accepted, in characters.
         allowed_url_schemes: schemes image paths may use; ``"file"`` allows local paths.
+        heads: ``(name, source)`` of each learned head on the image embedding
+            (``model.heads``); each writes a float32 column ``name``.
+        min_heads: filter: ``(name, x)``: reject rows whose head ``name`` gives less than x.
+        max_heads: filter: ``(name, x)``: reject rows whose head ``name`` gives more than x.
         options: the job's options as given (JSON-serializable), stored in output metadata with
             credentials in URLs redacted.
     """
@@ -164,12 +169,20 @@ class JobSpec:
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
     allowed_url_schemes: tuple[str, ...] = DEFAULT_URL_SCHEMES
+    # learned heads on the image embedding (transforms.heads)
+    heads: tuple[tuple[str, str], ...] = ()
+    min_heads: tuple[tuple[str, float], ...] = ()
+    max_heads: tuple[tuple[str, float], ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience and stored as tuples, so specs stay hashable.
         for name in ("keep_columns", "reject_concepts", "labels", "templates"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name in ("heads", "min_heads", "max_heads"):
+            value = getattr(self, name)
+            pairs = value.items() if isinstance(value, Mapping) else value
+            object.__setattr__(self, name, tuple((str(k), v) for k, v in pairs))
         schemes = tuple(s.strip().lower() for s in self.allowed_url_schemes)
         object.__setattr__(self, "allowed_url_schemes", schemes)
         # Options end up in every output file's metadata and in summary.json.
@@ -230,6 +243,7 @@ class JobSpec:
             p.append(f"id column {self.id_column!r} clashes with a column the job writes")
         elif self.id_column in self.keep_columns:
             p.append(f"keep_columns holds the id column {self.id_column!r}, which is always kept")
+        p += head_problems(self, written)
         clash = sorted(set(self.keep_columns) & written)
         if clash:
             p.append(f"keep_columns {clash} clash with columns the job writes; rename them")
@@ -289,6 +303,11 @@ class JobSpec:
                 if t.count("{}") != 1:
                     p.append(f"template {t!r} must contain exactly one '{{}}'")
         return p
+
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """The heads' output columns, in the order given."""
+        return tuple(name for name, _ in self.heads)
 
     @property
     def output_dirs(self) -> tuple[str, ...]:

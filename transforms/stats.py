@@ -50,6 +50,9 @@ class UnitStats:
             job computes no scores).
         units: work units counted (a two-pass filter counts each unit in its first pass only).
         resumed_units: of ``units``, those skipped because a previous run finished them.
+        rejected_by_rule: filter: ``(rule, rows)`` pairs sorted by rule: how many rejected rows
+            failed each rule (``min_score``, ``concept:watermark``, ``min_head:aesthetic``...);
+            a row that fails several rules counts for each.
     """
 
     input_rows: int = 0
@@ -60,6 +63,7 @@ class UnitStats:
     histogram: tuple[int, ...] = field(default=())
     units: int = 0
     resumed_units: int = 0
+    rejected_by_rule: tuple[tuple[str, int], ...] = ()
 
     def __add__(self, other: UnitStats) -> UnitStats:
         if not isinstance(other, UnitStats):
@@ -67,9 +71,16 @@ class UnitStats:
         counts = {
             f.name: getattr(self, f.name) + getattr(other, f.name)
             for f in fields(self)
-            if f.name != "histogram"
+            if f.name not in ("histogram", "rejected_by_rule")
         }
-        return UnitStats(**counts, histogram=_add_histograms(self.histogram, other.histogram))
+        rules = dict(self.rejected_by_rule)
+        for rule, rows in other.rejected_by_rule:
+            rules[rule] = rules.get(rule, 0) + rows
+        return UnitStats(
+            **counts,
+            histogram=_add_histograms(self.histogram, other.histogram),
+            rejected_by_rule=tuple(sorted(rules.items())),
+        )
 
     def __radd__(self, other: object) -> UnitStats:
         if other == 0:  # sum() starts from 0
@@ -80,6 +91,7 @@ class UnitStats:
         """The stats as JSON (the completion marker's content)."""
         data = asdict(self)
         data["histogram"] = list(self.histogram)
+        data["rejected_by_rule"] = [list(pair) for pair in self.rejected_by_rule]
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -90,12 +102,20 @@ class UnitStats:
         if unknown:
             raise ValueError(f"unit marker has unknown fields {sorted(unknown)}: {text[:200]}")
         data["histogram"] = tuple(data.get("histogram", ()))
+        data["rejected_by_rule"] = tuple(
+            (str(rule), int(rows)) for rule, rows in data.get("rejected_by_rule", ())
+        )
         return cls(**data)
 
     def as_resumed(self) -> UnitStats:
         """The same counts, marked as coming from a finished unit of an earlier run."""
         return UnitStats(
-            **{**asdict(self), "histogram": self.histogram, "resumed_units": self.units}
+            **{
+                **asdict(self),
+                "histogram": self.histogram,
+                "rejected_by_rule": self.rejected_by_rule,
+                "resumed_units": self.units,
+            }
         )
 
 

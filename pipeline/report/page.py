@@ -246,6 +246,9 @@ def _rows(
 def _rule_text(rule: str) -> str:
     if rule.startswith("concept:"):
         return f"image too similar to the concept {rule.removeprefix('concept:')!r}"
+    if rule.startswith(("min_head:", "max_head:")):
+        bound, name = rule.split(":", 1)
+        return f"head {name!r} {'below --min-head' if bound == 'min_head' else 'above --max-head'}"
     return _RULES.get(rule, "")
 
 

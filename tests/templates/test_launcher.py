@@ -229,7 +229,22 @@ FULL = {
     "class_labels": ("cat,rocket", "labels", ("cat", "rocket")),
     "labels_file": ("{root}/labels.txt", "labels", ("cat", "dog", "sea otter")),
     "top_k": ("1", "top_k", 1),
+    "head": ("own={root}/heads/own", "heads", (("own", "{root}/heads/own"),)),
+    "min_head": ("own=0.25", "min_heads", (("own", 0.25),)),
+    "max_head": ("own=0.75", "max_heads", (("own", 0.75),)),
 }
+
+
+def _rooted(value, root: str):
+    """``value`` with ``{root}`` filled in, tuples nested as they are."""
+    if isinstance(value, tuple):
+        return tuple(_rooted(v, root) for v in value)
+    return value.replace("{root}", root) if isinstance(value, str) else value
+
+
+def _listed(value):
+    """``value`` as JSON reads it back: tuples as lists."""
+    return [_listed(v) for v in value] if isinstance(value, tuple) else value
 # Parameters that exclude each other are set in different cases of the same job.
 FULL_CASES = {
     "embed": [],
@@ -264,9 +279,10 @@ def test_full_cases_set_every_parameter_of_every_job():
 
 
 @pytest.fixture(scope="module")
-def gcs_full_inputs(gcs_emulator, gcs_inputs):
+def gcs_full_inputs(gcs_emulator, gcs_inputs, tmp_path_factory):
     """A dataset whose columns all have non-default names, and a labels file, on the bucket."""
     root, _ = gcs_inputs
+    tmp = tmp_path_factory.mktemp("head")
     data = build_dataset(
         f"{root}/full-in",
         num_files=2,
@@ -277,6 +293,12 @@ def gcs_full_inputs(gcs_emulator, gcs_inputs):
         seed=5,
     )
     storage.write_atomic(f"{root}/labels.txt", b"cat\ndog\nsea otter\n")
+    # A head for the tiny test model's 16-dim embeddings.
+    from clipbeam.model.heads import Head, HeadConfig, LayerConfig, save_head
+
+    local = save_head(Head(HeadConfig(layers=(LayerConfig(16, 1),), embedding_dim=16)), tmp)
+    for path in sorted(local.iterdir()):
+        storage.write_atomic(f"{root}/heads/own/{path.name}", path.read_bytes())
     return root, data.pattern
 
 
@@ -310,14 +332,13 @@ def test_launch_takes_every_parameter_to_the_workers(case, gcs_full_inputs, gcs_
         spec = fn.spec
         assert (spec.kind, spec.model, spec.output) == (job, f"{root}/model", output)
         reached = {p: getattr(spec, FULL[p][1]) for p in parameters}
-        assert reached == {p: FULL[p][2] for p in parameters}
+        assert reached == {p: _rooted(FULL[p][2], root) for p in parameters}
     # The job record in the output folder holds the same values.
     record = json.loads(storage.read_bytes(f"{output}/_job.json"))
     assert record["inputs"] == [pattern]
     for p in parameters:
         field, value = FULL[p][1:]
-        expected = list(value) if isinstance(value, tuple) else value
-        assert record[field] == expected, p
+        assert record[field] == _listed(_rooted(value, root)), p
     assert not storage.exists(f"{output}/summary.json")
 
 

@@ -100,6 +100,8 @@ GOOD = {
     "gcs": ["gs://bucket-a/in/*.parquet", "gs://bucket-a/labels.txt"],
     "model": ["gs://bucket-a/models/clip-vit-base-patch16", "demo-clip"],
     "template": ["a photo of a {}.", "{}"],
+    "head_pairs": ["a=gs://bucket-a/heads/a", "a=gs://b/x.pth, nsfw=gs://b/n.safetensors"],
+    "head_thresholds": ["a=5", "a=-0.5", "a=1e-3"],
 }
 BAD = {
     "int": ["abc", "1.5", ""],
@@ -113,6 +115,8 @@ BAD = {
     "model": ["/models/clip", "openai/clip-vit-base-patch32", "file:///models/clip"],
     "template": ["a photo"],
     "choices": ["bogus", ""],
+    "head_pairs": ["a", "=gs://b/x", "a=/tmp/h.pth", "9a=gs://b/x", "a=gs://b/x,", ""],
+    "head_thresholds": ["a", "a=x", "a=nan", "a=1,,a=2", ""],
 }
 
 # What a parameter needs beside it to make a valid job, by (job, dest).
@@ -129,6 +133,8 @@ WITH = {
     "reject_concepts": ["--concept_threshold=0.3"],
     "concept_threshold": ["--reject_concepts=watermark"],
     "min_image_side": ["--min_score=0.1"],
+    "min_head": ["--head=a=gs://bucket-a/heads/a"],
+    "max_head": ["--head=a=gs://bucket-a/heads/a"],
 }
 
 

@@ -147,3 +147,32 @@ def test_batch_bounds_and_no_gpu_fallback(clip_checkpoint):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA GPU"):
             ClipModelHandler(str(clip_checkpoint), device="cuda").load_model()
+
+
+def test_run_inference_with_heads(clip_checkpoint, examples, tmp_path):
+    from tests.model.test_heads import random_curator, random_laion
+
+    laion, curator = random_laion(16), random_curator(16)
+    torch.save(laion.state_dict(), tmp_path / "a.pth")
+    torch.save(curator.state_dict(), tmp_path / "n.pth")
+    heads = {"aesthetic": str(tmp_path / "a.pth"), "nsfw": str(tmp_path / "n.pth")}
+    source = str(clip_checkpoint)
+    reference = Encoder.load(source, device="cpu")
+    handler = ClipModelHandler(source, device="cpu", max_batch_size=3, heads=heads)
+
+    def check(results):
+        assert len(results) == len(examples)
+        for result in results:
+            image = result.example.get("image")
+            got = result.inference
+            if image is None:
+                assert got["aesthetic"] is None and got["nsfw"] is None
+                continue
+            embedding = reference.encode_images([prepare_example(result.example)["image"]])
+            x = torch.from_numpy(embedding)
+            with torch.no_grad():
+                assert abs(got["aesthetic"] - float(laion(x))) <= 1e-5
+                assert abs(got["nsfw"] - float(curator(x))) <= 1e-5
+
+    with BeamTestPipeline() as p:
+        assert_that(p | beam.Create(examples) | RunInference(handler), check)
