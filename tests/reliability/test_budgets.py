@@ -1,0 +1,251 @@
+"""One row never holds a worker: decoding, fetching and converting one image are bounded.
+
+Files crafted to be cheap to send and dear to decode (thousands of empty progressive-JPEG scans,
+millions of tiny PNG chunks, JPEG segments or GIF sub-blocks) are refused from their structure
+before a decoder runs, real images of the same formats still decode, and a job puts the crafted
+rows in ``errors/`` as ``image_too_complex``. 16-bit and float images are converted to 8 bits
+with memory proportional to the 8-bit image.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import tracemalloc
+import zlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from clipbeam.transforms.errors import RowError
+from clipbeam.transforms.image_structure import (
+    GIF_MAX_EXTENSION_BLOCKS,
+    JPEG_MAX_SCANS,
+    JPEG_MAX_SEGMENTS,
+    PNG_BASE_CHUNKS,
+    PNG_BYTES_PER_CHUNK,
+)
+from clipbeam.transforms.images import decode_image
+from tests.pipeline.jobtools import run_job
+
+# Planted in every crafted file: a message that quoted the file would show it.
+MARKER = b"tok3n-ya29-SECRET"
+
+
+def _jpeg(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", **options)
+    return buffer.getvalue()
+
+
+def progressive_with_scans(extra: int, size: tuple[int, int] = (512, 512)) -> bytes:
+    """A progressive JPEG whose last scan is repeated ``extra`` more times (a few bytes each)."""
+    data = _jpeg(Image.new("RGB", size, (120, 80, 40)), progressive=True, quality=50)
+    first = data.index(b"\xff\xda")
+    # 0xFFDA cannot occur inside entropy-coded data (0xFF is stuffed there), so this splits scans.
+    last = b"\xff\xda" + data[first:-2].split(b"\xff\xda")[-1]
+    return data[:-2] + last * extra + b"\xff\xd9"
+
+
+def scan_count(data: bytes) -> int:
+    return data.count(b"\xff\xda")
+
+
+def jpeg_with_comments(count: int) -> bytes:
+    """A small baseline JPEG with ``count`` COM segments after SOI."""
+    data = _jpeg(Image.new("RGB", (8, 8), (1, 2, 3)))
+    comment = b"\xff\xfe" + struct.pack(">H", 2 + len(MARKER)) + MARKER
+    return data[:2] + comment * count + data[2:]
+
+
+def _chunk(kind: bytes, payload: bytes = b"") -> bytes:
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload))
+    )
+
+
+def png_with_chunks(count: int, *, idat_pieces: int = 1) -> bytes:
+    """A 4x4 grey PNG with ``count`` unknown ancillary chunks before its pixel data."""
+    header = _chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 0, 0, 0, 0))
+    junk = _chunk(b"tkNz", MARKER)
+    pixels = zlib.compress(b"\x00\x80\x80\x80\x80" * 4)
+    step = max(1, -(-len(pixels) // idat_pieces))
+    idats = b"".join(_chunk(b"IDAT", pixels[i : i + step]) for i in range(0, len(pixels), step))
+    return b"\x89PNG\r\n\x1a\n" + header + junk * count + idats + _chunk(b"IEND")
+
+
+def gif_with(blocks: bytes) -> bytes:
+    """A 1x1 GIF with ``blocks`` (extensions, stray bytes) before its image."""
+    screen = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    image = b"," + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    return screen + blocks + image + b";"
+
+
+def comment_sub_blocks(count: int) -> bytes:
+    return b"!\xfe" + (bytes([len(MARKER)]) + MARKER) * count + b"\x00"
+
+
+CRAFTED = {
+    "jpeg-scans": lambda: progressive_with_scans(3000),
+    "jpeg-segments": lambda: jpeg_with_comments(200_000),
+    "png-chunks": lambda: png_with_chunks(200_000),
+    "gif-comment-blocks": lambda: gif_with(comment_sub_blocks(100_000)),
+    "gif-stray-bytes": lambda: gif_with(b"\x07" * 200_000),
+}
+
+
+@pytest.mark.parametrize("case", list(CRAFTED))
+def test_crafted_structures_are_refused_before_decoding(case):
+    data = CRAFTED[case]()
+    start = time.monotonic()
+    with pytest.raises(RowError) as info:
+        decode_image(data, what="image 'x.jpg'")
+    assert time.monotonic() - start < 2, case  # Pillow alone: 1-30 s
+    assert info.value.error_type == "image_too_complex"
+    message = info.value.message
+    assert message.startswith("image 'x.jpg' is a ") and "crafted to stall the decoder" in message
+    assert MARKER.decode() not in message and "\\x" not in message  # described, never quoted
+
+
+def test_the_budgets_are_exact_and_real_images_pass():
+    # Pillow's own progressive JPEG, and one at the scan budget, decode; one scan more does not.
+    assert decode_image(_jpeg(Image.new("RGB", (64, 48)), progressive=True)).size == (64, 48)
+    real = _jpeg(Image.new("RGB", (64, 48)), progressive=True)
+    at_budget = progressive_with_scans(JPEG_MAX_SCANS - scan_count(real), (64, 48))
+    assert scan_count(at_budget) == JPEG_MAX_SCANS
+    assert decode_image(at_budget).size == (64, 48)
+    with pytest.raises(RowError, match=f"more scans than {JPEG_MAX_SCANS}"):
+        decode_image(progressive_with_scans(JPEG_MAX_SCANS - scan_count(real) + 1, (64, 48)))
+
+    baseline_segments = 6  # APP0, DQT x2, SOF0, DHT block, SOS as Pillow writes them
+    decode_image(jpeg_with_comments(JPEG_MAX_SEGMENTS - baseline_segments - 4))
+    with pytest.raises(RowError, match=f"more marker segments than {JPEG_MAX_SEGMENTS}"):
+        decode_image(jpeg_with_comments(JPEG_MAX_SEGMENTS))
+
+    # PNG: the budget grows with the file (a PNG in 1-KiB IDAT chunks is fine at any size).
+    assert decode_image(png_with_chunks(PNG_BASE_CHUNKS - 10)).size == (4, 4)
+    big = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(big).save(buffer, "PNG", compress_level=0)
+    data = buffer.getvalue()
+    idat = data.index(b"IDAT") - 4
+    pixels = zlib.compress(b"".join(b"\x00" + big[y].tobytes() for y in range(512)), level=0)
+    pieces = b"".join(
+        _chunk(b"IDAT", pixels[i : i + PNG_BYTES_PER_CHUNK])
+        for i in range(0, len(pixels), PNG_BYTES_PER_CHUNK)
+    )
+    many_idats = data[:idat] + pieces + _chunk(b"IEND")
+    assert many_idats.count(b"IDAT") > PNG_BASE_CHUNKS / 8
+    assert np.array_equal(np.asarray(decode_image(many_idats)), big)
+
+    comments = comment_sub_blocks(GIF_MAX_EXTENSION_BLOCKS)
+    assert decode_image(gif_with(comments)).size == (1, 1)
+    with pytest.raises(
+        RowError, match=f"sub-blocks or stray bytes than {GIF_MAX_EXTENSION_BLOCKS}"
+    ):
+        decode_image(gif_with(comment_sub_blocks(GIF_MAX_EXTENSION_BLOCKS + 1)))
+
+
+# -- 16-bit and float images -----------------------------------------------------------------------
+
+
+def _png16(width: int, height: int) -> bytes:
+    """A 16-bit greyscale PNG of a smooth ramp: megapixels in a few hundred kilobytes."""
+    ramp = (np.arange(width, dtype=np.uint32) * 65535 // max(1, width - 1)).astype(np.uint16)
+    image = Image.fromarray(np.broadcast_to(ramp, (height, width)).copy())  # I;16
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_16_bit_conversion_costs_about_an_8_bit_rgb_image():
+    width, height = 4000, 3000  # 12 megapixels: 36 MB as 8-bit RGB, 96 MB as float64
+    data = _png16(width, height)
+    tracemalloc.start()
+    try:
+        image = decode_image(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert image.mode == "L" and image.size == (width, height)
+    row = np.asarray(image)[0]
+    assert row[0] == 0 and row[-1] == 255
+    # tracemalloc sees numpy's buffers (not Pillow's own image memory): the 8-bit result and
+    # bounded strips, far below one float64 or even one uint32 copy of the image.
+    assert peak < 1.5 * width * height, peak
+
+
+@pytest.mark.parametrize(
+    ("mode", "values", "expected"),
+    [
+        ("I;16", [0, 257, 32896, 65535], [0, 1, 128, 255]),
+        ("I", [0, 1000, 65535, 30000], [0, 4, 255, 117]),  # 16-bit range in 32-bit pixels
+        ("I", [0, 10, 200, 255], [0, 10, 200, 255]),  # already 8-bit values
+        ("F", [0.0, 0.5, 1.0, 0.25], [0, 128, 255, 64]),  # 0-1 floats
+        ("F", [0.0, 2.0e6, 4.0e6, 1.0e6], [0, 128, 255, 64]),  # by range
+    ],
+)
+def test_deep_images_keep_their_scaling(mode, values, expected):
+    array = np.array([values] * 3, dtype=np.uint16 if mode == "I;16" else None)
+    if mode == "I":
+        array = array.astype(np.int32)
+    elif mode == "F":
+        array = array.astype(np.float32)
+    image = Image.fromarray(array)
+    assert image.mode == mode
+    buffer = io.BytesIO()
+    image.save(buffer, "TIFF")
+    decoded = decode_image(buffer.getvalue())
+    assert decoded.mode == "L"
+    assert np.asarray(decoded)[1].tolist() == expected
+
+
+def test_float_images_with_nan_or_infinity_are_rows_not_crashes():
+    array = np.array([[0.0, np.nan, 1.0, np.inf]] * 2, dtype=np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode="F").save(buffer, "TIFF")
+    decoded = decode_image(buffer.getvalue())
+    assert np.asarray(decoded)[0].tolist() == [0, 0, 255, 0]
+
+
+# -- through a job -----------------------------------------------------------------------------
+
+
+def test_a_job_writes_crafted_rows_to_errors_and_goes_on(tmp_path, clip_checkpoint):
+    good = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(good, "PNG")
+    rows = {"good": good.getvalue(), **{name: build() for name, build in CRAFTED.items()}}
+    table = pa.table(
+        {
+            "id": list(rows),
+            "image": pa.array(list(rows.values()), pa.binary()),
+            "text": ["a red square"] * len(rows),
+        }
+    )
+    (tmp_path / "in").mkdir()
+    pq.write_table(table, tmp_path / "in" / "part.parquet")
+    start = time.monotonic()
+    run = run_job(
+        "score",
+        str(tmp_path / "in" / "*.parquet"),
+        str(tmp_path / "out"),
+        clip_checkpoint,
+        "--id-column",
+        "id",
+        "--max-image-bytes",
+        "8MiB",
+    )
+    assert time.monotonic() - start < 120
+    errors = {r["id"]: r for r in run.table("errors").to_pylist()}
+    assert {i: r["error_type"] for i, r in errors.items()} == {
+        name: "image_too_complex" for name in CRAFTED
+    }
+    assert run.table("scores")["id"].to_pylist() == ["good"]
+    assert all(MARKER.decode() not in r["error_message"] for r in errors.values())
