@@ -9,8 +9,11 @@ with memory proportional to the 8-bit image.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import io
 import struct
+import threading
 import time
 import tracemalloc
 import zlib
@@ -30,6 +33,7 @@ from clipbeam.transforms.image_structure import (
     PNG_BYTES_PER_CHUNK,
 )
 from clipbeam.transforms.images import decode_image
+from clipbeam.transforms.limits import Limits, read_limited
 from tests.pipeline.jobtools import run_job
 
 # Planted in every crafted file: a message that quoted the file would show it.
@@ -249,3 +253,85 @@ def test_a_job_writes_crafted_rows_to_errors_and_goes_on(tmp_path, clip_checkpoi
     }
     assert run.table("scores")["id"].to_pylist() == ["good"]
     assert all(MARKER.decode() not in r["error_message"] for r in errors.values())
+
+
+# -- one deadline for a whole HTTP fetch ---------------------------------------------------------
+
+TRICKLE_GAP = 0.05  # seconds between bytes: each wait is far below any socket timeout
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    """A loopback server that is slow in the ways a socket timeout does not see.
+
+    ``/status``: the status line and headers one byte at a time (about 4 s in all, then a valid
+    image); ``/headers``: the status line at once, then the headers one byte at a time;
+    ``/hop/N``: waits 0.3 s, then redirects to ``/hop/N-1``; ``/hop/0`` is the image.
+    """
+    buffer = io.BytesIO()
+    Image.new("RGB", (5, 5), (0, 90, 0)).save(buffer, "PNG")
+    body = buffer.getvalue()
+    stop = threading.Event()
+    head = f"Content-Type: image/png\r\nContent-Length: {len(body)}\r\nX-Pad: {'p' * 20}\r\n\r\n"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                if self.path == "/status":
+                    self._trickle(b"HTTP/1.1 200 OK\r\n" + head.encode())
+                elif self.path == "/headers":
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                    self._trickle(head.encode())
+                elif self.path.startswith("/hop/"):
+                    hops = int(self.path.removeprefix("/hop/"))
+                    if hops == 0 or stop.wait(0.3):
+                        self._trickle(b"HTTP/1.1 200 OK\r\n" + head.encode(), gap=0)
+                        return
+                    self.send_response(302)
+                    self.send_header("Location", f"/hop/{hops - 1}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.wfile.write(body)
+
+        def _trickle(self, data: bytes, gap: float = TRICKLE_GAP) -> None:
+            for i in range(len(data)):
+                if gap and stop.wait(gap):
+                    return
+                self.wfile.write(data[i : i + 1])
+                self.wfile.flush()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        stop.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("path", ["/status", "/headers", "/hop/9"])
+def test_one_deadline_covers_status_line_headers_and_redirects(slow_server, path):
+    start = time.monotonic()
+    with pytest.raises(RowError) as info:
+        read_limited(slow_server + path, Limits(fetch_timeout=1.0))
+    elapsed = time.monotonic() - start
+    assert info.value.error_type == "unreadable_image"
+    assert "took more than --http-timeout 1 s" in info.value.message
+    assert elapsed < 1.8, elapsed  # without the deadline: about 4 s (trickle), 2.7 s (9 hops)
+
+
+def test_fetches_within_the_deadline_still_work(slow_server):
+    data = read_limited(slow_server + "/hop/3", Limits(fetch_timeout=5.0))  # 0.9 s of hops
+    assert decode_image(data).size == (5, 5)
+    threads = threading.active_count()
+    for _ in range(20):  # the watchdog of each fetch is gone with the fetch
+        read_limited(slow_server + "/hop/0", Limits(fetch_timeout=5.0))
+    assert threading.active_count() <= threads + 1
