@@ -335,3 +335,76 @@ def test_fetches_within_the_deadline_still_work(slow_server):
     for _ in range(20):  # the watchdog of each fetch is gone with the fetch
         read_limited(slow_server + "/hop/0", Limits(fetch_timeout=5.0))
     assert threading.active_count() <= threads + 1
+
+
+# -- sizes in config.json and preprocessor_config.json ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"vision_config": {"num_hidden_layers": 10**7}}, "CLIPVisionConfig.num_hidden_layers"),
+        ({"text_config": {"num_hidden_layers": 10**400}}, "CLIPTextConfig.num_hidden_layers"),
+        ({"vision_config": {"image_size": 10**6}}, "CLIPVisionConfig.image_size"),
+        ({"vision_config": {"patch_size": 1, "image_size": 2048}}, "CLIPVisionConfig.patch_size"),
+        ({"text_config": {"vocab_size": 10**12}}, "CLIPTextConfig.vocab_size"),
+        ({"text_config": {"hidden_size": 2**20, "num_attention_heads": 8}}, "hidden_size"),
+    ],
+)
+def test_absurd_model_sizes_are_refused_before_anything_is_built(config, field):
+    from clipbeam.model.configuration import CLIPConfig
+
+    start = time.monotonic()
+    with pytest.raises(ValueError) as info:
+        CLIPConfig.from_dict(config)
+    assert time.monotonic() - start < 0.1
+    message = str(info.value)
+    assert field in message and "GiB of memory" in message and "\n" not in message
+    assert len(message) < 400
+
+
+def test_real_model_sizes_pass():
+    from clipbeam.model.configuration import ChineseCLIPConfig, CLIPConfig
+
+    large = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32}
+    vit_h = {**large, "num_attention_heads": 16, "image_size": 224, "patch_size": 14}
+    assert CLIPConfig.from_dict({"vision_config": vit_h}).vision_config.num_positions == 257
+    ChineseCLIPConfig.from_dict({"text_config": {"vocab_size": 21128}})
+
+
+@pytest.mark.parametrize(
+    ("file", "change", "named"),
+    [
+        ("config.json", {"num_hidden_layers": 10**9}, "CLIPVisionConfig.num_hidden_layers = 1000"),
+        ("config.json", {"image_size": 10**7}, "CLIPVisionConfig.image_size = 10000000"),
+        ("preprocessor_config.json", {"crop_size": 100_000}, "crop_size['height'] is 100000"),
+        ("preprocessor_config.json", {"size": 10**15}, "size['shortest_edge'] is a 16-digit"),
+    ],
+)
+def test_a_checkpoint_with_absurd_sizes_fails_at_launch_in_one_line(
+    file, change, named, clip_checkpoint, tmp_path, capsys, monkeypatch
+):
+    import json
+    import shutil
+
+    from clipbeam.pipeline import cli
+    from tests.datasets import build_dataset
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a pipeline was built although the model should have been refused")
+
+    monkeypatch.setattr("clipbeam.pipeline.jobs.build_job", refuse)
+    model = tmp_path / "model"
+    shutil.copytree(clip_checkpoint, model)
+    data = json.loads((model / file).read_text())
+    (data["vision_config"] if file == "config.json" else data).update(change)
+    (model / file).write_text(json.dumps(data))
+    dataset = build_dataset(tmp_path / "data", num_files=1, rows_per_file=2, seed=1)
+    argv = ["score", "--input", dataset.pattern, "--output", str(tmp_path / "out")]
+    start = time.monotonic()
+    status = cli.main([*argv, "--model", str(model)])
+    captured = capsys.readouterr()
+    assert status == 2, captured
+    assert time.monotonic() - start < 30
+    assert "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert named in captured.err and file in captured.err, captured.err
