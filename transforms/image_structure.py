@@ -8,6 +8,7 @@ time: a file's work grows with the number of pieces it is made of, and a few byt
 - Pillow reads PNG chunks and JPEG marker segments one Python call each: tens of megabytes of
   12-byte unknown chunks are millions of calls.
 - Pillow joins a GIF's comment sub-blocks one at a time, which is quadratic in their number.
+- Pillow makes a Python tile of every TIFF strip: a strip of one byte costs 10 microseconds.
 
 :func:`check_structure` walks those pieces (a tight loop that stops one piece past the budget, so
 the walk itself is bounded) and refuses the file with ``image_too_complex`` when it holds more
@@ -22,11 +23,12 @@ import re
 from clipbeam.transforms.errors import RowError
 
 __all__ = [
+    "BASE_PIECES",
+    "BYTES_PER_PIECE",
     "GIF_MAX_EXTENSION_BLOCKS",
     "JPEG_MAX_SCANS",
     "JPEG_MAX_SEGMENTS",
-    "PNG_BASE_CHUNKS",
-    "PNG_BYTES_PER_CHUNK",
+    "TIFF_MAX_TAGS",
     "check_structure",
 ]
 
@@ -36,12 +38,17 @@ JPEG_MAX_SCANS = 100
 # Marker segments (APPn, COM, DQT, DHT, SOS...): an ICC profile split in 255 pieces is the most
 # a real file needs.
 JPEG_MAX_SEGMENTS = 4096
-# PNG chunks: any count up to PNG_BASE_CHUNKS, beyond that one per PNG_BYTES_PER_CHUNK bytes of
-# the file (libpng's IDAT chunks are 8 KiB), so the chunk overhead stays proportional to the size.
-PNG_BASE_CHUNKS = 4096
-PNG_BYTES_PER_CHUNK = 1024
+# PNG chunks and TIFF strips or tiles, each a Python call of Pillow's (about 10 microseconds):
+# up to BASE_PIECES in any file (0.7 s), beyond that one per BYTES_PER_PIECE bytes, so their cost
+# stays proportional to the file's size (libpng's IDAT chunks are 8 KiB; a TIFF has a strip per
+# row at most).
+BASE_PIECES = 65536
+BYTES_PER_PIECE = 1024
 # Extension sub-blocks before a GIF's first image (comments, XMP and its 258-byte trailer).
 GIF_MAX_EXTENSION_BLOCKS = 4096
+# Tags of a TIFF's first directory (real files have a few dozen).
+TIFF_MAX_TAGS = 4096
+_TIFF_PIECE_TAGS = (273, 279, 324, 325)  # StripOffsets, StripByteCounts, TileOffsets, -ByteCounts
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The end of a JPEG scan's entropy-coded data: 0xFF followed by anything but a stuffed zero or a
@@ -52,7 +59,7 @@ _JPEG_SCAN_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")
 def check_structure(data: bytes, what: str = "image") -> None:
     """Refuses encoded image bytes whose structure would make decoding them cost too much.
 
-    JPEG, PNG and GIF are walked (recognised by their signatures, as Pillow recognises them);
+    JPEG, PNG, GIF and TIFF are walked (recognised by their signatures, as Pillow recognises them);
     other formats are decoded by C libraries whose loops are not per piece in Python. A file
     too broken to walk is left to the decoder, which reports it as corrupt.
 
@@ -70,6 +77,8 @@ def check_structure(data: bytes, what: str = "image") -> None:
         _check_png(data, what)
     elif data.startswith((b"GIF87a", b"GIF89a")):
         _check_gif(data, what)
+    elif data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        _check_tiff(data, what)
 
 
 def _refuse(what: str, kind: str, found: str, budget: int, why: str) -> RowError:
@@ -78,6 +87,10 @@ def _refuse(what: str, kind: str, found: str, budget: int, why: str) -> RowError
         f"{what} is a {kind} with {found} {budget}, {why}: a file crafted to stall the decoder, "
         "or a damaged one; re-encode it if it is a real image",
     )
+
+
+def _piece_budget(size: int) -> int:
+    return max(BASE_PIECES, size // BYTES_PER_PIECE)
 
 
 def _check_jpeg(data: bytes, what: str) -> None:
@@ -128,7 +141,7 @@ def _check_jpeg(data: bytes, what: str) -> None:
 
 def _check_png(data: bytes, what: str) -> None:
     size = len(data)
-    budget = PNG_BASE_CHUNKS + size // PNG_BYTES_PER_CHUNK
+    budget = _piece_budget(size)
     pos, chunks = len(_PNG_SIGNATURE), 0
     while pos + 8 <= size:
         length = int.from_bytes(data[pos : pos + 4], "big")
@@ -141,8 +154,8 @@ def _check_png(data: bytes, what: str) -> None:
                 f"{size}-byte PNG",
                 "more chunks than",
                 budget,
-                f"{PNG_BASE_CHUNKS} plus one "
-                f"per {PNG_BYTES_PER_CHUNK} bytes, and each chunk costs a call of the decoder",
+                f"{BASE_PIECES} or one per "
+                f"{BYTES_PER_PIECE} bytes, and each chunk costs a call of the decoder",
             )
         if kind == b"IEND":
             return
@@ -175,4 +188,42 @@ def _check_gif(data: bytes, what: str) -> None:
                 "more extension sub-blocks or stray bytes than",
                 GIF_MAX_EXTENSION_BLOCKS,
                 "before its first image, and the decoder reads them one at a time",
+            )
+
+
+def _check_tiff(data: bytes, what: str) -> None:
+    """The first image directory of a TIFF or BigTIFF (the only one decoded)."""
+    order = "little" if data[:2] == b"II" else "big"
+    big = data[2:4] in (b"+\x00", b"\x00+")
+
+    def number(start: int, size: int) -> int:
+        return int.from_bytes(data[start : start + size], order)
+
+    # Offsets and value counts take 8 bytes in BigTIFF, 4 in TIFF; the tag count 8 or 2.
+    offset_size, count_size, entry_size = (8, 8, 20) if big else (4, 2, 12)
+    directory = number(8 if big else 4, offset_size)
+    if directory + count_size > len(data):
+        return
+    tags = number(directory, count_size)
+    if tags > TIFF_MAX_TAGS:
+        raise _refuse(
+            what,
+            "TIFF",
+            "more tags in its first directory than",
+            TIFF_MAX_TAGS,
+            "the most real files hold",
+        )
+    budget = _piece_budget(len(data))
+    for i in range(tags):
+        entry = directory + count_size + i * entry_size
+        if entry + entry_size > len(data):
+            return
+        if number(entry, 2) in _TIFF_PIECE_TAGS and number(entry + 4, offset_size) > budget:
+            raise _refuse(
+                what,
+                f"{len(data)}-byte TIFF",
+                "more strips or tiles than",
+                budget,
+                f"{BASE_PIECES} or one per {BYTES_PER_PIECE} bytes, and each costs a "
+                "call of the decoder",
             )

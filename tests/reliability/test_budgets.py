@@ -26,11 +26,11 @@ from PIL import Image
 
 from clipbeam.transforms.errors import RowError
 from clipbeam.transforms.image_structure import (
+    BASE_PIECES,
+    BYTES_PER_PIECE,
     GIF_MAX_EXTENSION_BLOCKS,
     JPEG_MAX_SCANS,
     JPEG_MAX_SEGMENTS,
-    PNG_BASE_CHUNKS,
-    PNG_BYTES_PER_CHUNK,
 )
 from clipbeam.transforms.images import decode_image
 from clipbeam.transforms.limits import Limits, read_limited
@@ -134,7 +134,9 @@ def test_the_budgets_are_exact_and_real_images_pass():
         decode_image(jpeg_with_comments(JPEG_MAX_SEGMENTS))
 
     # PNG: the budget grows with the file (a PNG in 1-KiB IDAT chunks is fine at any size).
-    assert decode_image(png_with_chunks(PNG_BASE_CHUNKS - 10)).size == (4, 4)
+    assert decode_image(png_with_chunks(BASE_PIECES - 10)).size == (4, 4)
+    with pytest.raises(RowError, match=f"PNG with more chunks than {BASE_PIECES}"):
+        decode_image(png_with_chunks(BASE_PIECES))
     big = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(big).save(buffer, "PNG", compress_level=0)
@@ -142,11 +144,11 @@ def test_the_budgets_are_exact_and_real_images_pass():
     idat = data.index(b"IDAT") - 4
     pixels = zlib.compress(b"".join(b"\x00" + big[y].tobytes() for y in range(512)), level=0)
     pieces = b"".join(
-        _chunk(b"IDAT", pixels[i : i + PNG_BYTES_PER_CHUNK])
-        for i in range(0, len(pixels), PNG_BYTES_PER_CHUNK)
+        _chunk(b"IDAT", pixels[i : i + BYTES_PER_PIECE])
+        for i in range(0, len(pixels), BYTES_PER_PIECE)
     )
     many_idats = data[:idat] + pieces + _chunk(b"IEND")
-    assert many_idats.count(b"IDAT") > PNG_BASE_CHUNKS / 8
+    assert many_idats.count(b"IDAT") > 700
     assert np.array_equal(np.asarray(decode_image(many_idats)), big)
 
     comments = comment_sub_blocks(GIF_MAX_EXTENSION_BLOCKS)
@@ -408,3 +410,31 @@ def test_a_checkpoint_with_absurd_sizes_fails_at_launch_in_one_line(
     assert time.monotonic() - start < 30
     assert "Traceback" not in captured.err and len(captured.err.strip().splitlines()) == 1
     assert named in captured.err and file in captured.err, captured.err
+
+
+def tiff_with_strips(rows: int) -> bytes:
+    """A 1-pixel-wide grey TIFF of ``rows`` rows, one row (one byte) per strip."""
+    pixels = b"\x80" * rows
+    offsets_at = 8 + rows
+    counts_at = offsets_at + 4 * rows
+    directory_at = counts_at + 4 * rows
+    offsets = struct.pack(f"<{rows}I", *range(8, 8 + rows))
+    counts = struct.pack(f"<{rows}I", *([1] * rows))
+    tags = [(256, 4, 1, 1), (257, 4, 1, rows), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1)]
+    tags += [(273, 4, rows, offsets_at), (277, 3, 1, 1), (278, 4, 1, 1), (279, 4, rows, counts_at)]
+    directory = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", *t) for t in tags)
+    header = b"II*\x00" + struct.pack("<I", directory_at)
+    return header + pixels + offsets + counts + directory + b"\x00" * 4
+
+
+def test_tiff_strips_are_counted_too():
+    assert decode_image(tiff_with_strips(3000)).size == (1, 3000)
+    start = time.monotonic()
+    with pytest.raises(RowError, match="TIFF with more strips or tiles than") as info:
+        decode_image(tiff_with_strips(300_000))  # Pillow alone: about 3 s
+    assert time.monotonic() - start < 1 and info.value.error_type == "image_too_complex"
+    # Pillow's own TIFFs, with one strip per row, and BigTIFF headers are walked the same way.
+    image = Image.fromarray(np.zeros((5000, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, "TIFF", tiffinfo={278: 1})
+    assert decode_image(buffer.getvalue()).size == (3, 5000)
