@@ -1,10 +1,36 @@
 """One row never holds a worker: decoding, fetching and converting one image are bounded.
 
-Files crafted to be cheap to send and dear to decode (thousands of empty progressive-JPEG scans,
-millions of tiny PNG chunks, JPEG segments or GIF sub-blocks) are refused from their structure
-before a decoder runs, real images of the same formats still decode, and a job puts the crafted
-rows in ``errors/`` as ``image_too_complex``. 16-bit and float images are converted to 8 bits
-with memory proportional to the 8-bit image.
+Which promise each test holds:
+
+- ``test_crafted_structures_are_refused_before_decoding``: Thousands of empty progressive-JPEG
+  scans, JPEG marker segments, tiny PNG chunks, GIF comment sub-blocks or stray bytes:
+  ``image_too_complex`` in well under a second, counted before any decoder runs; the message
+  describes, never quotes.
+- ``test_the_budgets_are_exact_and_real_images_pass``: Each budget (scans, segments, chunks,
+  sub-blocks) passes at its value and refuses one above; Pillow's own progressive JPEGs and PNGs in
+  1 KiB IDAT chunks decode.
+- ``test_tiff_strips_are_counted_too``: A TIFF of 300,000 one-byte strips is refused the same way;
+  a real one-row-per-strip TIFF decodes.
+- ``test_a_job_writes_crafted_rows_to_errors_and_goes_on``: A DirectRunner ``score`` job puts every
+  crafted row in ``errors/`` as ``image_too_complex`` and scores the good one.
+- ``test_16_bit_conversion_costs_about_an_8_bit_rgb_image``: A 12-megapixel 16-bit PNG is converted
+  with a peak under 1.5 bytes per pixel (the 8-bit result plus one strip), not a float64 copy.
+- ``test_deep_images_keep_their_scaling``,
+  ``test_float_images_with_nan_or_infinity_are_rows_not_crashes``: 16-bit, 32-bit and float images
+  keep their 8-bit values; NaN and infinity become 0.
+- ``test_integer_arrays_are_range_checked_without_a_copy``: A 16-bit array given to the processor
+  costs no int64 or float64 copy.
+- ``test_one_deadline_covers_status_line_headers_and_redirects``: ``--http-timeout`` bounds the
+  whole fetch: a status line or headers trickled a byte at a time, and 9 slow redirects, are cut
+  off at the deadline (loopback servers).
+- ``test_fetches_within_the_deadline_still_work``: Redirect chains within the deadline still fetch;
+  no watchdog thread outlives its fetch.
+- ``test_absurd_model_sizes_are_refused_before_anything_is_built``, ``test_real_model_sizes_pass``:
+  ``num_hidden_layers`` 10^7, a huge ``image_size``, ``patch_size`` 1, a 10^12 vocabulary: refused
+  in milliseconds, naming the field, when the tower cannot fit the machine's memory; ViT-H passes.
+- ``test_a_checkpoint_with_absurd_sizes_fails_at_launch_in_one_line``: Such a ``config.json``, or
+  ``preprocessor_config.json`` sizes above 4096 pixels: one line, exit 2, the file and the field
+  named, no pipeline built.
 """
 
 from __future__ import annotations
@@ -438,3 +464,20 @@ def test_tiff_strips_are_counted_too():
     buffer = io.BytesIO()
     image.save(buffer, "TIFF", tiffinfo={278: 1})
     assert decode_image(buffer.getvalue()).size == (3, 5000)
+
+
+def test_integer_arrays_are_range_checked_without_a_copy():
+    from clipbeam.model.image_processing import CLIPImageProcessor
+
+    processor = CLIPImageProcessor(size={"shortest_edge": 8}, crop_size=8)
+    pixels = np.full((2000, 3000, 3), 200, dtype=np.uint16)  # 36 MB of 0-255 values
+    tracemalloc.start()
+    try:
+        out = processor.preprocess(pixels, return_tensors="np")["pixel_values"]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out.shape == (1, 3, 8, 8)
+    assert peak < 1.5 * pixels.nbytes, peak  # an int64 copy alone is 4 times the array
+    with pytest.raises(ValueError, match=r"integer values in \[0, 4095\]"):
+        processor.preprocess(np.arange(4096, dtype=np.uint16).reshape(64, 64), return_tensors="np")
