@@ -101,19 +101,20 @@ def _connection(base: type[http.client.HTTPConnection], deadline: FetchDeadline)
     return Connection
 
 
-class _HTTPHandler(urllib.request.HTTPHandler):
+class _DeadlineConnections:
+    """Mixin for urllib's handlers: every connection is of the deadline's class."""
+
     def __init__(self, connection: type):
         super().__init__()
         self._connection = connection
 
     def do_open(self, http_class: Any, req: urllib.request.Request, **kwargs: Any) -> Any:
-        return super().do_open(self._connection, req, **kwargs)
+        return super().do_open(self._connection, req, **kwargs)  # type: ignore[misc]
 
 
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, connection: type):
-        super().__init__()
-        self._connection = connection
+class _HTTPHandler(_DeadlineConnections, urllib.request.HTTPHandler):
+    pass
 
-    def do_open(self, http_class: Any, req: urllib.request.Request, **kwargs: Any) -> Any:
-        return super().do_open(self._connection, req, **kwargs)
+
+class _HTTPSHandler(_DeadlineConnections, urllib.request.HTTPSHandler):
+    pass

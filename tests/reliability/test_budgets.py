@@ -60,6 +60,7 @@ from clipbeam.transforms.image_structure import (
 )
 from clipbeam.transforms.images import decode_image
 from clipbeam.transforms.limits import Limits, read_limited
+from tests.loopback import serve_http
 from tests.pipeline.jobtools import run_job
 
 # Planted in every crafted file: a message that quoted the file would show it.
@@ -333,16 +334,11 @@ def slow_server():
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        stop.set()
-        server.shutdown()
-        server.server_close()
+    with serve_http(Handler) as url:
+        try:
+            yield url
+        finally:
+            stop.set()  # releases the trickling handlers
 
 
 @pytest.mark.parametrize("path", ["/status", "/headers", "/hop/9"])
