@@ -205,7 +205,6 @@ def test_fresh_process_reaches_the_emulator_quickly(gcs_dir: str) -> None:
         import time
         start = time.monotonic()
         from clipbeam.transforms import storage
-from tests.loopback import serve_http
         storage.write_atomic({path!r}, b"worker")
         assert storage.read_bytes({path!r}) == b"worker"
         print(f"{{time.monotonic() - start:.2f}}")
