@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from .config_size import check_fits, text_bytes, vision_bytes
 from .hub import CheckpointError, CheckpointNotFoundError, CheckpointSource, resolve_source
 
 __all__ = [
@@ -249,6 +250,12 @@ def _is_instance(value: Any, allowed: tuple[type, ...]) -> bool:
 # -- the image tower (identical in both families) ---------------------------------------------
 
 
+# The fields that size a tower's memory (model.config_size).
+_ENCODER_SIZES = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+_VISION_SIZES = (*_ENCODER_SIZES, "num_channels", "image_size", "patch_size", "projection_dim")
+_TEXT_SIZES = (*_ENCODER_SIZES, "vocab_size", "max_position_embeddings")
+
+
 @dataclass(kw_only=True)
 class _VisionConfig(BaseConfig):
     hidden_size: int = 768
@@ -286,6 +293,7 @@ class _VisionConfig(BaseConfig):
                 f"{type(self).__name__}: patch_size ({self.patch_size}) must not exceed "
                 f"image_size ({self.image_size})"
             )
+        check_fits(self, vision_bytes, _VISION_SIZES)
 
     @property
     def num_positions(self) -> int:
@@ -336,6 +344,7 @@ class CLIPTextConfig(BaseConfig):
             "layer_norm_eps",
         )
         self._check_heads()
+        check_fits(self, text_bytes, (*_TEXT_SIZES, "projection_dim"))
 
 
 @dataclass(kw_only=True)
@@ -466,6 +475,7 @@ class ChineseCLIPTextConfig(BaseConfig):
             "type_vocab_size",
         )
         self._check_heads()
+        check_fits(self, text_bytes, (*_TEXT_SIZES, "type_vocab_size"))
         # BERT configs of old transformers name the position scheme; only absolute exists here.
         scheme = self.extra.get("position_embedding_type", "absolute")
         if scheme != "absolute":

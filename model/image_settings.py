@@ -18,6 +18,7 @@ import PIL.Image
 __all__ = [
     "CHANNELS_FIRST",
     "CHANNELS_LAST",
+    "MAX_IMAGE_SIDE",
     "PREPROCESS_MODES",
     "ImageSettings",
 ]
@@ -25,6 +26,10 @@ __all__ = [
 CHANNELS_FIRST = "channels_first"
 CHANNELS_LAST = "channels_last"
 _RESAMPLE_NAMES = {int(r): r.name for r in PIL.Image.Resampling}
+
+# The largest resize or crop side a processor accepts: a 4096 x 4096 float32 RGB input is 192 MiB
+# per image already, and a larger one in preprocessor_config.json can only be a mistake or a trap.
+MAX_IMAGE_SIDE = 4096
 
 # "exact": equal to transformers' PIL processors; "fast": reduced JPEG decoding and resizing.
 PREPROCESS_MODES = ("exact", "fast")
@@ -104,7 +109,20 @@ def _size_dict(value: Any, *, default_to_square: bool, name: str) -> dict[str, i
     for key, number in size.items():
         if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
             raise ValueError(f"{name}[{key!r}] must be a positive int, got {number!r}")
+        if number > MAX_IMAGE_SIDE:
+            shown = number if number < 10**12 else f"a {len(str(number))}-digit number"
+            raise ValueError(
+                f"{name}[{key!r}] is {shown}, above {MAX_IMAGE_SIDE} pixels: every preprocessed "
+                f"image would take {_float_image_bytes(number)} (CLIP models take "
+                "224-448 pixels); fix that key in preprocessor_config.json"
+            )
     return size
+
+
+def _float_image_bytes(side: int) -> str:
+    """What a square float32 RGB image of ``side`` pixels takes, for messages."""
+    size = 3 * 4 * side * side
+    return f"at least {size / 2**30:.3g} GiB" if side < 10**12 else "more than any memory"
 
 
 def _check_resample(value: Any) -> int:

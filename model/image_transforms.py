@@ -220,11 +220,14 @@ def _needs_255_scaling(pixels: np.ndarray) -> bool:
     """
     if pixels.dtype == np.uint8:
         return False
-    if np.allclose(pixels, pixels.astype(int)):
-        if np.all(pixels >= 0) and np.all(pixels <= 255):
+    # Integer arrays are whole numbers already: their range is read without an int64 or float64
+    # copy of the image (a 16-bit photo would cost 4-8 times its own size in temporaries).
+    if np.issubdtype(pixels.dtype, np.integer) or np.allclose(pixels, pixels.astype(int)):
+        low, high = pixels.min(), pixels.max()
+        if low >= 0 and high <= 255:
             return False
         raise ValueError(
-            f"cannot resize an image with integer values in [{pixels.min()}, {pixels.max()}]: "
+            f"cannot resize an image with integer values in [{low}, {high}]: "
             "resizing runs on 8-bit pixels, so values must lie in [0, 255]. Convert 16- or 32-bit "
             "images to 8 bits first, or pass a PIL image with do_convert_rgb=True."
         )

@@ -13,6 +13,7 @@ ERROR_TYPES: dict[str, str] = {
     "corrupt_image": "the bytes are not an image any installed decoder can read",
     "not_an_image": "the bytes are another kind of file: an HTML page, SVG, PDF, text...",
     "image_too_large": "the image exceeds --max-image-bytes or --max-image-pixels",
+    "image_too_complex": "the image has more scans, chunks or blocks than decoding one may cost",
     "unreadable_image": "reading the image path or URL failed (permissions, timeout, network)",
     "url_not_allowed": "the image location's scheme is not in --allowed-url-schemes",
     "null_text": "the caption is null",

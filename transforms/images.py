@@ -25,6 +25,7 @@ import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
 from clipbeam.transforms.errors import RowError
+from clipbeam.transforms.image_structure import check_structure
 from clipbeam.transforms.limits import DEFAULT_LIMITS, Limits, read_limited
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeEr
 _RGB_READY_MODES = frozenset(
     {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
 )
+# Deep (16-bit, 32-bit, float) images are scaled to 8 bits this many pixels at a time.
+_STRIP_PIXELS = 1 << 18
 
 
 def resolve_image_format(column: str, arrow_type: pa.DataType, requested: str = "auto") -> str:
@@ -119,8 +122,10 @@ def decode_image(
 
     Raises:
         RowError: ``missing_image`` for ``None``, ``empty_image`` for zero bytes,
-            ``image_too_large`` over a limit, ``not_an_image`` for another kind of file (HTML
-            page, SVG, PDF, text...), ``corrupt_image`` when the bytes cannot be decoded.
+            ``image_too_large`` over a limit, ``image_too_complex`` for a structure that would
+            stall the decoder (:mod:`~clipbeam.transforms.image_structure`), ``not_an_image``
+            for another kind of file (HTML page, SVG, PDF, text...), ``corrupt_image`` when the
+            bytes cannot be decoded.
     """
     return load_pixels(open_image(data, what=what, limits=limits), what)
 
@@ -147,6 +152,8 @@ def open_image(
             f"{what} has {len(data)} bytes, over --max-image-bytes {limits.max_image_bytes}; "
             "raise it if such files are real images",
         )
+    # Before Pillow parses anything: its parsers loop over the chunks this counts.
+    check_structure(data, what)
     try:
         image = Image.open(io.BytesIO(data), formats=_decodable_formats())
     except Image.DecompressionBombError as exc:
@@ -208,17 +215,7 @@ def _rgb_ready(image: Image.Image, what: str) -> Image.Image:
     if image.mode in _RGB_READY_MODES:
         return image
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        top = float(pixels.max()) if pixels.size else 0.0
-        if image.mode.startswith("I;16"):
-            scale = 255 / 65535
-        elif image.mode == "F" and top <= 1.0:
-            scale = 255.0  # 0-1 floats
-        else:
-            # 32-bit integers (Pillow's mode for some 16-bit files) and other floats: by range.
-            scale = 255 / 65535 if 255 < top <= 65535 else 255 / top if top > 65535 else 1.0
-        eight_bit = np.clip(np.rint(pixels * scale), 0, 255).astype(np.uint8)
-        return Image.fromarray(eight_bit, mode="L")
+        return _to_eight_bits(image)
     try:
         return image.convert("RGB")
     except ValueError as exc:
@@ -226,6 +223,44 @@ def _rgb_ready(image: Image.Image, what: str) -> Image.Image:
             "corrupt_image",
             f"{what} has pixel mode {image.mode}, which cannot be converted to RGB ({exc})",
         ) from None
+
+
+def _to_eight_bits(image: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float image scaled to 8-bit greyscale (mode ``L``).
+
+    16-bit pixels are divided by 257; floats in 0-1 multiplied by 255; other 32-bit and float
+    pixels scaled by their range (to 16 bits, or to their largest value). Non-finite floats
+    become 0. The work goes a strip of :data:`_STRIP_PIXELS` at a time, so its memory is the
+    8-bit result plus one strip, not a float64 copy of the image (8 times the 8-bit result).
+    """
+    width, height = image.size
+    rows = max(1, _STRIP_PIXELS // max(1, width))
+    strips = [(top, min(height, top + rows)) for top in range(0, height, rows)]
+
+    def strip(top: int, bottom: int) -> np.ndarray:
+        pixels = np.asarray(image.crop((0, top, width, bottom)), dtype=np.float64)
+        if image.mode == "F":
+            np.nan_to_num(pixels, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        return pixels
+
+    if image.mode.startswith("I;16"):
+        scale = 255 / 65535
+    else:
+        largest = max((float(strip(*span).max()) for span in strips), default=0.0)
+        if image.mode == "F" and largest <= 1.0:
+            scale = 255.0  # 0-1 floats
+        else:
+            # 32-bit integers (Pillow's mode for some 16-bit files) and other floats: by range.
+            scale = 255 / 65535 if 255 < largest <= 65535 else 1.0
+            scale = 255 / largest if largest > 65535 else scale
+    eight_bit = np.empty((height, width), dtype=np.uint8)
+    for top, bottom in strips:
+        pixels = strip(top, bottom)
+        pixels *= scale
+        np.rint(pixels, out=pixels)
+        np.clip(pixels, 0, 255, out=pixels)
+        eight_bit[top:bottom] = pixels
+    return Image.fromarray(eight_bit, mode="L")
 
 
 def _unidentified(data: bytes, what: str) -> RowError:

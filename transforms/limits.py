@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clipbeam.transforms.errors import RowError
+from clipbeam.transforms.fetch_deadline import FetchDeadline
 from clipbeam.transforms.redact import redact_url
 
 __all__ = [
@@ -307,16 +308,17 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
 
 def _fetch_http(url: str, limits: Limits) -> bytes:
     shown = redact_url(url)
-    deadline = time.monotonic() + limits.fetch_timeout
+    # One deadline for the whole fetch, redirects included: its connections take their timeout
+    # from the time left, and a watchdog cuts their sockets when it runs out, so a server that
+    # trickles its status line or headers, or a chain of slow redirects, is cut off too.
+    deadline = FetchDeadline(limits.fetch_timeout)
     # build_opener keeps urllib's defaults (proxies from the environment, HTTPS with certificate
-    # checks) and replaces only the redirect handler. No Accept-Encoding is sent, so the server
-    # sends the bytes as they are and nothing is decompressed on the way.
-    opener = urllib.request.build_opener(_Redirects(limits))
+    # checks) and replaces only the redirect and connection handlers. No Accept-Encoding is
+    # sent, so the server sends the bytes as they are and nothing is decompressed on the way.
+    opener = urllib.request.build_opener(_Redirects(limits), *deadline.handlers())
     try:
         request = _request(url)
-        # The socket timeout bounds each wait; the deadline below bounds the whole read, so a
-        # server that trickles a byte at a time is cut off too.
-        with opener.open(request, timeout=limits.fetch_timeout) as response:
+        with deadline, opener.open(request, timeout=limits.fetch_timeout) as response:
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > limits.max_image_bytes:
                 raise _too_large(shown, limits, int(declared))
@@ -326,9 +328,11 @@ def _fetch_http(url: str, limits: Limits) -> bytes:
                 received += len(chunk)
                 if received > limits.max_image_bytes:
                     raise _too_large(shown, limits)
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline.expires:
                     raise _timed_out(shown, limits)
                 chunks.append(chunk)
+            if deadline.expired:  # the watchdog ended the body early
+                raise _timed_out(shown, limits)
     except urllib.error.HTTPError as exc:
         if exc.code in (404, 410):
             raise RowError("missing_image", f"no image at {shown} (HTTP {exc.code})") from None
@@ -336,12 +340,14 @@ def _fetch_http(url: str, limits: Limits) -> bytes:
             "unreadable_image", f"reading {shown} failed: HTTP {exc.code} {exc.reason}"
         ) from None
     except urllib.error.URLError as exc:
-        if isinstance(exc.reason, TimeoutError):
+        if isinstance(exc.reason, TimeoutError) or deadline.expired:
             raise _timed_out(shown, limits) from None
         raise RowError("unreadable_image", f"reading {shown} failed: {exc.reason}") from None
     except TimeoutError:
         raise _timed_out(shown, limits) from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
+        if deadline.expired:  # what a read cut by the watchdog raises (reset, short read...)
+            raise _timed_out(shown, limits) from None
         # Connection resets, malformed URLs or responses, bodies cut short by the server...
         raise RowError(
             "unreadable_image", f"reading {shown} failed: {type(exc).__name__}: {exc}"

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from clipbeam.transforms import storage
+from tests.loopback import serve_http
 
 if TYPE_CHECKING:
     from tests.gcs import GcsEmulator
@@ -246,14 +246,8 @@ class _SlowHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve_http(_SlowHandler) as url:
+        yield url
 
 
 def test_read_bytes_over_http(http_server: str) -> None:
