@@ -45,8 +45,8 @@ def _rows(folder: Path) -> list[dict]:
 def zero_shot(model: str, dtype: str, rows: int, root: Path) -> float:
     """Top-1 accuracy of ``clipbeam classify`` on held-out scenes of the recipe's eval seed."""
     from clipbeam.pipeline.cli import run
-    from clipbeam.pipeline.demo.scenes import class_labels, class_prompt, write_scenes
     from clipbeam.pipeline.demo.recipes import _EVAL_SEED, RECIPES
+    from clipbeam.pipeline.demo.scenes import class_labels, class_prompt, write_scenes
 
     language = RECIPES[model].language
     data = root / f"held-out-{language}.parquet"
@@ -81,8 +81,8 @@ def demo(model: str, dtype: str, rows: int, root: Path) -> tuple[dict, dict[str,
 def layer_choices(model: str, rows: int) -> dict[str, float]:
     """Spearman correlation with float32 of in-process ``clip_score``, per int8 layer choice."""
     from clipbeam.model.quantization import FLOAT_LAYERS, quantize_int8
-    from clipbeam.pipeline.demo.scenes import generate_scenes
     from clipbeam.pipeline.demo.recipes import RECIPES, _scene_images
+    from clipbeam.pipeline.demo.scenes import generate_scenes
     from clipbeam.transforms.encoder import Encoder
 
     recipe = RECIPES[model]
