@@ -364,17 +364,19 @@ class _WriteSummary(beam.DoFn):
                 }
                 for e, r in zip(spec.eps, removed, strict=True)
             },
-            "clusters": model.k if model is not None else 0,
+            "clusters": model.k,
             "clusters_requested": spec.clusters,
             "largest_cluster": int(counts.max()) if counts is not None else 0,
-            "clusters_split": sorted(model.splits) if model is not None else [],
+            "clusters_split": len(model.splits),
+            "split_clusters": {str(c): len(sub) for c, sub in sorted(model.splits.items())},
             "cluster_groups": stats.groups,
             "resumed_groups": stats.resumed_groups,
             "largest_group": stats.largest_group,
             "kmeans": {
-                "inertia": model.inertia if model is not None else None,
-                "fit_seconds": round(model.fit_seconds, 3) if model is not None else None,
-                "sample_rows": model.sample_rows if model is not None else 0,
+                "inertia": model.inertia,
+                "fit_seconds": round(model.fit_seconds, 3),
+                "sample_rows": model.sample_rows,
+                "implementation": "faiss spherical k-means",
             },
             "units": stats.units,
             "timings": {

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.metrics import Metrics
 
 from clipbeam.transforms import storage
 from clipbeam.transforms.dedup.spec import DedupSpec, DedupStats
@@ -97,6 +98,10 @@ class ReadUnit(beam.DoFn):
     def __init__(self, spec: DedupSpec, schema: pa.Schema):
         self.spec = spec
         self.schema = schema
+        self._counters = {
+            name: Metrics.counter("clipbeam", name)
+            for name in ("input_rows", "error_rows", "units")
+        }
 
     def process(self, unit: WorkUnit) -> Iterator:
         spec = self.spec
@@ -142,6 +147,8 @@ class ReadUnit(beam.DoFn):
         for p, i, x in zip(sample_p.tolist(), sample_ids, sample_x, strict=True):
             # (priority, id as text) orders the candidates; ties on the hash fall back to the id.
             yield beam.pvalue.TaggedOutput(SAMPLE_TAG, (p, str(i), x))
+        for name, counter in self._counters.items():
+            counter.inc(getattr(stats, name))
         yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
 
     def _read(

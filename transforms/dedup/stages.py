@@ -44,6 +44,7 @@ __all__ = [
     "cluster_counts",
     "exact_notices",
     "group_name",
+    "hash_keys",
     "key_rows",
     "output_schema",
 ]
@@ -181,6 +182,14 @@ def key_rows(batch: Batch, model: kmeans.KMeansModel) -> Iterator[tuple]:
     for i, row_id in enumerate(batch.ids):
         key = (int(batch.cluster[i]), int(part[i]))
         yield key, (row_id, batch.vectors[i], float(distance[i]), batch.sha[i], keep[i])
+
+
+def hash_keys(keyed: tuple) -> Iterator[tuple]:
+    """``(cluster key, row)`` -> ``(sha256, (id, cluster key))``; nothing for a row without
+    image bytes."""
+    key, row = keyed
+    if row[3] is not None:
+        yield row[3], (row[0], key)
 
 
 def exact_notices(group: tuple) -> Iterator[tuple]:
