@@ -15,6 +15,13 @@ is a duplicate at ``eps`` when ``max_similarity >= 1 - eps``. Rows with byte-ide
 
 Output: ``dedup/`` (one row per input row), ``duplicates/`` (the ids removed at the first
 ``--eps``), ``errors/`` (rows without a usable embedding), ``summary.json``.
+
+Bounds: a group's rows are held by one worker, its similarities computed in ``--block-rows``
+tiles. A cluster over ``--max-cluster-rows`` is split by a second-level k-means, which divides
+ordinary large clusters but not a cluster of near copies of one image; such groups are counted in
+``groups_over_bound``. Still to come: tiles of one hot group spread over workers (chunks by
+distance range, each chunk against every earlier one, per-row maxima combined), ``--against``
+decontamination, raw images with ``--model``, and the report's duplicate view.
 """
 
 from __future__ import annotations
@@ -372,6 +379,7 @@ class _WriteSummary(beam.DoFn):
             "cluster_groups": stats.groups,
             "resumed_groups": stats.resumed_groups,
             "largest_group": stats.largest_group,
+            "groups_over_bound": stats.groups_over_bound,
             "kmeans": {
                 "inertia": model.inertia,
                 "fit_seconds": round(model.fit_seconds, 3),

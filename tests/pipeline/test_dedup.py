@@ -193,6 +193,12 @@ def test_oversized_clusters_are_split_and_recorded(tmp_path):
     split = int(next(iter(summary["split_clusters"])))
     parts = set(table.filter(pa.compute.equal(table["cluster"], split))["subcluster"].to_pylist())
     assert len(parts) > 1
+    sizes = {}
+    for row in table.to_pylist():
+        key = (row["cluster"], row["subcluster"])
+        sizes[key] = sizes.get(key, 0) + 1
+    assert summary["largest_group"] == max(sizes.values())
+    assert summary["groups_over_bound"] == sum(n > 40 for n in sizes.values())
 
 
 def test_fewer_rows_than_clusters_and_error_rows(tmp_path):

@@ -99,6 +99,8 @@ class DedupStats:
         groups: cluster groups written (a split cluster counts each part).
         resumed_groups: of ``groups``, those an earlier run finished.
         largest_group: rows in the largest cluster group.
+        groups_over_bound: groups still larger than ``max_cluster_rows`` after the split (a
+            second-level k-means does not divide a cluster of near copies evenly).
         units: input work units read.
     """
 
@@ -111,6 +113,7 @@ class DedupStats:
     groups: int = 0
     resumed_groups: int = 0
     largest_group: int = 0
+    groups_over_bound: int = 0
     units: int = 0
 
     def __add__(self, other: DedupStats) -> DedupStats:
@@ -127,6 +130,7 @@ class DedupStats:
             groups=self.groups + other.groups,
             resumed_groups=self.resumed_groups + other.resumed_groups,
             largest_group=max(self.largest_group, other.largest_group),
+            groups_over_bound=self.groups_over_bound + other.groups_over_bound,
             units=self.units + other.units,
         )
 
@@ -137,4 +141,5 @@ class DedupStats:
     def from_json(cls, text: str) -> DedupStats:
         record = json.loads(text)
         record["removed"] = tuple(record["removed"])
+        record.setdefault("groups_over_bound", 0)
         return cls(**record)

@@ -299,7 +299,17 @@ class DedupGroup(beam.DoFn):
             removed=tuple(int((~mask).sum()) + m for mask in masks),
             groups=1,
             largest_group=n + m,
+            groups_over_bound=int(n + m > spec.max_cluster_rows),
         )
+        if n + m > spec.max_cluster_rows:
+            _LOGGER.warning(
+                "dedup: cluster group %s holds %d rows, more than --max-cluster-rows %d after "
+                "its split; it was processed whole, in tiles of %d rows",
+                group_name(key),
+                n + m,
+                spec.max_cluster_rows,
+                spec.block_rows,
+            )
         return table, removed_ids, stats
 
 
