@@ -96,6 +96,8 @@ def planted_run(tmp_path_factory):
         "image",
         "--seed",
         "7",
+        "--keep-columns",
+        "image",
     )
     return tmp_path, ids, x, pairs, out, table, summary
 
@@ -103,6 +105,8 @@ def planted_run(tmp_path_factory):
 def test_every_id_once_and_the_counts_add_up(planted_run):
     _, ids, _, _, out, table, summary = planted_run
     assert table["id"].to_pylist() == sorted(ids)
+    images = dict(zip(ids, planted()[2], strict=True))
+    assert table["image"].to_pylist() == [images[i] for i in sorted(ids)]  # --keep-columns
     assert summary["input_rows"] == summary["output_rows"] + summary["error_rows"] == len(ids)
     assert set(summary["eps"]) == {"0.01", "0.05"}
     assert {"keep_eps_0.01", "keep_eps_0.05"} <= set(table.column_names)
@@ -263,6 +267,8 @@ def test_resume_after_lost_groups_gives_the_same_result(planted_run, tmp_path):
         "image",
         "--seed",
         "7",
+        "--keep-columns",
+        "image",
     ]
     run(argv)  # a second run of the same job gives the same rows
     assert ds.dataset(copy / "dedup").to_table().sort_by("id").equals(table)
