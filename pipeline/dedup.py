@@ -18,10 +18,10 @@ Output: ``dedup/`` (one row per input row), ``duplicates/`` (the ids removed at 
 
 Bounds: a group's rows are held by one worker, its similarities computed in ``--block-rows``
 tiles. A cluster over ``--max-cluster-rows`` is split by a second-level k-means, which divides
-ordinary large clusters but not a cluster of near copies of one image; such groups are counted in
-``groups_over_bound``. Still to come: tiles of one hot group spread over workers (chunks by
-distance range, each chunk against every earlier one, per-row maxima combined), ``--against``
-decontamination, raw images with ``--model``, and the report's duplicate view.
+ordinary large clusters but not a cluster of near copies of one image; a part still over the
+bound is dealt into chunks whose pairs are tiles on workers of their own
+(:mod:`clipbeam.transforms.dedup.tiles`), counted in ``groups_over_bound``. Still to come:
+``--against`` decontamination, raw images with ``--model``, and the report's duplicate view.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from clipbeam.pipeline.options import (
 )
 from clipbeam.pipeline.validate import JOB_FILE, plan
 from clipbeam.transforms import storage
-from clipbeam.transforms.dedup import stages
+from clipbeam.transforms.dedup import stages, tiles
 from clipbeam.transforms.dedup.read import SAMPLE_TAG, STATS_TAG, ReadUnit, error_schema
 from clipbeam.transforms.dedup.spec import DEFAULT_EPS, DedupSpec, DedupStats, eps_column
 from clipbeam.transforms.embeddings import EmbeddingTypeError, embedding_dim, l2_normalize
@@ -435,17 +435,31 @@ def build_dedup(
         stages.FitSplits(spec), beam.pvalue.AsSingleton(sample), beam.pvalue.AsSingleton(counts)
     )
     rows = assigned | "KeyRows" >> beam.FlatMap(stages.key_rows, beam.pvalue.AsSingleton(final))
+    sizes = beam.pvalue.AsDict(
+        rows
+        | "GroupKey" >> beam.Map(lambda kv: (kv[0], 1))
+        | "GroupSizes" >> beam.CombinePerKey(sum)
+    )
+    rows = rows | "Chunk" >> beam.Map(tiles.add_chunk, sizes, spec)
     notices = (
         rows
-        | "Hashes"
-        >> beam.FlatMap(lambda kv: [] if kv[1][3] is None else [(kv[1][3], (kv[1][0], kv[0]))])
+        | "Hashes" >> beam.FlatMap(stages.hash_keys)
         | "ByHash" >> beam.GroupByKey()
         | "ExactCopies" >> beam.FlatMap(stages.exact_notices)
     )
+    # Groups over the bound: every pair of their chunks is a tile of its own.
+    partials = (
+        {
+            "rows": rows | "RowTiles" >> beam.FlatMap(tiles.to_tiles, sizes, spec),
+            "exact": notices | "CopyTiles" >> beam.FlatMap(tiles.to_tiles, sizes, spec),
+        }
+        | "ByTile" >> beam.CoGroupByKey()
+        | "Tiles" >> beam.ParDo(tiles.Tile(spec))
+    )
     groups = (
-        {"rows": rows, "exact": notices}
+        {"rows": rows, "exact": notices, "partials": partials}
         | "ByCluster" >> beam.CoGroupByKey()
-        | "SemDeDup" >> beam.ParDo(stages.DedupGroup(spec, schema, _metadata(spec)))
+        | "SemDeDup" >> beam.ParDo(stages.DedupGroup(spec, schema, _metadata(spec)), sizes)
     )
     stats = (read[STATS_TAG], groups) | "AllStats" >> beam.Flatten()
     total = stats | "Sum" >> beam.CombineGlobally(_sum)

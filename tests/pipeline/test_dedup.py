@@ -54,18 +54,26 @@ def dedup(tmp_path, inputs, *extra, name="out"):
     return out, table, summary
 
 
-def brute_force(table, x_by_id, centroids, eps):
+def load_model(out):
+    model = KMeansModel.from_bytes((out / "_kmeans.npz").read_bytes())
+    model.splits = KMeansModel.from_bytes((out / "_kmeans_splits.npz").read_bytes()).splits
+    return model
+
+
+def brute_force(table, x_by_id, model, eps):
     """SemDeDup over the job's groups, all pairs at once, ranked with its own distances."""
     want = {}
     groups = {}
-    cluster_of = dict(zip(table["id"].to_pylist(), table["cluster"].to_pylist(), strict=True))
+    cluster_of = {r["id"]: (r["cluster"], r["subcluster"]) for r in table.to_pylist()}
     for row in table.to_pylist():
         if row["exact_duplicate_of"] is None:
             groups.setdefault((row["cluster"], row["subcluster"]), []).append(row["id"])
     for members in groups.values():
         x = np.stack([x_by_id[i] for i in members])
         x = x / np.linalg.norm(x, axis=1, keepdims=True)
-        c = centroids[cluster_of[members[0]]]
+        cluster, part = cluster_of[members[0]]
+        splits = model.splits
+        c = splits[cluster][part] if cluster in splits else model.centroids[cluster]
         distance = 1.0 - x @ c
         # farthest first; equal distances: the larger id first (two stable sorts)
         order = sorted(range(len(members)), key=lambda i: members[i], reverse=True)
@@ -143,8 +151,7 @@ def test_planted_and_exact_duplicates_are_found(planted_run):
 
 def test_equals_brute_force_semdedup_over_the_same_assignment(planted_run):
     _, ids, x, _, out, table, _ = planted_run
-    model = KMeansModel.from_bytes((out / "_kmeans.npz").read_bytes())
-    want = brute_force(table, dict(zip(ids, x, strict=True)), model.centroids, [0.01, 0.05])
+    want = brute_force(table, dict(zip(ids, x, strict=True)), load_model(out), [0.01, 0.05])
     for row in table.to_pylist():
         if row["exact_duplicate_of"] is not None:
             assert row["max_similarity"] is None and not row["keep_eps_0.01"]
@@ -163,8 +170,7 @@ def test_one_cluster_is_plain_all_pairs_and_float16_lists_read(tmp_path):
     out, table, summary = dedup(tmp_path, [tmp_path / "in.parquet"], "--clusters", "1")
     assert summary["clusters"] == 1 and summary["renormalized_rows"] == len(ids)
     x16 = x.astype(np.float16).astype(np.float32)
-    model = KMeansModel.from_bytes((out / "_kmeans.npz").read_bytes())
-    want = brute_force(table, dict(zip(ids, x16, strict=True)), model.centroids, [0.01])
+    want = brute_force(table, dict(zip(ids, x16, strict=True)), load_model(out), [0.01])
     for row in table.to_pylist():
         best, keeps = want[row["id"]]
         assert [row["keep_eps_0.01"]] == keeps
@@ -201,8 +207,35 @@ def test_oversized_clusters_are_split_and_recorded(tmp_path):
     for row in table.to_pylist():
         key = (row["cluster"], row["subcluster"])
         sizes[key] = sizes.get(key, 0) + 1
-    assert summary["largest_group"] == max(sizes.values())
     assert summary["groups_over_bound"] == sum(n > 40 for n in sizes.values())
+    # a part over the bound is written in chunks: no group written is that large
+    assert summary["largest_group"] <= max(n for n in sizes.values())
+    if summary["groups_over_bound"]:
+        assert summary["largest_group"] < max(sizes.values())
+
+
+def test_a_group_of_near_copies_is_tiled_and_equals_all_pairs(tmp_path):
+    rng = np.random.default_rng(6)
+    hot = rng.normal(size=(1, 16)) + 0.003 * rng.normal(size=(150, 16))  # near copies of one
+    x = np.concatenate([hot, rng.normal(size=(30, 16))]).astype(np.float32)
+    ids = [f"r{i:03d}" for i in range(len(x))]
+    write(tmp_path / "in.parquet", ids, x)
+    out, table, summary = dedup(
+        tmp_path,
+        [tmp_path / "in.parquet"],
+        "--clusters", "2", "--max-cluster-rows", "40", "--eps", "0.0001,0.01", "--block-rows", "16",
+    )  # fmt: skip
+    assert summary["groups_over_bound"] >= 1
+    assert summary["largest_group"] < 150  # no worker held the whole hot group
+    assert sorted(table["id"].to_pylist()) == ids
+    want = brute_force(table, dict(zip(ids, x, strict=True)), load_model(out), [0.0001, 0.01])
+    for row in table.to_pylist():
+        best, keeps = want[row["id"]]
+        assert [row["keep_eps_0.0001"], row["keep_eps_0.01"]] == keeps
+        if best is None:
+            assert row["max_similarity"] is None
+        else:
+            assert row["max_similarity"] == pytest.approx(best, abs=1e-5)
 
 
 def test_fewer_rows_than_clusters_and_error_rows(tmp_path):

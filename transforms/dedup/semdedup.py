@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["DEFAULT_BLOCK", "keep_masks", "max_similarity", "rank"]
+__all__ = ["DEFAULT_BLOCK", "keep_masks", "max_earlier", "max_similarity", "rank"]
 
 DEFAULT_BLOCK = 1024
 
@@ -40,25 +40,53 @@ def max_similarity(ranked: np.ndarray, block: int = DEFAULT_BLOCK) -> tuple[np.n
         ``(similarity, index)``: float32 and int64 arrays of length ``n``; row 0 has
         ``-inf`` and ``-1`` (no earlier row). Of equal similarities the earliest row wins.
     """
-    x = np.ascontiguousarray(ranked, dtype=np.float32)
-    n = len(x)
+    position = np.arange(len(ranked))
+    return max_earlier(ranked, position, ranked, position, block)
+
+
+def max_earlier(
+    queries: np.ndarray,
+    query_position: np.ndarray,
+    candidates: np.ndarray,
+    candidate_position: np.ndarray,
+    block: int = DEFAULT_BLOCK,
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row, the largest cosine to a candidate ranked before it.
+
+    Positions are ranks in one order shared by queries and candidates (a row may be both, with
+    one position). Tiles are ``block x block``; candidate blocks that hold no row ranked before
+    any query of a block are skipped, so a cluster against itself costs ``n^2 / 2`` products.
+
+    Returns:
+        ``(similarity, index)``: per query the largest cosine (``-inf`` when no candidate is
+        earlier) and the candidate's index (``-1``). Of equal similarities the earliest
+        candidate wins.
+    """
+    order = np.argsort(candidate_position, kind="stable")
+    c = np.ascontiguousarray(candidates[order], dtype=np.float32)
+    c_position = np.asarray(candidate_position)[order]
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    q_position = np.asarray(query_position)
+    n = len(q)
     best = np.full(n, -np.inf, dtype=np.float32)
     arg = np.full(n, -1, dtype=np.int64)
     for a in range(0, n, block):
         e = min(a + block, n)
-        rows = x[a:e]
-        for s in range(0, e, block):
-            t = min(s + block, e)
-            tile = rows @ x[s:t].T  # (e - a, t - s): rows of this block x earlier candidates
-            if t > a:  # the diagonal block: only j < i counts
-                i = np.arange(a, e)[:, None]
-                j = np.arange(s, t)[None, :]
-                tile = np.where(j < i, tile, -np.inf)
+        rows, positions = q[a:e], q_position[a:e, None]
+        last = positions.max()
+        for s in range(0, len(c), block):
+            if c_position[s] >= last:
+                break  # sorted: no candidate from here on is ranked before any query here
+            t = min(s + block, len(c))
+            tile = rows @ c[s:t].T  # (e - a, t - s): queries of this block x candidates
+            tile = np.where(c_position[None, s:t] < positions, tile, -np.inf)
             local = tile.argmax(axis=1)
             value = tile[np.arange(e - a), local]
             better = value > best[a:e]
             best[a:e] = np.where(better, value, best[a:e])
             arg[a:e] = np.where(better, s + local, arg[a:e])
+    found = arg >= 0
+    arg[found] = order[arg[found]]
     return best, arg
 
 

@@ -96,11 +96,13 @@ class DedupStats:
         output_rows: rows written to ``dedup/``.
         exact_duplicates: rows removed as a byte-identical copy of another row's image.
         removed: per eps, rows removed (exact duplicates included).
-        groups: cluster groups written (a split cluster counts each part).
+        groups: cluster groups written (each part of a split cluster, each chunk of a tiled
+            part).
         resumed_groups: of ``groups``, those an earlier run finished.
-        largest_group: rows in the largest cluster group.
-        groups_over_bound: groups still larger than ``max_cluster_rows`` after the split (a
-            second-level k-means does not divide a cluster of near copies evenly).
+        largest_group: rows in the largest group written.
+        groups_over_bound: ``(cluster, part)`` groups still larger than ``max_cluster_rows``
+            after the split (a second-level k-means does not divide near copies of one image),
+            computed in tiles across workers (:mod:`~clipbeam.transforms.dedup.tiles`).
         units: input work units read.
     """
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from clipbeam.transforms import storage
-from clipbeam.transforms.dedup import kmeans, semdedup
+from clipbeam.transforms.dedup import kmeans, semdedup, tiles
 from clipbeam.transforms.dedup.read import Batch, dedup_id_field
 from clipbeam.transforms.dedup.spec import DedupSpec, DedupStats, eps_column
 from clipbeam.transforms.writer import COMPRESSION, ParquetSpool
@@ -203,9 +203,10 @@ def exact_notices(group: tuple) -> Iterator[tuple]:
         yield key, (row_id, kept)
 
 
-def group_name(key: tuple[int, int]) -> str:
-    """The output stem of one cluster group: ``cluster-CCCCCC-PPP``."""
-    return f"cluster-{key[0]:06d}-{key[1]:03d}"
+def group_name(key: tuple[int, int, int]) -> str:
+    """The output stem of one cluster group: ``cluster-CCCCCC-PPP-KKK`` (cluster, its part
+    after a split, the chunk of a tiled part)."""
+    return f"cluster-{key[0]:06d}-{key[1]:03d}-{key[2]:03d}"
 
 
 class DedupGroup(beam.DoFn):
@@ -218,7 +219,7 @@ class DedupGroup(beam.DoFn):
         self._groups = Metrics.counter(METRICS_NAMESPACE, "dedup_groups")
         self._rows = Metrics.counter(METRICS_NAMESPACE, "output_rows")
 
-    def process(self, element: tuple) -> Iterator[DedupStats]:
+    def process(self, element: tuple, counts: dict) -> Iterator[DedupStats]:
         key, joined = element
         spec = self.spec
         name = group_name(key)
@@ -229,7 +230,11 @@ class DedupGroup(beam.DoFn):
             return
         rows = list(joined["rows"])
         exact = dict(joined["exact"])
-        table, removed_ids, stats = self._dedup(key, rows, exact)
+        chunks = tiles.chunk_count(counts[key[:2]], spec.max_cluster_rows)
+        partials = tiles.merge_partials(list(joined["partials"])) if chunks > 1 else None
+        table, removed_ids, stats = self._dedup(key, rows, exact, partials)
+        if chunks > 1 and key[2] == 0:
+            stats += DedupStats(groups_over_bound=1)
         out = storage.join(spec.output, OUTPUT_DIR, f"{name}.parquet")
         dup_path = storage.join(spec.output, DUPLICATES_DIR, f"{name}.parquet")
         with ParquetSpool(out, self.schema) as spool:
@@ -247,20 +252,27 @@ class DedupGroup(beam.DoFn):
         self._rows.inc(stats.output_rows)
         yield stats
 
-    def _dedup(self, key: tuple, rows: list, exact: dict) -> tuple[pa.Table, pa.Array, DedupStats]:
+    def _dedup(
+        self, key: tuple, rows: list, exact: dict, partials: dict | None
+    ) -> tuple[pa.Table, pa.Array, DedupStats]:
         spec = self.spec
         copies = [r for r in rows if r[0] in exact]
         rest = [r for r in rows if r[0] not in exact]
         order = semdedup.rank(np.array([r[2] for r in rest]), [r[0] for r in rest])
         rest = [rest[i] for i in order]
-        if rest:
+        if partials is not None:  # a tiled group: the maxima over every tile of each row
+            found = [partials.get(r[0]) for r in rest]
+            similarity = np.array([-np.inf if f is None else f[0] for f in found], np.float32)
+            earlier_ids = [None if f is None else f[1] for f in found]
+        elif rest:
             similarity, earlier = semdedup.max_similarity(
                 np.stack([r[1] for r in rest]), spec.block_rows
             )
+            earlier_ids = [rest[j][0] if j >= 0 else None for j in earlier]
         else:
-            similarity, earlier = np.zeros(0, np.float32), np.zeros(0, np.int64)
+            similarity, earlier_ids = np.zeros(0, np.float32), []
         masks = semdedup.keep_masks(similarity, spec.eps)
-        has_earlier = earlier >= 0
+        has_earlier = np.array([e is not None for e in earlier_ids], dtype=bool)
         n, m = len(rest), len(copies)
         ordered = rest + copies
         columns = {
@@ -273,9 +285,7 @@ class DedupGroup(beam.DoFn):
                 + [None] * m,
                 type=pa.float32(),
             ),
-            "duplicate_of": pa.array(
-                [rest[j][0] if j >= 0 else None for j in earlier] + [None] * m, type=self.id_type
-            ),
+            "duplicate_of": pa.array(earlier_ids + [None] * m, type=self.id_type),
             "exact_duplicate_of": pa.array(
                 [None] * n + [exact[r[0]] for r in copies], type=self.id_type
             ),
@@ -299,17 +309,7 @@ class DedupGroup(beam.DoFn):
             removed=tuple(int((~mask).sum()) + m for mask in masks),
             groups=1,
             largest_group=n + m,
-            groups_over_bound=int(n + m > spec.max_cluster_rows),
         )
-        if n + m > spec.max_cluster_rows:
-            _LOGGER.warning(
-                "dedup: cluster group %s holds %d rows, more than --max-cluster-rows %d after "
-                "its split; it was processed whole, in tiles of %d rows",
-                group_name(key),
-                n + m,
-                spec.max_cluster_rows,
-                spec.block_rows,
-            )
         return table, removed_ids, stats
 
 
