@@ -320,3 +320,17 @@ def test_resume_after_lost_groups_gives_the_same_result(planted_run, tmp_path):
     resumed = json.loads((copy / "summary.json").read_text())
     assert resumed["resumed_groups"] == summary["cluster_groups"] - 2
     assert resumed["eps"] == summary["eps"]
+
+
+def test_multi_processing_gives_the_same_rows(planted_run, tmp_path):
+    base, *_, table, _ = planted_run
+    out = tmp_path / "out"
+    run(
+        [
+            "--input", str(base / "in"), "--output", str(out), "--clusters", "6",
+            "--fit-rows", "100", "--eps", "0.01,0.05", "--image-column", "image", "--seed", "7",
+            "--keep-columns", "image",
+            "--direct_running_mode=multi_processing", "--direct_num_workers=2",
+        ]
+    )  # fmt: skip
+    assert ds.dataset(out / "dedup").to_table().sort_by("id").equals(table)
