@@ -20,8 +20,9 @@ Bounds: a group's rows are held by one worker, its similarities computed in ``--
 tiles. A cluster over ``--max-cluster-rows`` is split by a second-level k-means, which divides
 ordinary large clusters but not a cluster of near copies of one image; a part still over the
 bound is dealt into chunks whose pairs are tiles on workers of their own
-(:mod:`clipbeam.transforms.dedup.tiles`), counted in ``groups_over_bound``. Still to come:
-``--against`` decontamination, raw images with ``--model``, and the report's duplicate view.
+(:mod:`clipbeam.transforms.dedup.tiles`), counted in ``groups_over_bound``. ``--against``: the
+reference set is a side input (:mod:`clipbeam.transforms.dedup.reference`). Still to come: raw
+images with ``--model``, and the report's duplicate view.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from clipbeam.pipeline.validate import JOB_FILE, plan
 from clipbeam.transforms import storage
 from clipbeam.transforms.dedup import stages, tiles
 from clipbeam.transforms.dedup.read import SAMPLE_TAG, STATS_TAG, ReadUnit, error_schema
+from clipbeam.transforms.dedup.reference import CombineReference, ReadReference
 from clipbeam.transforms.dedup.spec import DEFAULT_EPS, DedupSpec, DedupStats, eps_column
 from clipbeam.transforms.embeddings import EmbeddingTypeError, embedding_dim, l2_normalize
 from clipbeam.transforms.units import WorkUnit, iter_batches
@@ -184,6 +186,39 @@ def build_parser(prog: str = "clipbeam dedup") -> _Parser:
         metavar="N",
         help="rows per tile of the pairwise similarities",
     )
+    against = parser.add_argument_group("decontamination")
+    _add(
+        against,
+        "against",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help="embeddings of a reference set (an evaluation set): rows near one are removed",
+    )
+    _add(
+        against,
+        "against-eps",
+        type=_number(float, 0.0, 1.0),
+        default=0.05,
+        metavar="E",
+        help="a row is removed when max_reference_similarity >= 1 - E",
+    )
+    _add(
+        against,
+        "against-id-column",
+        type=_column,
+        default="id",
+        metavar="NAME",
+        help="the reference set's id column ('none': '<file>:<row>')",
+    )
+    _add(
+        against,
+        "against-embedding-column",
+        default="image_embedding",
+        metavar="NAME",
+        help="the reference set's embedding column",
+    )
     return parser
 
 
@@ -207,6 +242,10 @@ def parse(argv: Sequence[str]) -> tuple[DedupSpec, list[str], list[str]]:
             niter=values["niter"],
             max_cluster_rows=values["max_cluster_rows"],
             block_rows=values["block_rows"],
+            against=tuple(values["against"]),
+            against_eps=values["against_eps"],
+            against_id_column=values["against_id_column"],
+            against_embedding_column=values["against_embedding_column"],
             resume=values["resume"],
             options=options,
         )
@@ -278,13 +317,44 @@ def _check_output(spec: DedupSpec, inputs: Sequence[str]) -> dict[str, Any]:
     return record
 
 
+def _check_against(spec: DedupSpec) -> list[WorkUnit]:
+    """The reference set's units; every file's columns and dimension checked."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    units = plan(spec.against)
+    as_input = dataclasses.replace(
+        spec,
+        embedding_column=spec.against_embedding_column,
+        id_column=spec.against_id_column,
+        image_column=None,
+        keep_columns=(),
+    )
+    seen = set()
+    for unit in units:
+        if unit.path in seen:
+            continue
+        seen.add(unit.path)
+        with storage.open_input(unit.path) as f:
+            schema = pq.ParquetFile(f).schema_arrow
+        dim = _check_schema(as_input, schema, unit.path, unit)
+        if dim != spec.dim:
+            raise LaunchError(
+                f"--against {unit.path} holds embeddings of dimension {dim}, the --input "
+                f"embeddings have dimension {spec.dim}: both must come from one model"
+            )
+    return units
+
+
 def validate_dedup(
     spec: DedupSpec, inputs: Sequence[str]
-) -> tuple[DedupSpec, list[WorkUnit], pa.Schema]:
-    """Launch checks: inputs, columns of every file, one dimension, output folder.
+) -> tuple[DedupSpec, list[WorkUnit], pa.Schema, list[WorkUnit]]:
+    """Launch checks: inputs, columns of every file, one dimension, the reference set, the
+    output folder.
 
     Returns:
-        ``(spec with dim, units, first file's schema)``.
+        ``(spec with dim, units, first file's schema, reference set's units)``.
     """
     import dataclasses
 
@@ -309,6 +379,7 @@ def validate_dedup(
     _, _, renormalized = l2_normalize(embedding_matrix(first, spec.dim)[0])
     if renormalized.any():
         _log.info("dedup: the input embeddings are not L2-normalized; the job normalizes them")
+    against_units = _check_against(spec) if spec.against else []
     record = _check_output(spec, inputs)
     try:
         storage.check_writable(spec.output)
@@ -318,7 +389,7 @@ def validate_dedup(
         storage.join(spec.output, JOB_FILE),
         (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"),
     )
-    return spec, units, schemas[units[0].path]
+    return spec, units, schemas[units[0].path], against_units
 
 
 def _metadata(spec: DedupSpec) -> dict[str, str]:
@@ -355,7 +426,7 @@ class _WriteSummary(beam.DoFn):
                 pq.write_table(error_schema(spec, self.schema).empty_table(), f)
         id_type = error_schema(spec, self.schema).field(0).type
         removed = stats.removed or (0,) * len(spec.eps)
-        stages.settle_duplicates(spec, id_type, removed[0])
+        stages.settle_duplicates(spec, id_type, removed[0] + stats.against_removed)
         finished = time.time()
         summary = {
             "job": "dedup",
@@ -364,6 +435,7 @@ class _WriteSummary(beam.DoFn):
             "error_rows": stats.error_rows,
             "renormalized_rows": stats.renormalized_rows,
             "exact_duplicates": stats.exact_duplicates,
+            "against_removed": stats.against_removed,
             "eps": {
                 eps_column(e).removeprefix("keep_eps_"): {
                     "kept": stats.output_rows - r,
@@ -413,6 +485,7 @@ def build_dedup(
     inputs: Sequence[str],
     *,
     started_at: float,
+    against_units: Sequence[WorkUnit] = (),
 ) -> beam.PCollection:
     """Adds the dedup job to ``pipeline``; returns the one-element PCollection of the summary's
     path, written when every group is done."""
@@ -427,9 +500,17 @@ def build_dedup(
         spec.fit_rows, key=lambda c: (c[0], c[1])
     )
     model = sample | "Fit" >> beam.ParDo(stages.Fit(spec))
-    assigned = read.batches | "Assign" >> beam.Map(
-        stages.assign_batch, beam.pvalue.AsSingleton(model)
-    )
+    sides = [beam.pvalue.AsSingleton(model)]
+    if spec.against:
+        reference = (
+            pipeline
+            | "PlanReference" >> beam.Create(list(against_units), reshuffle=False)
+            | "SpreadReference" >> beam.Reshuffle()
+            | "ReadReference" >> beam.ParDo(ReadReference(spec))
+            | "WholeReference" >> beam.CombineGlobally(CombineReference())
+        )
+        sides.append(beam.pvalue.AsSingleton(reference))
+    assigned = read.batches | "Assign" >> beam.Map(stages.assign_batch, *sides)
     counts = stages.cluster_counts(assigned, beam.pvalue.AsSingleton(model))
     final = model | "FitSplits" >> beam.ParDo(
         stages.FitSplits(spec), beam.pvalue.AsSingleton(sample), beam.pvalue.AsSingleton(counts)
@@ -476,7 +557,7 @@ def run(argv: Sequence[str], test_pipeline: beam.Pipeline | None = None):
 
     started_at = time.time()
     spec, inputs, beam_args = parse(argv)
-    spec, units, schema = validate_dedup(spec, inputs)
+    spec, units, schema, against_units = validate_dedup(spec, inputs)
     _log.info(
         "dedup: %d rows in %d work units, dimension %d -> %s",
         sum(u.num_rows for u in units),
@@ -485,7 +566,9 @@ def run(argv: Sequence[str], test_pipeline: beam.Pipeline | None = None):
         spec.output,
     )
     pipeline = test_pipeline or beam.Pipeline(options=PipelineOptions(beam_args))
-    build_dedup(pipeline, spec, units, schema, inputs, started_at=started_at)
+    build_dedup(
+        pipeline, spec, units, schema, inputs, started_at=started_at, against_units=against_units
+    )
     result = pipeline.run()
     result.wait_until_finish()
     return result

@@ -334,3 +334,39 @@ def test_multi_processing_gives_the_same_rows(planted_run, tmp_path):
         ]
     )  # fmt: skip
     assert ds.dataset(out / "dedup").to_table().sort_by("id").equals(table)
+
+
+def test_against_a_reference_set(tmp_path):
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(80, 16)).astype(np.float32)
+    ids = [f"r{i:02d}" for i in range(80)]
+    write(tmp_path / "in.parquet", ids, x)
+    # the evaluation set: near copies of rows 0..9, and 30 rows of its own
+    ref = np.concatenate([x[:10] + 0.005 * rng.normal(size=(10, 16)), rng.normal(size=(30, 16))])
+    ref_ids = [f"eval{i:02d}" for i in range(40)]
+    write(tmp_path / "eval" / "e.parquet", ref_ids, ref.astype(np.float32))
+    out, table, summary = dedup(
+        tmp_path,
+        [tmp_path / "in.parquet"],
+        "--clusters", "3", "--against", str(tmp_path / "eval"), "--against-eps", "0.01",
+    )  # fmt: skip
+    unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    sims = unit(x) @ unit(ref.astype(np.float32)).T
+    rows = {r["id"]: r for r in table.to_pylist()}
+    for i, row_id in enumerate(ids):
+        row = rows[row_id]
+        assert row["max_reference_similarity"] == pytest.approx(sims[i].max(), abs=1e-5)
+        assert row["nearest_reference"] == ref_ids[int(sims[i].argmax())]
+        assert row["keep_against"] == (i >= 10)
+    assert summary["against_removed"] == 10
+    duplicates = set(ds.dataset(out / "duplicates").to_table()["id"].to_pylist())
+    assert {f"r{i:02d}" for i in range(10)} <= duplicates
+
+
+def test_against_of_another_dimension_is_a_launch_error(tmp_path):
+    write(tmp_path / "in.parquet", ["a", "b"], np.eye(2, 8, dtype=np.float32))
+    write(tmp_path / "eval.parquet", ["e"], np.ones((1, 4), np.float32))
+    argv = ["--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out")]
+    with pytest.raises(LaunchError, match=r"dimension 4, the --input embeddings have dimension 8"):
+        run([*argv, "--against", str(tmp_path / "eval.parquet")])
+    assert not (tmp_path / "out").exists()

@@ -56,6 +56,8 @@ class Batch:
         keep: the ``--keep-columns`` of these rows.
         cluster: nearest centroid (set by the assign step).
         distance: cosine distance to it (set by the assign step).
+        reference: with ``--against``, the largest cosine to a reference row and that row's
+            id, per row (set by the assign step).
     """
 
     ids: list
@@ -64,6 +66,7 @@ class Batch:
     keep: pa.Table
     cluster: np.ndarray | None = None
     distance: np.ndarray | None = None
+    reference: tuple | None = None
 
 
 def priorities(seed: int, ids: list) -> np.ndarray:

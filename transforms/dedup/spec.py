@@ -38,6 +38,11 @@ class DedupSpec:
         max_cluster_rows: a cluster with more rows is split by a second-level k-means.
         block_rows: rows per tile of the pairwise step.
         resume: skip cluster groups an earlier run of the same job finished.
+        against: input patterns of a reference set (an evaluation set's embeddings); every row
+            gets its nearest reference row, and is removed within ``against_eps`` of it.
+        against_eps: a row is removed when ``max_reference_similarity >= 1 - against_eps``.
+        against_id_column: the reference set's id column (``None``: ``"<file>:<row>"``).
+        against_embedding_column: the reference set's embedding column.
         options: the options as given (recorded in metadata and the summary).
     """
 
@@ -55,16 +60,23 @@ class DedupSpec:
     max_cluster_rows: int = 50_000
     block_rows: int = 1024
     resume: bool = False
+    against: tuple[str, ...] = ()
+    against_eps: float = 0.05
+    against_id_column: str | None = "id"
+    against_embedding_column: str = "image_embedding"
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eps", tuple(float(e) for e in self.eps))
         object.__setattr__(self, "keep_columns", tuple(self.keep_columns))
+        object.__setattr__(self, "against", tuple(self.against))
         problems = []
         if not self.eps:
             problems.append("eps needs at least one threshold")
         if any(not 0.0 <= e < 1.0 for e in self.eps):
             problems.append(f"every eps must be in [0, 1) (got {list(self.eps)})")
+        if not 0.0 <= self.against_eps < 1.0:
+            problems.append(f"against_eps must be in [0, 1) (got {self.against_eps})")
         if len(set(self.eps)) != len(self.eps):
             problems.append(f"eps thresholds must differ (got {list(self.eps)})")
         for name in ("clusters", "fit_rows", "niter", "max_cluster_rows", "block_rows"):
@@ -104,6 +116,7 @@ class DedupStats:
             after the split (a second-level k-means does not divide near copies of one image),
             computed in tiles across workers (:mod:`~clipbeam.transforms.dedup.tiles`).
         units: input work units read.
+        against_removed: rows removed as near a reference row (``--against``).
     """
 
     input_rows: int = 0
@@ -117,6 +130,7 @@ class DedupStats:
     largest_group: int = 0
     groups_over_bound: int = 0
     units: int = 0
+    against_removed: int = 0
 
     def __add__(self, other: DedupStats) -> DedupStats:
         n = max(len(self.removed), len(other.removed))
@@ -134,6 +148,7 @@ class DedupStats:
             largest_group=max(self.largest_group, other.largest_group),
             groups_over_bound=self.groups_over_bound + other.groups_over_bound,
             units=self.units + other.units,
+            against_removed=self.against_removed + other.against_removed,
         )
 
     def to_json(self) -> str:
@@ -144,4 +159,5 @@ class DedupStats:
         record = json.loads(text)
         record["removed"] = tuple(record["removed"])
         record.setdefault("groups_over_bound", 0)
+        record.setdefault("against_removed", 0)
         return cls(**record)

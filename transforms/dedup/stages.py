@@ -28,6 +28,7 @@ from apache_beam.metrics import Metrics
 from clipbeam.transforms import storage
 from clipbeam.transforms.dedup import kmeans, semdedup, tiles
 from clipbeam.transforms.dedup.read import Batch, dedup_id_field
+from clipbeam.transforms.dedup.reference import Reference, nearest_reference
 from clipbeam.transforms.dedup.spec import DedupSpec, DedupStats, eps_column
 from clipbeam.transforms.writer import COMPRESSION, ParquetSpool
 
@@ -71,8 +72,14 @@ def output_schema(spec: DedupSpec, schema: pa.Schema, metadata: dict[str, str]) 
         pa.field("duplicate_of", id_field.type),
         pa.field("exact_duplicate_of", id_field.type),
         *(pa.field(eps_column(e), pa.bool_()) for e in spec.eps),
-        *(schema.field(name) for name in spec.keep_columns),
     ]
+    if spec.against:
+        fields += [
+            pa.field("max_reference_similarity", pa.float32()),
+            pa.field("nearest_reference", pa.string()),
+            pa.field("keep_against", pa.bool_()),
+        ]
+    fields += [schema.field(name) for name in spec.keep_columns]
     return pa.schema(fields, metadata=metadata)
 
 
@@ -142,9 +149,12 @@ class FitSplits(beam.DoFn):
         yield model
 
 
-def assign_batch(batch: Batch, model: kmeans.KMeansModel) -> Batch:
-    """Sets each row's nearest centroid and cosine distance to it."""
+def assign_batch(batch: Batch, model: kmeans.KMeansModel, ref: Reference | None = None) -> Batch:
+    """Sets each row's nearest centroid and cosine distance to it (and, with a reference set,
+    its nearest reference row)."""
     batch.distance, batch.cluster = kmeans.assign(batch.vectors, model.centroids)
+    if ref is not None:
+        batch.reference = nearest_reference(batch.vectors, ref)
     return batch
 
 
@@ -181,7 +191,10 @@ def key_rows(batch: Batch, model: kmeans.KMeansModel) -> Iterator[tuple]:
     keep = batch.keep.to_pylist()
     for i, row_id in enumerate(batch.ids):
         key = (int(batch.cluster[i]), int(part[i]))
-        yield key, (row_id, batch.vectors[i], float(distance[i]), batch.sha[i], keep[i])
+        ref = None
+        if batch.reference is not None:
+            ref = (float(batch.reference[0][i]), batch.reference[1][i])
+        yield key, (row_id, batch.vectors[i], float(distance[i]), batch.sha[i], keep[i], ref)
 
 
 def hash_keys(keyed: tuple) -> Iterator[tuple]:
@@ -292,16 +305,25 @@ class DedupGroup(beam.DoFn):
         }
         for e, mask in zip(spec.eps, masks, strict=True):
             columns[eps_column(e)] = pa.array([*mask.tolist(), *([False] * m)], type=pa.bool_())
+        against = np.ones(n + m, dtype=bool)
+        if spec.against:
+            refs = [r[5] for r in ordered]
+            similar = np.array([-np.inf if f[1] is None else f[0] for f in refs], np.float32)
+            against = ~(similar >= 1.0 - spec.against_eps)
+            columns["max_reference_similarity"] = pa.array(
+                [None if f[1] is None else f[0] for f in refs], type=pa.float32()
+            )
+            columns["nearest_reference"] = pa.array([f[1] for f in refs], type=pa.string())
+            columns["keep_against"] = pa.array(against, type=pa.bool_())
         for name in spec.keep_columns:
             column_type = self.schema.field(name).type
             columns[name] = pa.array([r[4][name] for r in ordered], type=column_type)
         arrays = list(columns.values())
         table = pa.Table.from_arrays(arrays, schema=self.schema)
-        first = masks[0]
+        # duplicates/: removed at the first eps, or near a reference row
+        first = np.concatenate([masks[0], np.zeros(m, dtype=bool)]) & against
         removed_ids = pa.array(
-            [r[0] for r, kept in zip(rest, first, strict=True) if not kept]
-            + [r[0] for r in copies],
-            type=self.id_type,
+            [r[0] for r, kept in zip(ordered, first, strict=True) if not kept], type=self.id_type
         )
         stats = DedupStats(
             output_rows=n + m,
@@ -309,6 +331,7 @@ class DedupGroup(beam.DoFn):
             removed=tuple(int((~mask).sum()) + m for mask in masks),
             groups=1,
             largest_group=n + m,
+            against_removed=int((~against).sum()),
         )
         return table, removed_ids, stats
 
