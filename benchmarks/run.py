@@ -18,6 +18,7 @@ BENCHMARKS = (
     "bench_e2e",
     "bench_memory",
     "bench_heads",
+    "bench_dedup",
 )
 
 

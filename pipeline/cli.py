@@ -31,6 +31,7 @@ _log = logging.getLogger("clipbeam")
 # Subcommands that are not Beam jobs: command -> module whose ``main(argv) -> int`` runs it (or
 # ``module:function`` naming another function).
 _TOOLS = {
+    "dedup": "clipbeam.pipeline.dedup",
     "demo": "clipbeam.pipeline.demo.command",
     "report": "clipbeam.pipeline.report",
     "train": "clipbeam.pipeline.train",

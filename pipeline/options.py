@@ -502,8 +502,9 @@ def build_parser(prog: str = "clipbeam") -> argparse.ArgumentParser:
         description="CLIP and Chinese-CLIP over image-text Parquet datasets on Apache Beam. "
         "Any option not listed under a job is passed to Beam (--runner, --direct_num_workers, "
         "--temp_location, --project, --region...).",
-        epilog="other commands (each with its own --help): demo (an offline demo on generated "
-        "scenes), report DIR (an HTML report of a job's output), train (contrastive training "
+        epilog="other commands (each with its own --help): dedup (exact and semantic duplicates "
+        "of embeddings), demo (an offline demo on generated scenes), report DIR (an HTML report "
+        "of a job's output), train (contrastive training "
         "of a checkpoint on image-text Parquet), train-head (a head of your own on embeddings and "
         "labels), convert-head (LAION's or NeMo Curator's heads as clipbeam heads)",
         allow_abbrev=False,

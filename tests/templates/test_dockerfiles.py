@@ -98,7 +98,7 @@ def test_beam_sdk_and_package_are_one_release_pyproject_allows(dockerfile):
     assert f"_sdk:{beam}" in froms, f"{name}: the Beam SDK image is not apache-beam {beam}"
     installs = " ".join(r for r in file.all("RUN") if "pip install" in r)
     assert f'"apache-beam[gcp]=={beam}"' in installs
-    assert './[gcp]"' in installs  # clipbeam itself, with its gcp extra
+    assert './[gcp,dedup]"' in installs  # clipbeam itself, with its gcp and dedup extras
 
 
 def test_torch_pin_is_allowed_by_pyproject(dockerfile):

@@ -1,0 +1,208 @@
+"""Reading one work unit for dedup: ids, normalized embeddings, image hashes, kept columns.
+
+Rows without a usable embedding go to ``errors/<unit>.parquet``. Each unit also proposes its part
+of the k-means fit sample: every row gets a priority from a hash of ``(seed, id)``; the rows of
+smallest priority over the whole dataset form the sample (``beam.combiners.Top``), so the sample is
+drawn across all units, does not depend on how units are spread over workers, and is the same on
+every run with one ``--seed``. A unit sends at most ``fit_rows`` candidates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.metrics import Metrics
+
+from clipbeam.transforms import storage
+from clipbeam.transforms.dedup.spec import DedupSpec, DedupStats
+from clipbeam.transforms.embeddings import Rejected, embedding_matrix, l2_normalize
+from clipbeam.transforms.rows import ERROR_FIELDS
+from clipbeam.transforms.units import WorkUnit, iter_batches
+from clipbeam.transforms.writer import ParquetSpool
+
+__all__ = ["SAMPLE_TAG", "STATS_TAG", "Batch", "ReadUnit", "dedup_id_field", "error_schema"]
+
+SAMPLE_TAG = "sample"
+STATS_TAG = "stats"
+_BATCH_ROWS = 4096
+
+
+def dedup_id_field(spec: DedupSpec, schema: pa.Schema) -> pa.Field:
+    """The id column of every output: the input's id column, or ``id: string``."""
+    if spec.id_column is None:
+        return pa.field("id", pa.string())
+    return schema.field(spec.id_column).with_name(spec.id_column)
+
+
+def error_schema(spec: DedupSpec, schema: pa.Schema) -> pa.Schema:
+    """Schema of ``errors/`` files, as the other jobs write them."""
+    return pa.schema([dedup_id_field(spec, schema), *ERROR_FIELDS])
+
+
+@dataclass
+class Batch:
+    """Usable rows of one read batch.
+
+    Attributes:
+        ids: row ids (Python values).
+        vectors: ``(n, dim)`` float32, unit norm.
+        sha: sha256 hex digest of each row's image bytes (``None`` without bytes).
+        keep: the ``--keep-columns`` of these rows.
+        cluster: nearest centroid (set by the assign step).
+        distance: cosine distance to it (set by the assign step).
+        reference: with ``--against``, the largest cosine to a reference row and that row's
+            id, per row (set by the assign step).
+    """
+
+    ids: list
+    vectors: np.ndarray
+    sha: list
+    keep: pa.Table
+    cluster: np.ndarray | None = None
+    distance: np.ndarray | None = None
+    reference: tuple | None = None
+
+
+def priorities(seed: int, ids: list) -> np.ndarray:
+    """Sampling priority of each row: 63 bits of blake2b over ``seed`` and the id."""
+    key = str(seed).encode("ascii")
+    return np.array(
+        [
+            int.from_bytes(
+                hashlib.blake2b(str(i).encode("utf-8"), digest_size=8, key=key).digest(), "big"
+            )
+            >> 1
+            for i in ids
+        ],
+        dtype=np.int64,
+    )
+
+
+def _image_bytes(column: pa.Array) -> list:
+    if pa.types.is_struct(column.type):
+        column = column.field("bytes")
+    return column.to_pylist()
+
+
+class ReadUnit(beam.DoFn):
+    """Work unit -> :class:`Batch` es (main), sample candidates (``sample``), counts (``stats``).
+
+    Args:
+        spec: the job.
+        schema: the first input file's schema (types the id and error columns).
+    """
+
+    def __init__(self, spec: DedupSpec, schema: pa.Schema):
+        self.spec = spec
+        self.schema = schema
+        self._counters = {
+            name: Metrics.counter("clipbeam", name)
+            for name in ("input_rows", "error_rows", "units")
+        }
+
+    def process(self, unit: WorkUnit) -> Iterator:
+        spec = self.spec
+        columns = [spec.id_column, spec.embedding_column, spec.image_column, *spec.keep_columns]
+        columns = list(dict.fromkeys(c for c in columns if c is not None))
+        errors_path = storage.join(spec.output, "errors", f"{unit.name}.parquet")
+        stats = DedupStats(units=1)
+        sample_p = np.zeros(0, dtype=np.int64)
+        sample_ids: list = []
+        sample_x = np.zeros((0, spec.dim), dtype=np.float32)
+        start = 0
+        with contextlib.ExitStack() as stack:
+            errors = stack.enter_context(ParquetSpool(errors_path, error_schema(spec, self.schema)))
+            for record in iter_batches(unit, columns, batch_size=_BATCH_ROWS):
+                batch, rejected, renormalized = self._read(unit, record, start)
+                errors.write(self._errors(unit, record, start, rejected, errors.schema))
+                stats += DedupStats(
+                    input_rows=record.num_rows,
+                    error_rows=len(rejected),
+                    renormalized_rows=renormalized,
+                )
+                start += record.num_rows
+                if not batch.ids:
+                    continue
+                yield batch
+                p = priorities(spec.seed, batch.ids)
+                sample_p = np.concatenate([sample_p, p])
+                sample_ids += batch.ids
+                sample_x = np.concatenate([sample_x, batch.vectors])
+                if len(sample_p) > 2 * spec.fit_rows:
+                    keep = np.argpartition(sample_p, spec.fit_rows)[: spec.fit_rows]
+                    sample_p, sample_x = sample_p[keep], sample_x[keep]
+                    sample_ids = [sample_ids[i] for i in keep]
+            if errors.rows:
+                errors.commit()
+            else:
+                errors.discard()
+                storage.delete(errors_path, missing_ok=True)
+        if len(sample_p) > spec.fit_rows:
+            keep = np.argpartition(sample_p, spec.fit_rows)[: spec.fit_rows]
+            sample_p, sample_x = sample_p[keep], sample_x[keep]
+            sample_ids = [sample_ids[i] for i in keep]
+        for p, i, x in zip(sample_p.tolist(), sample_ids, sample_x, strict=True):
+            # (priority, id as text) orders the candidates; ties on the hash fall back to the id.
+            yield beam.pvalue.TaggedOutput(SAMPLE_TAG, (p, str(i), x))
+        for name, counter in self._counters.items():
+            counter.inc(getattr(stats, name))
+        yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
+
+    def _read(
+        self, unit: WorkUnit, record: pa.RecordBatch, start: int
+    ) -> tuple[Batch, list[Rejected], int]:
+        spec = self.spec
+        matrix, rejected = embedding_matrix(record.column(spec.embedding_column), spec.dim)
+        vectors, zero, renormalized = l2_normalize(matrix)
+        bad = {r.index for r in rejected}
+        rejected += [
+            Rejected(int(i), "ZeroEmbedding", "the embedding is all zeros: it has no direction")
+            for i in np.flatnonzero(zero)
+            if int(i) not in bad
+        ]
+        bad = {r.index for r in rejected}
+        good = [i for i in range(record.num_rows) if i not in bad]
+        take = pa.array(good, type=pa.int64())
+        if spec.id_column is None:
+            ids = [unit.row_id(start + i) for i in good]
+        else:
+            ids = record.column(spec.id_column).take(take).to_pylist()
+        sha: list = [None] * len(good)
+        if spec.image_column is not None:
+            images = _image_bytes(record.column(spec.image_column).take(take))
+            sha = [None if b is None else hashlib.sha256(b).hexdigest() for b in images]
+        keep = pa.table(
+            {name: record.column(name).take(take) for name in spec.keep_columns}
+            if spec.keep_columns
+            else {"_": pa.nulls(len(good))}
+        )
+        batch = Batch(ids=ids, vectors=vectors[good], sha=sha, keep=keep)
+        return batch, sorted(rejected, key=lambda r: r.index), int(renormalized[good].sum())
+
+    def _errors(
+        self,
+        unit: WorkUnit,
+        record: pa.RecordBatch,
+        start: int,
+        rejected: list[Rejected],
+        schema: pa.Schema,
+    ) -> pa.Table:
+        indices = [r.index for r in rejected]
+        if self.spec.id_column is None:
+            ids = pa.array([unit.row_id(start + i) for i in indices], type=pa.string())
+        else:
+            ids = record.column(self.spec.id_column).take(pa.array(indices, type=pa.int64()))
+        columns = [
+            ids,
+            pa.array([unit.path] * len(indices), type=pa.string()),
+            pa.array([unit.row_offset + start + i for i in indices], type=pa.int64()),
+            pa.array([r.error_type for r in rejected], type=pa.string()),
+            pa.array([r.message for r in rejected], type=pa.string()),
+        ]
+        return pa.Table.from_arrays(columns, schema=schema)
