@@ -15,6 +15,7 @@ Every layout found on the Hub is read:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import types
@@ -46,12 +47,59 @@ _PROVENANCE_KEYS = ("transformers_version", "_name_or_path", "_commit_hash", "mo
 _DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
-@dataclass(kw_only=True)
+# Attributes every transformers 5 config has, with its defaults: read (not written) when a config
+# does not set them, so code that checks ``config.return_dict`` runs unchanged.
+_TRANSFORMERS_DEFAULTS: dict[str, Any] = {
+    "return_dict": True,
+    "is_encoder_decoder": False,
+    "chunk_size_feed_forward": 0,
+    "problem_type": None,
+    "id2label": {0: "LABEL_0", 1: "LABEL_1"},
+    "label2id": {"LABEL_0": 0, "LABEL_1": 1},
+    # Set by from_pretrained(attn_implementation=...); never saved.
+    "_attn_implementation": "sdpa",
+}
+
+
+def config_dataclass(cls: type[ConfigT]) -> type[ConfigT]:
+    """``@dataclass(kw_only=True)`` whose constructor also takes keywords it has no field for.
+
+    As transformers' configs do, ``CLIPVisionConfig(dropout=0.1)`` keeps ``dropout`` as an
+    attribute (in :attr:`BaseConfig.extra`), and :meth:`BaseConfig.to_dict` saves it.
+    ``torch_dtype`` is read as ``dtype``, and a ``torch.dtype`` as its name.
+    """
+    cls = dataclass(kw_only=True)(cls)
+    init = cls.__init__
+    known = {f.name for f in fields(cls) if f.init}
+
+    @functools.wraps(init)
+    def __init__(self: BaseConfig, **kwargs: Any) -> None:
+        extra = dict(kwargs.pop("extra", None) or {})
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        if kwargs.get("dtype") is None and torch_dtype is not None:
+            kwargs["dtype"] = torch_dtype
+        if kwargs.get("dtype") is not None:
+            kwargs["dtype"] = str(kwargs["dtype"]).removeprefix("torch.")
+        num_labels = kwargs.pop("num_labels", None)
+        for key in [k for k in kwargs if k not in known]:
+            extra[key] = kwargs.pop(key)
+        if isinstance(extra.get("id2label"), Mapping):  # JSON wrote the int keys as strings
+            extra["id2label"] = {int(k): v for k, v in extra["id2label"].items()}
+        init(self, **kwargs, extra=extra)
+        if num_labels is not None:
+            self.num_labels = num_labels
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    return cls
+
+
+@config_dataclass
 class BaseConfig:
     """Fields and (de)serialisation shared by all configs.
 
-    Build one from a ``config.json`` dict with :meth:`from_dict` (direct construction accepts only
-    the known fields); :meth:`to_dict` gives back a dict that :meth:`from_dict` reads unchanged.
+    Build one from keywords or from a ``config.json`` dict with :meth:`from_dict`; keywords without
+    a field are kept in :attr:`extra`. :meth:`to_dict` gives back a dict that :meth:`from_dict`
+    reads unchanged.
     """
 
     model_type: ClassVar[str] = ""
@@ -82,7 +130,39 @@ class BaseConfig:
         extra = self.__dict__.get("extra")
         if extra is not None and name in extra:
             return extra[name]
+        if name in _TRANSFORMERS_DEFAULTS:
+            return _TRANSFORMERS_DEFAULTS[name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    @property
+    def num_labels(self) -> int:
+        """``len(id2label)``; setting it makes ``LABEL_<i>`` labels, as transformers does."""
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise TypeError(f"num_labels must be an int >= 0 (got {type(value).__name__})")
+        self.extra["id2label"] = {i: f"LABEL_{i}" for i in range(value)}
+        self.extra["label2id"] = {f"LABEL_{i}": i for i in range(value)}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Setting an attribute there is no field for keeps it in `extra`, so that it is saved
+        # (config.return_dict = False, as transformers writes it). Private names stay plain.
+        if (
+            name.startswith("_")
+            or isinstance(getattr(type(self), name, None), property)
+            or name in self.__dataclass_fields__
+            or "extra" not in self.__dict__
+        ):
+            object.__setattr__(self, name, value)
+        else:
+            self.extra[name] = value
+
+    @property
+    def use_return_dict(self) -> bool:
+        """``return_dict`` (transformers' deprecated name for it)."""
+        return bool(self.return_dict)
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -192,6 +272,19 @@ class BaseConfig:
         """:meth:`to_dict` as indented JSON with sorted keys."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
+    def to_json_file(self, json_file_path: str | os.PathLike, use_diff: bool = True) -> None:
+        """Writes :meth:`to_json_string` to ``json_file_path``.
+
+        ``use_diff`` is accepted for transformers' signature: the whole config is always written.
+        """
+        del use_diff
+        Path(json_file_path).write_text(self.to_json_string(), encoding="utf-8")
+
+    @classmethod
+    def from_json_file(cls: type[ConfigT], json_file: str | os.PathLike) -> ConfigT:
+        """Reads a config from a JSON file (a ``config.json`` of this class's model)."""
+        return cls.from_pretrained(Path(json_file))
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Writes ``config.json`` into ``save_directory`` (created if needed).
 
@@ -249,7 +342,7 @@ def _is_instance(value: Any, allowed: tuple[type, ...]) -> bool:
 # -- the image tower (identical in both families) ---------------------------------------------
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class _VisionConfig(BaseConfig):
     hidden_size: int = 768
     intermediate_size: int = 3072
@@ -296,7 +389,7 @@ class _VisionConfig(BaseConfig):
 # -- CLIP ---------------------------------------------------------------------------------------
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class CLIPTextConfig(BaseConfig):
     """The causal text transformer of CLIP (defaults: openai/clip-vit-base-patch32)."""
 
@@ -338,7 +431,7 @@ class CLIPTextConfig(BaseConfig):
         self._check_heads()
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class CLIPVisionConfig(_VisionConfig):
     """The ViT image tower of CLIP (defaults: openai/clip-vit-base-patch32)."""
 
@@ -347,7 +440,7 @@ class CLIPVisionConfig(_VisionConfig):
     family: ClassVar[str] = "clip"
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class _DualConfig(BaseConfig):
     """A full two-tower config: its sub-configs plus the joint embedding settings."""
 
@@ -412,7 +505,7 @@ def _as_config(value: Any, config_cls: type[BaseConfig], name: str) -> BaseConfi
     )
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class CLIPConfig(_DualConfig):
     """A full CLIP model: text and vision sub-configs, projection size and logit scale."""
 
@@ -428,7 +521,7 @@ class CLIPConfig(_DualConfig):
 # -- Chinese-CLIP -------------------------------------------------------------------------------
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class ChineseCLIPTextConfig(BaseConfig):
     """The BERT (RoBERTa-wwm-ext) text tower of Chinese-CLIP (HF documented defaults)."""
 
@@ -475,7 +568,7 @@ class ChineseCLIPTextConfig(BaseConfig):
             )
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class ChineseCLIPVisionConfig(_VisionConfig):
     """The ViT image tower of Chinese-CLIP (HF documented defaults: patch 32, quick_gelu)."""
 
@@ -484,7 +577,7 @@ class ChineseCLIPVisionConfig(_VisionConfig):
     family: ClassVar[str] = "chinese_clip"
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class ChineseCLIPConfig(_DualConfig):
     """A full Chinese-CLIP model: text and vision sub-configs, projection size, logit scale."""
 

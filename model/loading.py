@@ -50,6 +50,7 @@ PYTORCH_INDEX = "pytorch_model.bin.index.json"
 # here compute them on the fly, so they are accepted and dropped.
 _INDEX_BUFFERS = re.compile(r"(.+\.)?embeddings\.(position_ids|token_type_ids)")
 _LIST_LIMIT = 10
+_ATTN_IMPLEMENTATIONS = (None, "sdpa", "eager")
 
 
 class PreTrainedModel(nn.Module):
@@ -68,6 +69,10 @@ class PreTrainedModel(nn.Module):
     ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = ()
     # The family's renaming table: (regular expression, replacement) for legacy key names.
     checkpoint_renames: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # Dotted name of the input embedding module (get_input_embeddings), or the attribute of a
+    # wrapped tower that owns it (embeddings_owner, for the WithProjection models).
+    input_embeddings_name: ClassVar[str] = ""
+    embeddings_owner: ClassVar[str] = ""
 
     @classmethod
     def explain_missing(cls, missing: list[str]) -> str:
@@ -96,26 +101,41 @@ class PreTrainedModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls: type[ModelT],
-        source: str | os.PathLike | CheckpointSource,
+        source: str | os.PathLike | CheckpointSource | None = None,
         *,
+        pretrained_model_name_or_path: str | os.PathLike | CheckpointSource | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         torch_dtype: str | torch.dtype | None = None,
         revision: str | None = None,
-    ) -> ModelT:
+        attn_implementation: str | None = None,
+        output_loading_info: bool = False,
+        **config_overrides: Any,
+    ) -> ModelT | tuple[ModelT, dict[str, set[str] | list[str]]]:
         """Loads a checkpoint into a new model, in eval mode.
 
         Args:
             source: a checkpoint folder, an fsspec URL (``gs://bucket/model``) or a hub id.
+            pretrained_model_name_or_path: transformers' name of ``source``, as a keyword.
             device: where to put the weights (``"cpu"``, ``"cuda"``, ``"cuda:1"``...); default
                 CPU. Asking for a device that is not there is an error, never a fallback.
             dtype: ``torch.float16``, ``"bfloat16"``..., ``"auto"`` for the checkpoint's own
                 dtype, or ``None`` for float32.
             torch_dtype: the former name of ``dtype``.
             revision: hub branch, tag or commit.
+            attn_implementation: ``"sdpa"`` (default) or ``"eager"``, recorded as the configs'
+                ``_attn_implementation``. Both compute the same attention here (through
+                ``scaled_dot_product_attention``, with the weights made explicit when
+                ``output_attentions`` asks for them).
+            output_loading_info: also return transformers' loading report: ``missing_keys``,
+                ``unexpected_keys`` (checkpoint tensors this class does not use, such as the
+                other tower), ``mismatched_keys`` and ``error_msgs``. Loading stays strict, so
+                only ``unexpected_keys`` can be non-empty.
+            **config_overrides: config values that replace those of ``config.json``
+                (``output_hidden_states=True``...), as transformers' keyword arguments do.
 
         Returns:
-            The model, with ``.eval()`` called.
+            The model, with ``.eval()`` called; with ``output_loading_info``, ``(model, info)``.
 
         Raises:
             CheckpointNotFoundError: no checkpoint or no weights file was found.
@@ -123,12 +143,75 @@ class PreTrainedModel(nn.Module):
                 tensors do not fit the config.
             RuntimeError: ``device`` is not available.
         """
-        return load_pretrained(
+        if (source is None) == (pretrained_model_name_or_path is None):
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained takes the checkpoint once: as the first argument "
+                "or as pretrained_model_name_or_path= (got "
+                f"{'both' if source is not None else 'neither'})"
+            )
+        model, unexpected = load_pretrained(
             cls,
-            source,
+            source if source is not None else pretrained_model_name_or_path,
             device=device,
             dtype=_one_dtype(dtype, torch_dtype),
             revision=revision,
+            attn_implementation=attn_implementation,
+            config_overrides=config_overrides,
+        )
+        if not output_loading_info:
+            return model
+        info: dict[str, set[str] | list[str]] = {
+            "missing_keys": set(),
+            "unexpected_keys": set(unexpected),
+            "mismatched_keys": set(),
+            "error_msgs": [],
+        }
+        return model, info
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The module that embeds the inputs (token or patch embedding), as in transformers.
+
+        Raises:
+            NotImplementedError: the model has no single input embedding (a two-tower model).
+        """
+        owner = getattr(self, self.embeddings_owner, None) if self.embeddings_owner else self
+        if owner is not self and isinstance(owner, PreTrainedModel):
+            return owner.get_input_embeddings()
+        if not self.input_embeddings_name:
+            raise NotImplementedError(
+                f"{type(self).__name__} has two input embeddings (text and image): call "
+                "get_input_embeddings() on its text_model or vision_model"
+            )
+        return self.get_submodule(self.input_embeddings_name)
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replaces the module :meth:`get_input_embeddings` returns."""
+        owner = getattr(self, self.embeddings_owner, None) if self.embeddings_owner else self
+        if owner is not self and isinstance(owner, PreTrainedModel):
+            owner.set_input_embeddings(value)
+            return
+        self.get_input_embeddings()  # raises where there is no single input embedding
+        parent_name, _, name = self.input_embeddings_name.rpartition(".")
+        setattr(self.get_submodule(parent_name), name, value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        """None: no model here has a language-model head tied to the embeddings."""
+        return None
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """The number of parameters (as transformers counts them).
+
+        Args:
+            only_trainable: count only those with ``requires_grad``.
+            exclude_embeddings: leave out the weights of ``nn.Embedding`` modules.
+        """
+        skipped = set()
+        if exclude_embeddings:
+            skipped = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
+        return sum(
+            p.numel()
+            for p in self.parameters()
+            if id(p) not in skipped and (p.requires_grad or not only_trainable)
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
@@ -196,8 +279,20 @@ def load_pretrained(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     revision: str | None = None,
-) -> ModelT:
-    """Implements :meth:`PreTrainedModel.from_pretrained` (see there)."""
+    attn_implementation: str | None = None,
+    config_overrides: dict[str, Any] | None = None,
+) -> tuple[ModelT, list[str]]:
+    """Implements :meth:`PreTrainedModel.from_pretrained` (see there).
+
+    Returns:
+        The model, and the checkpoint keys it did not use (index buffers aside).
+    """
+    if attn_implementation not in _ATTN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attn_implementation must be one of {sorted(filter(None, _ATTN_IMPLEMENTATIONS))} "
+            f"or None (got {attn_implementation!r}); clipbeam runs attention through "
+            "torch's scaled_dot_product_attention"
+        )
     target_device = resolve_device(device)
     src = (
         source
@@ -206,10 +301,11 @@ def load_pretrained(
     )
     config_dict, config_path = read_config_dict(src)
     _check_model_type(model_cls, config_dict.get("model_type"), config_path)
-    config = model_cls.config_class.from_pretrained(src)
+    config = model_cls.config_class.from_pretrained(src, **(config_overrides or {}))
+    set_attn_implementation(config, attn_implementation or "sdpa")
 
     state = read_state_dict(src)
-    mapping, _ = model_cls.checkpoint_to_model_keys(state)
+    mapping, skipped = model_cls.checkpoint_to_model_keys(state)
     state = {mapping[k]: v for k, v in state.items() if k in mapping}
     with torch.device("meta"):
         model = model_cls(config)
@@ -219,7 +315,16 @@ def load_pretrained(
     model.load_state_dict(state, strict=True, assign=True)
     model.to(device=target_device, dtype=target_dtype)
     config.dtype = str(target_dtype).removeprefix("torch.")  # as transformers: the loaded dtype
-    return model.eval()
+    unexpected = [key for key in skipped if not _INDEX_BUFFERS.fullmatch(key)]
+    return model.eval(), unexpected
+
+
+def set_attn_implementation(config: BaseConfig, name: str) -> None:
+    """Records ``name`` as ``_attn_implementation`` of a config and of its sub-configs."""
+    config._attn_implementation = name
+    for sub in (getattr(config, "text_config", None), getattr(config, "vision_config", None)):
+        if isinstance(sub, BaseConfig):
+            sub._attn_implementation = name
 
 
 def _check_model_type(model_cls: type[PreTrainedModel], model_type: Any, config_path: str) -> None:
