@@ -65,13 +65,19 @@ _TRUNCATION = {
 
 
 def _truncate(
-    first: Encoding, second: Encoding | None, budget: int, strategy: str, direction: str
+    first: Encoding,
+    second: Encoding | None,
+    budget: int,
+    strategy: str,
+    direction: str,
+    stride: int = 0,
 ) -> None:
     """Shortens ``first`` (and ``second``) in place to ``budget`` tokens, as tokenizers does.
 
     The rules are those of the Rust ``truncate_encodings`` that transformers relies on, so the
     results match it token for token: ``longest_first`` trims the longer sequence down to the
     shorter one, then both to half the budget each; ``only_first``/``only_second`` trim one side.
+    The cut tokens go to each encoding's ``overflowing`` windows, ``stride`` tokens overlapping.
     """
     if budget == 0:
         first.truncate(0, direction=direction)
@@ -84,7 +90,7 @@ def _truncate(
     excess = total - budget
     if strategy == "longest_first":
         if second is None:
-            first.truncate(budget, direction=direction)
+            first.truncate(budget, stride=stride, direction=direction)
             return
         n1, n2 = len(first), len(second)
         swapped = n1 > n2
@@ -97,8 +103,8 @@ def _truncate(
             n2 = n1 + budget % 2
         if swapped:
             n1, n2 = n2, n1
-        first.truncate(n1, direction=direction)
-        second.truncate(n2, direction=direction)
+        first.truncate(n1, stride=stride, direction=direction)
+        second.truncate(n2, stride=stride, direction=direction)
         return
     if strategy == "only_second" and second is None:
         raise ValueError("truncation='only_second' needs a text_pair; got a single text")
@@ -111,7 +117,7 @@ def _truncate(
             f"has {len(target)} tokens but {excess} must go. Use truncation='longest_first' or "
             "a larger max_length."
         )
-    target.truncate(len(target) - excess, direction=direction)
+    target.truncate(len(target) - excess, stride=stride, direction=direction)
 
 
 # -- the shared base ----------------------------------------------------------------------------
@@ -147,6 +153,8 @@ class _TokenizerBase(_TokenizerPadding):
         return_length: bool = False,
         verbose: bool = True,
         is_split_into_words: bool = False,
+        stride: int = 0,
+        return_overflowing_tokens: bool = False,
     ) -> BatchEncoding:
         """Tokenizes one text or a batch (optionally with second texts) for the model.
 
@@ -175,6 +183,11 @@ class _TokenizerBase(_TokenizerPadding):
             verbose: log a warning for sequences longer than ``model_max_length``.
             is_split_into_words: the input is pre-tokenized into words; each word is
                 tokenized alone, as transformers does.
+            stride: with ``return_overflowing_tokens``, how many tokens each overflow window
+                repeats from the one before.
+            return_overflowing_tokens: return the tokens truncation cut as more rows (windows
+                of ``max_length``), with ``overflow_to_sample_mapping`` giving each row's text.
+                The output is then always one row per window.
 
         Returns:
             A :class:`~clipbeam.model.batch.BatchEncoding`. For a single string without
@@ -214,7 +227,12 @@ class _TokenizerBase(_TokenizerPadding):
             truncation=trunc,
             max_length=max_length,
             pretokenized=is_split_into_words,
+            stride=stride,
         )
+        if return_overflowing_tokens:
+            mapping = [i for i, e in enumerate(encodings) for _ in range(1 + len(e.overflowing))]
+            encodings = [row for e in encodings for row in (e, *e.overflowing)]
+            batched = True
         if pad is not None:
             target = (
                 max_length if pad == "max_length" else max((len(e) for e in encodings), default=0)
@@ -238,6 +256,8 @@ class _TokenizerBase(_TokenizerPadding):
             data["offset_mapping"] = [e.offsets for e in encodings]
         if return_length:
             data["length"] = [len(e) for e in encodings]
+        if return_overflowing_tokens:
+            data["overflow_to_sample_mapping"] = mapping
 
         if return_tensors is not None:
             return BatchEncoding(_rectangular(data), tensor_type=return_tensors)
@@ -401,6 +421,7 @@ class _TokenizerBase(_TokenizerPadding):
         truncation: str | None,
         max_length: int | None,
         pretokenized: bool = False,
+        stride: int = 0,
     ) -> list[Encoding]:
         """Encodes, truncates and adds special tokens, without touching the backend's settings.
 
@@ -424,7 +445,7 @@ class _TokenizerBase(_TokenizerPadding):
         out = []
         for first, second in zip(firsts, seconds, strict=True):
             if budget is not None:
-                _truncate(first, second, budget, truncation, self.truncation_side)
+                _truncate(first, second, budget, truncation, self.truncation_side, stride)
             out.append(self._backend.post_process(first, second, add_special_tokens))
         return out
 

@@ -187,3 +187,31 @@ def test_four_channel_images_match_transformers():
         ref(rgba, do_convert_rgb=False)
     with pytest.raises(ValueError, match="image_mean has 3 values but the image has 4"):
         ours(rgba, do_convert_rgb=False)
+
+
+LONG = "a photo of a cat sitting on the red mat in the sun near a big tree"
+
+
+@pytest.mark.parametrize(
+    ("args", "options"),
+    [
+        ((LONG,), {"max_length": 8, "stride": 2}),
+        (([LONG, "short one"],), {"max_length": 8, "stride": 1, "padding": True}),
+        ((LONG, "a second text"), {"max_length": 10, "stride": 1}),
+        ((LONG,), {"max_length": 8, "stride": 2, "padding": True, "return_tensors": "pt"}),
+    ],
+)
+def test_return_overflowing_tokens_with_stride(request, family, args, options):
+    fixture, ours_name, ref_name, _ = family
+    _, ref, ours = _pair(request, fixture, ours_name, ref_name)
+    expected = ref(*args, truncation=True, return_overflowing_tokens=True, **options)
+    got = ours(*args, truncation=True, return_overflowing_tokens=True, **options)
+    assert set(got) == set(expected)
+    texts = len(args[0]) if isinstance(args[0], list) else 1
+    assert len(got["input_ids"]) > texts  # the overflow made more rows than texts
+    for key in expected:
+        assert _as_list(got[key]) == _as_list(expected[key]), key
+
+
+def _as_list(value):
+    return value.tolist() if hasattr(value, "tolist") else value
