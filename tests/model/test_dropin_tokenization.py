@@ -215,3 +215,18 @@ def test_return_overflowing_tokens_with_stride(request, family, args, options):
 
 def _as_list(value):
     return value.tolist() if hasattr(value, "tolist") else value
+
+
+def test_built_from_vocab_and_merges_objects(clip_checkpoint, chinese_clip_checkpoint):
+    """As transformers 5 builds a tokenizer from a converter's (vocab dict, merges tuples)."""
+    transformers.logging.set_verbosity_error()
+    vocab = json.loads((clip_checkpoint / "vocab.json").read_text(encoding="utf-8"))
+    lines = (clip_checkpoint / "merges.txt").read_text(encoding="utf-8").splitlines()
+    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#")]
+    ref = transformers.CLIPTokenizer(vocab=vocab, merges=merges)
+    ours = cm.CLIPTokenizer(vocab=vocab, merges=merges)
+    _same(ours(TEXTS, padding=True), ref(TEXTS, padding=True))
+    words = (chinese_clip_checkpoint / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    bert_vocab = {word: i for i, word in enumerate(words)}
+    ref, ours = transformers.BertTokenizer(vocab=bert_vocab), cm.BertTokenizer(vocab=bert_vocab)
+    _same(ours(TEXTS, padding=True), ref(TEXTS, padding=True))
