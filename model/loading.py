@@ -25,10 +25,10 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from torch import nn
 
 from .configuration import BaseConfig, config_class_for, read_config_dict
 from .hub import CheckpointError, CheckpointSource, resolve_source
+from .modeling_utils import EmbeddingsMixin
 
 __all__ = [
     "PreTrainedModel",
@@ -53,7 +53,7 @@ _LIST_LIMIT = 10
 _ATTN_IMPLEMENTATIONS = (None, "sdpa", "eager")
 
 
-class PreTrainedModel(nn.Module):
+class PreTrainedModel(EmbeddingsMixin):
     """Base of every model: holds the config, loads and saves checkpoints.
 
     Subclasses set the class attributes below to say how checkpoint keys map to their own
@@ -69,10 +69,6 @@ class PreTrainedModel(nn.Module):
     ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = ()
     # The family's renaming table: (regular expression, replacement) for legacy key names.
     checkpoint_renames: ClassVar[tuple[tuple[str, str], ...]] = ()
-    # Dotted name of the input embedding module (get_input_embeddings), or the attribute of a
-    # wrapped tower that owns it (embeddings_owner, for the WithProjection models).
-    input_embeddings_name: ClassVar[str] = ""
-    embeddings_owner: ClassVar[str] = ""
 
     @classmethod
     def explain_missing(cls, missing: list[str]) -> str:
@@ -131,8 +127,9 @@ class PreTrainedModel(nn.Module):
                 ``unexpected_keys`` (checkpoint tensors this class does not use, such as the
                 other tower), ``mismatched_keys`` and ``error_msgs``. Loading stays strict, so
                 only ``unexpected_keys`` can be non-empty.
-            **config_overrides: config values that replace those of ``config.json``
-                (``output_hidden_states=True``...), as transformers' keyword arguments do.
+            **config_overrides: values of config attributes that replace those of
+                ``config.json`` (``output_hidden_states=True``...), as transformers' keyword
+                arguments do; a keyword that is no config attribute is a ``TypeError``.
 
         Returns:
             The model, with ``.eval()`` called; with ``output_loading_info``, ``(model, info)``.
@@ -167,52 +164,6 @@ class PreTrainedModel(nn.Module):
             "error_msgs": [],
         }
         return model, info
-
-    def get_input_embeddings(self) -> nn.Module:
-        """The module that embeds the inputs (token or patch embedding), as in transformers.
-
-        Raises:
-            NotImplementedError: the model has no single input embedding (a two-tower model).
-        """
-        owner = getattr(self, self.embeddings_owner, None) if self.embeddings_owner else self
-        if owner is not self and isinstance(owner, PreTrainedModel):
-            return owner.get_input_embeddings()
-        if not self.input_embeddings_name:
-            raise NotImplementedError(
-                f"{type(self).__name__} has two input embeddings (text and image): call "
-                "get_input_embeddings() on its text_model or vision_model"
-            )
-        return self.get_submodule(self.input_embeddings_name)
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        """Replaces the module :meth:`get_input_embeddings` returns."""
-        owner = getattr(self, self.embeddings_owner, None) if self.embeddings_owner else self
-        if owner is not self and isinstance(owner, PreTrainedModel):
-            owner.set_input_embeddings(value)
-            return
-        self.get_input_embeddings()  # raises where there is no single input embedding
-        parent_name, _, name = self.input_embeddings_name.rpartition(".")
-        setattr(self.get_submodule(parent_name), name, value)
-
-    def get_output_embeddings(self) -> nn.Module | None:
-        """None: no model here has a language-model head tied to the embeddings."""
-        return None
-
-    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
-        """The number of parameters (as transformers counts them).
-
-        Args:
-            only_trainable: count only those with ``requires_grad``.
-            exclude_embeddings: leave out the weights of ``nn.Embedding`` modules.
-        """
-        skipped = set()
-        if exclude_embeddings:
-            skipped = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)}
-        return sum(
-            p.numel()
-            for p in self.parameters()
-            if id(p) not in skipped and (p.requires_grad or not only_trainable)
-        )
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Writes ``config.json`` and ``model.safetensors`` into ``save_directory``.
@@ -301,7 +252,18 @@ def load_pretrained(
     )
     config_dict, config_path = read_config_dict(src)
     _check_model_type(model_cls, config_dict.get("model_type"), config_path)
-    config = model_cls.config_class.from_pretrained(src, **(config_overrides or {}))
+    config = model_cls.config_class.from_pretrained(src)
+    if config_overrides:
+        # As in transformers: a keyword updates the config only if the config has that
+        # attribute; anything else is a mistake (a misspelled device=, say), not a new key.
+        unknown = sorted(k for k in config_overrides if not hasattr(config, k))
+        if unknown:
+            raise TypeError(
+                f"{model_cls.__name__}.from_pretrained got unexpected keyword argument(s) "
+                f"{unknown}: neither loading options nor attributes of "
+                f"{type(config).__name__}"
+            )
+        config = model_cls.config_class.from_pretrained(src, **config_overrides)
     set_attn_implementation(config, attn_implementation or "sdpa")
 
     state = read_state_dict(src)

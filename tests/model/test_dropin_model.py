@@ -110,6 +110,8 @@ def test_loading_keywords_errors_and_overrides(hf_checkpoint):
     # Config keywords replace config.json values, as transformers' from_pretrained kwargs do.
     ref, ours = _both(path, "CLIPModel", output_hidden_states=True)
     assert ours.config.output_hidden_states is ref.config.output_hidden_states is True
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['devcie'\]"):
+        cm.CLIPModel.from_pretrained(path, devcie="cpu")
 
 
 @pytest.mark.parametrize(
