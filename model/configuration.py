@@ -17,15 +17,21 @@ from __future__ import annotations
 
 import json
 import os
-import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from .config_size import check_fits, text_bytes, vision_bytes
-from .hub import CheckpointError, CheckpointNotFoundError, CheckpointSource, resolve_source
+from .configuration_utils import (
+    _TRANSFORMERS_DEFAULTS,
+    _allowed_types,
+    _is_instance,
+    config_dataclass,
+    read_config_dict,
+)
+from .hub import CheckpointError, CheckpointSource
 
 __all__ = [
     "BaseConfig",
@@ -47,12 +53,13 @@ _PROVENANCE_KEYS = ("transformers_version", "_name_or_path", "_commit_hash", "mo
 _DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class BaseConfig:
     """Fields and (de)serialisation shared by all configs.
 
-    Build one from a ``config.json`` dict with :meth:`from_dict` (direct construction accepts only
-    the known fields); :meth:`to_dict` gives back a dict that :meth:`from_dict` reads unchanged.
+    Build one from keywords or from a ``config.json`` dict with :meth:`from_dict`; keywords without
+    a field are kept in :attr:`extra`. :meth:`to_dict` gives back a dict that :meth:`from_dict`
+    reads unchanged.
     """
 
     model_type: ClassVar[str] = ""
@@ -83,7 +90,39 @@ class BaseConfig:
         extra = self.__dict__.get("extra")
         if extra is not None and name in extra:
             return extra[name]
+        if name in _TRANSFORMERS_DEFAULTS:
+            return _TRANSFORMERS_DEFAULTS[name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    @property
+    def num_labels(self) -> int:
+        """``len(id2label)``; setting it makes ``LABEL_<i>`` labels, as transformers does."""
+        return len(self.id2label)
+
+    @num_labels.setter
+    def num_labels(self, value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise TypeError(f"num_labels must be an int >= 0 (got {type(value).__name__})")
+        self.extra["id2label"] = {i: f"LABEL_{i}" for i in range(value)}
+        self.extra["label2id"] = {f"LABEL_{i}": i for i in range(value)}
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Setting an attribute there is no field for keeps it in `extra`, so that it is saved
+        # (config.return_dict = False, as transformers writes it). Private names stay plain.
+        if (
+            name.startswith("_")
+            or isinstance(getattr(type(self), name, None), property)
+            or name in self.__dataclass_fields__
+            or "extra" not in self.__dict__
+        ):
+            object.__setattr__(self, name, value)
+        else:
+            self.extra[name] = value
+
+    @property
+    def use_return_dict(self) -> bool:
+        """``return_dict`` (transformers' deprecated name for it)."""
+        return bool(self.return_dict)
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -193,6 +232,19 @@ class BaseConfig:
         """:meth:`to_dict` as indented JSON with sorted keys."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
+    def to_json_file(self, json_file_path: str | os.PathLike, use_diff: bool = True) -> None:
+        """Writes :meth:`to_json_string` to ``json_file_path``.
+
+        ``use_diff`` is accepted for transformers' signature: the whole config is always written.
+        """
+        del use_diff
+        Path(json_file_path).write_text(self.to_json_string(), encoding="utf-8")
+
+    @classmethod
+    def from_json_file(cls: type[ConfigT], json_file: str | os.PathLike) -> ConfigT:
+        """Reads a config from a JSON file (a ``config.json`` of this class's model)."""
+        return cls.from_pretrained(Path(json_file))
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Writes ``config.json`` into ``save_directory`` (created if needed).
 
@@ -233,20 +285,6 @@ class BaseConfig:
             )
 
 
-def _allowed_types(hint: Any) -> tuple[type, ...]:
-    """``int | None`` -> ``(int, NoneType)``; ``list[str]`` -> ``(list,)``."""
-    members = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    return tuple(typing.get_origin(m) or m for m in members)
-
-
-def _is_instance(value: Any, allowed: tuple[type, ...]) -> bool:
-    if isinstance(value, bool):  # bool is an int subclass: only accept it where bool is asked
-        return bool in allowed
-    if isinstance(value, int) and float in allowed:  # JSON writes 0.0 as 0 now and then
-        return True
-    return isinstance(value, allowed)
-
-
 # -- the image tower (identical in both families) ---------------------------------------------
 
 
@@ -256,7 +294,7 @@ _VISION_SIZES = (*_ENCODER_SIZES, "num_channels", "image_size", "patch_size", "p
 _TEXT_SIZES = (*_ENCODER_SIZES, "vocab_size", "max_position_embeddings")
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class _VisionConfig(BaseConfig):
     hidden_size: int = 768
     intermediate_size: int = 3072
@@ -304,7 +342,7 @@ class _VisionConfig(BaseConfig):
 # -- CLIP ---------------------------------------------------------------------------------------
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class CLIPTextConfig(BaseConfig):
     """The causal text transformer of CLIP (defaults: openai/clip-vit-base-patch32)."""
 
@@ -347,7 +385,7 @@ class CLIPTextConfig(BaseConfig):
         check_fits(self, text_bytes, (*_TEXT_SIZES, "projection_dim"))
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class CLIPVisionConfig(_VisionConfig):
     """The ViT image tower of CLIP (defaults: openai/clip-vit-base-patch32)."""
 
@@ -356,7 +394,7 @@ class CLIPVisionConfig(_VisionConfig):
     family: ClassVar[str] = "clip"
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class _DualConfig(BaseConfig):
     """A full two-tower config: its sub-configs plus the joint embedding settings."""
 
@@ -421,7 +459,7 @@ def _as_config(value: Any, config_cls: type[BaseConfig], name: str) -> BaseConfi
     )
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class CLIPConfig(_DualConfig):
     """A full CLIP model: text and vision sub-configs, projection size and logit scale."""
 
@@ -437,7 +475,7 @@ class CLIPConfig(_DualConfig):
 # -- Chinese-CLIP -------------------------------------------------------------------------------
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class ChineseCLIPTextConfig(BaseConfig):
     """The BERT (RoBERTa-wwm-ext) text tower of Chinese-CLIP (HF documented defaults)."""
 
@@ -485,7 +523,7 @@ class ChineseCLIPTextConfig(BaseConfig):
             )
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class ChineseCLIPVisionConfig(_VisionConfig):
     """The ViT image tower of Chinese-CLIP (HF documented defaults: patch 32, quick_gelu)."""
 
@@ -494,7 +532,7 @@ class ChineseCLIPVisionConfig(_VisionConfig):
     family: ClassVar[str] = "chinese_clip"
 
 
-@dataclass(kw_only=True)
+@config_dataclass
 class ChineseCLIPConfig(_DualConfig):
     """A full Chinese-CLIP model: text and vision sub-configs, projection size, logit scale."""
 
@@ -534,32 +572,3 @@ def config_class_for(model_type: str) -> type[BaseConfig]:
             f"unsupported model_type {model_type!r}; clipbeam runs "
             f"{', '.join(sorted(_CONFIG_CLASSES))} checkpoints"
         ) from None
-
-
-def read_config_dict(
-    source: str | os.PathLike | CheckpointSource, *, revision: str | None = None
-) -> tuple[dict[str, Any], str]:
-    """Reads the ``config.json`` of a checkpoint (or a given ``.json`` file) as a dict.
-
-    Returns:
-        The dict and a description of where it was read from, for error messages.
-
-    Raises:
-        CheckpointNotFoundError: there is no ``config.json``.
-        CheckpointError: the file is not a JSON object.
-    """
-    if not isinstance(source, CheckpointSource) and Path(source).suffix == ".json":
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointNotFoundError(f"config file {path} does not exist")
-    else:
-        if not isinstance(source, CheckpointSource):
-            source = resolve_source(source, revision=revision)
-        path = source.require("config.json", what="the model configuration")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); re-download the file") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object (got {type(data).__name__})")
-    return data, str(path)

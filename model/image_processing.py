@@ -359,6 +359,10 @@ class CLIPImageProcessor:
         """:meth:`to_dict` as indented, key-sorted JSON."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
+    def to_json_file(self, json_file_path: str | os.PathLike) -> None:
+        """Writes :meth:`to_json_string` to ``json_file_path``."""
+        Path(json_file_path).write_text(self.to_json_string(), encoding="utf-8")
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
         """Writes ``preprocessor_config.json`` into ``save_directory`` (created if missing).
 

@@ -25,10 +25,10 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from torch import nn
 
 from .configuration import BaseConfig, config_class_for, read_config_dict
 from .hub import CheckpointError, CheckpointSource, resolve_source
+from .modeling_utils import EmbeddingsMixin
 
 __all__ = [
     "PreTrainedModel",
@@ -50,9 +50,10 @@ PYTORCH_INDEX = "pytorch_model.bin.index.json"
 # here compute them on the fly, so they are accepted and dropped.
 _INDEX_BUFFERS = re.compile(r"(.+\.)?embeddings\.(position_ids|token_type_ids)")
 _LIST_LIMIT = 10
+_ATTN_IMPLEMENTATIONS = (None, "sdpa", "eager")
 
 
-class PreTrainedModel(nn.Module):
+class PreTrainedModel(EmbeddingsMixin):
     """Base of every model: holds the config, loads and saves checkpoints.
 
     Subclasses set the class attributes below to say how checkpoint keys map to their own
@@ -96,26 +97,42 @@ class PreTrainedModel(nn.Module):
     @classmethod
     def from_pretrained(
         cls: type[ModelT],
-        source: str | os.PathLike | CheckpointSource,
+        source: str | os.PathLike | CheckpointSource | None = None,
         *,
+        pretrained_model_name_or_path: str | os.PathLike | CheckpointSource | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         torch_dtype: str | torch.dtype | None = None,
         revision: str | None = None,
-    ) -> ModelT:
+        attn_implementation: str | None = None,
+        output_loading_info: bool = False,
+        **config_overrides: Any,
+    ) -> ModelT | tuple[ModelT, dict[str, set[str] | list[str]]]:
         """Loads a checkpoint into a new model, in eval mode.
 
         Args:
             source: a checkpoint folder, an fsspec URL (``gs://bucket/model``) or a hub id.
+            pretrained_model_name_or_path: transformers' name of ``source``, as a keyword.
             device: where to put the weights (``"cpu"``, ``"cuda"``, ``"cuda:1"``...); default
                 CPU. Asking for a device that is not there is an error, never a fallback.
             dtype: ``torch.float16``, ``"bfloat16"``..., ``"auto"`` for the checkpoint's own
                 dtype, or ``None`` for float32.
             torch_dtype: the former name of ``dtype``.
             revision: hub branch, tag or commit.
+            attn_implementation: ``"sdpa"`` (default) or ``"eager"``, recorded as the configs'
+                ``_attn_implementation``. Both compute the same attention here (through
+                ``scaled_dot_product_attention``, with the weights made explicit when
+                ``output_attentions`` asks for them).
+            output_loading_info: also return transformers' loading report: ``missing_keys``,
+                ``unexpected_keys`` (checkpoint tensors this class does not use, such as the
+                other tower), ``mismatched_keys`` and ``error_msgs``. Loading stays strict, so
+                only ``unexpected_keys`` can be non-empty.
+            **config_overrides: values of config attributes that replace those of
+                ``config.json`` (``output_hidden_states=True``...), as transformers' keyword
+                arguments do; a keyword that is no config attribute is a ``TypeError``.
 
         Returns:
-            The model, with ``.eval()`` called.
+            The model, with ``.eval()`` called; with ``output_loading_info``, ``(model, info)``.
 
         Raises:
             CheckpointNotFoundError: no checkpoint or no weights file was found.
@@ -123,13 +140,30 @@ class PreTrainedModel(nn.Module):
                 tensors do not fit the config.
             RuntimeError: ``device`` is not available.
         """
-        return load_pretrained(
+        if (source is None) == (pretrained_model_name_or_path is None):
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained takes the checkpoint once: as the first argument "
+                "or as pretrained_model_name_or_path= (got "
+                f"{'both' if source is not None else 'neither'})"
+            )
+        model, unexpected = load_pretrained(
             cls,
-            source,
+            source if source is not None else pretrained_model_name_or_path,
             device=device,
             dtype=_one_dtype(dtype, torch_dtype),
             revision=revision,
+            attn_implementation=attn_implementation,
+            config_overrides=config_overrides,
         )
+        if not output_loading_info:
+            return model
+        info: dict[str, set[str] | list[str]] = {
+            "missing_keys": set(),
+            "unexpected_keys": set(unexpected),
+            "mismatched_keys": set(),
+            "error_msgs": [],
+        }
+        return model, info
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Writes ``config.json`` and ``model.safetensors`` into ``save_directory``.
@@ -196,8 +230,20 @@ def load_pretrained(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     revision: str | None = None,
-) -> ModelT:
-    """Implements :meth:`PreTrainedModel.from_pretrained` (see there)."""
+    attn_implementation: str | None = None,
+    config_overrides: dict[str, Any] | None = None,
+) -> tuple[ModelT, list[str]]:
+    """Implements :meth:`PreTrainedModel.from_pretrained` (see there).
+
+    Returns:
+        The model, and the checkpoint keys it did not use (index buffers aside).
+    """
+    if attn_implementation not in _ATTN_IMPLEMENTATIONS:
+        raise ValueError(
+            f"attn_implementation must be one of {sorted(filter(None, _ATTN_IMPLEMENTATIONS))} "
+            f"or None (got {attn_implementation!r}); clipbeam runs attention through "
+            "torch's scaled_dot_product_attention"
+        )
     target_device = resolve_device(device)
     src = (
         source
@@ -207,9 +253,21 @@ def load_pretrained(
     config_dict, config_path = read_config_dict(src)
     _check_model_type(model_cls, config_dict.get("model_type"), config_path)
     config = model_cls.config_class.from_pretrained(src)
+    if config_overrides:
+        # As in transformers: a keyword updates the config only if the config has that
+        # attribute; anything else is a mistake (a misspelled device=, say), not a new key.
+        unknown = sorted(k for k in config_overrides if not hasattr(config, k))
+        if unknown:
+            raise TypeError(
+                f"{model_cls.__name__}.from_pretrained got unexpected keyword argument(s) "
+                f"{unknown}: neither loading options nor attributes of "
+                f"{type(config).__name__}"
+            )
+        config = model_cls.config_class.from_pretrained(src, **config_overrides)
+    set_attn_implementation(config, attn_implementation or "sdpa")
 
     state = read_state_dict(src)
-    mapping, _ = model_cls.checkpoint_to_model_keys(state)
+    mapping, skipped = model_cls.checkpoint_to_model_keys(state)
     state = {mapping[k]: v for k, v in state.items() if k in mapping}
     with torch.device("meta"):
         model = model_cls(config)
@@ -219,7 +277,16 @@ def load_pretrained(
     model.load_state_dict(state, strict=True, assign=True)
     model.to(device=target_device, dtype=target_dtype)
     config.dtype = str(target_dtype).removeprefix("torch.")  # as transformers: the loaded dtype
-    return model.eval()
+    unexpected = [key for key in skipped if not _INDEX_BUFFERS.fullmatch(key)]
+    return model.eval(), unexpected
+
+
+def set_attn_implementation(config: BaseConfig, name: str) -> None:
+    """Records ``name`` as ``_attn_implementation`` of a config and of its sub-configs."""
+    config._attn_implementation = name
+    for sub in (getattr(config, "text_config", None), getattr(config, "vision_config", None)):
+        if isinstance(sub, BaseConfig):
+            sub._attn_implementation = name
 
 
 def _check_model_type(model_cls: type[PreTrainedModel], model_type: Any, config_path: str) -> None:

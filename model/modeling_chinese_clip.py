@@ -244,6 +244,7 @@ class ChineseCLIPTextModel(PreTrainedModel):
 
     config_class = ChineseCLIPTextConfig
     checkpoint_prefix = "text_model."
+    input_embeddings_name = "embeddings.word_embeddings"
     ignored_checkpoint_keys = (
         r"vision_model\..*",
         r"(visual|text)_projection\.weight",
@@ -394,7 +395,9 @@ class ChineseCLIPModel(PreTrainedModel):
             output_hidden_states: include every layer's hidden states.
             return_dict: return the output object (True) or its tuple (False).
         """
-        detailed = wants_output_object(output_attentions, output_hidden_states, return_dict)
+        detailed = wants_output_object(
+            output_attentions, output_hidden_states, return_dict, self.config
+        )
         out = self.text_model(
             input_ids,
             attention_mask,

@@ -93,6 +93,7 @@ class CLIPTextModel(PreTrainedModel):
 
     config_class = CLIPTextConfig
     checkpoint_prefix = "text_model."
+    input_embeddings_name = "embeddings.token_embedding"
     ignored_checkpoint_keys = (
         r"vision_model\..*",
         r"(visual|text)_projection\.weight",
@@ -258,6 +259,7 @@ class CLIPVisionModel(PreTrainedModel):
 
     config_class = CLIPVisionConfig
     checkpoint_prefix = "vision_model."
+    input_embeddings_name = "embeddings.patch_embedding"
     ignored_checkpoint_keys = (
         r"text_model\..*",
         r"(visual|text)_projection\.weight",
@@ -316,6 +318,7 @@ class CLIPTextModelWithProjection(PreTrainedModel):
     """The text tower plus ``text_projection``: unnormalized text embeddings."""
 
     config_class = CLIPTextConfig
+    embeddings_owner = "text_model"
     ignored_checkpoint_keys = (r"vision_model\..*", r"visual_projection\.weight", "logit_scale")
 
     def __init__(self, config: CLIPTextConfig) -> None:
@@ -356,6 +359,7 @@ class CLIPVisionModelWithProjection(PreTrainedModel):
     """The image tower plus ``visual_projection``: unnormalized image embeddings."""
 
     config_class = CLIPVisionConfig
+    embeddings_owner = "vision_model"
     ignored_checkpoint_keys = (r"text_model\..*", r"text_projection\.weight", "logit_scale")
 
     def __init__(self, config: CLIPVisionConfig) -> None:
@@ -435,7 +439,9 @@ class CLIPModel(PreTrainedModel):
             output_hidden_states: include every layer's hidden states.
             return_dict: return the output object (True) or its tuple (False).
         """
-        detailed = wants_output_object(output_attentions, output_hidden_states, return_dict)
+        detailed = wants_output_object(
+            output_attentions, output_hidden_states, return_dict, self.config
+        )
         out = self.text_model(
             input_ids,
             attention_mask,
@@ -472,7 +478,9 @@ class CLIPModel(PreTrainedModel):
             output_hidden_states: include every layer's hidden states.
             return_dict: return the output object (True) or its tuple (False).
         """
-        detailed = wants_output_object(output_attentions, output_hidden_states, return_dict)
+        detailed = wants_output_object(
+            output_attentions, output_hidden_states, return_dict, self.config
+        )
         out = self.vision_model(
             pixel_values,
             output_attentions if detailed else False,

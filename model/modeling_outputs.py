@@ -156,14 +156,20 @@ def as_requested(output: ModelOutput, return_dict: bool | None, config: Any) -> 
     ``config.extra`` when a ``config.json`` has one), else True.
     """
     if return_dict is None:
-        return_dict = config.extra.get("return_dict", True)
+        return_dict = getattr(config, "return_dict", True)
     return output if return_dict else output.to_tuple()
 
 
 def wants_output_object(
-    output_attentions: bool | None, output_hidden_states: bool | None, return_dict: bool | None
+    output_attentions: bool | None,
+    output_hidden_states: bool | None,
+    return_dict: bool | None,
+    config: Any = None,
 ) -> bool:
     """Whether ``get_*_features`` should return transformers 5's output object (or its tuple)
     rather than the features tensor: yes when any of these transformers 5 arguments asks for
-    more than the tensor."""
+    more than the tensor, or when ``config.return_dict`` is set to False (transformers 5 then
+    returns the output's tuple)."""
+    if return_dict is None and config is not None and not getattr(config, "return_dict", True):
+        return True
     return bool(output_attentions or output_hidden_states) or return_dict is not None

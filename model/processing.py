@@ -10,6 +10,7 @@ checkpoint's ``config.json``.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -95,7 +96,7 @@ class CLIPProcessor:
         text: str | Sequence[str] | None = None,
         images: Any = None,
         *,
-        padding: bool | str = False,
+        padding: bool | str | None = None,
         truncation: bool | str | None = None,
         max_length: int | None = None,
         return_tensors: str | None = None,
@@ -108,6 +109,9 @@ class CLIPProcessor:
             images: what :meth:`CLIPImageProcessor.preprocess` takes (PIL images, arrays,
                 tensors, or lists of them).
             padding: tokenizer padding (``True``/``"longest"``, ``"max_length"``, ``False``).
+                Unset tokenizer options take the call options the tokenizer was built with
+                (``CLIPTokenizer.from_pretrained(path, padding="max_length")``, kept in its
+                ``init_kwargs``), as transformers 5's processors do; else no padding.
             truncation: tokenizer truncation (``True`` cuts to the model's context).
             max_length: length limit for truncation and ``padding="max_length"``.
             return_tensors: ``"pt"``, ``"np"`` or ``None``, for both outputs.
@@ -130,9 +134,21 @@ class CLIPProcessor:
                 "(call processor(text=[...], images=[...]))"
             )
         image_kwargs, text_kwargs = _split_kwargs(kwargs)
+        accepted = inspect.signature(self.tokenizer.__call__).parameters
+        given = {"padding": padding, "truncation": truncation, "max_length": max_length}
+        defaults = {
+            k: v
+            for k, v in getattr(self.tokenizer, "init_kwargs", {}).items()
+            if k in accepted and k not in ("text", "text_pair", "return_tensors")
+        }
+        for key, value in defaults.items():
+            if key in given and given[key] is None:
+                given[key] = value
+            elif key not in given:
+                text_kwargs.setdefault(key, value)
+        padding, truncation, max_length = given["padding"], given["truncation"], given["max_length"]
         # Options of a modality that is absent this call are allowed (a loop may pass the same
         # options for text-only and image-only batches), but misspelled names never are.
-        accepted = inspect.signature(self.tokenizer.__call__).parameters
         unknown = sorted(k for k in text_kwargs if k not in accepted)
         if unknown:
             raise TypeError(
@@ -144,7 +160,7 @@ class CLIPProcessor:
             _check_text(text)
             encoding = self.tokenizer(
                 text,
-                padding=padding,
+                padding=False if padding is None else padding,
                 truncation=truncation,
                 max_length=max_length,
                 return_tensors=return_tensors,
@@ -172,7 +188,13 @@ class CLIPProcessor:
 
     @classmethod
     def from_pretrained(
-        cls, source: str | os.PathLike, *, revision: str | None = None, **kwargs: Any
+        cls,
+        source: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        image_processor: CLIPImageProcessor | None = None,
+        tokenizer: Any = None,
+        **kwargs: Any,
     ) -> CLIPProcessor:
         """Loads the tokenizer and image processor of a checkpoint.
 
@@ -180,6 +202,9 @@ class CLIPProcessor:
             source: a checkpoint folder, fsspec URL or hub id (see
                 :func:`clipbeam.model.hub.resolve_source`).
             revision: hub branch, tag or commit.
+            image_processor: use this one instead of loading the checkpoint's (as
+                transformers' ``from_pretrained(path, image_processor=...)``).
+            tokenizer: use this one instead of loading the checkpoint's.
             **kwargs: image processor options override ``preprocessor_config.json``; other
                 keywords are tokenizer constructor options.
 
@@ -188,11 +213,28 @@ class CLIPProcessor:
                 tokenizer's vocabulary.
         """
         image_kwargs, text_kwargs = _split_kwargs(kwargs, _IMAGE_INIT_KWARGS)
-        image_processor = cls.image_processor_class.from_pretrained(
-            source, revision=revision, **image_kwargs
-        )
-        tokenizer = cls.tokenizer_class.from_pretrained(source, revision=revision, **text_kwargs)
+        if image_processor is None:
+            image_processor = cls.image_processor_class.from_pretrained(
+                source, revision=revision, **image_kwargs
+            )
+        if tokenizer is None:
+            tokenizer = cls.tokenizer_class.from_pretrained(
+                source, revision=revision, **text_kwargs
+            )
         return cls(image_processor, tokenizer)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The processor's settings, as transformers 5's ``ProcessorMixin.to_dict``: the image
+        processor's dict under ``image_processor`` and ``processor_class`` (the tokenizer is
+        saved in its own files, so it is left out, as there)."""
+        return {
+            "image_processor": self.image_processor.to_dict(),
+            "processor_class": type(self).__name__,
+        }
+
+    def to_json_string(self) -> str:
+        """:meth:`to_dict` as indented JSON with sorted keys."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> list[str]:
         """Writes ``preprocessor_config.json`` and the tokenizer files into a folder.

@@ -75,6 +75,26 @@ def _token_state(token: AddedToken) -> dict[str, Any]:
 # -- the layer ---------------------------------------------------------------------------------
 
 
+# tokenizer_config.json keys that describe the files, not the tokenizer: never constructor options.
+_BOOKKEEPING_KEYS = frozenset(
+    {
+        "tokenizer_class",
+        "auto_map",
+        "name_or_path",
+        "special_tokens_map_file",
+        "tokenizer_file",
+        "vocab_file",
+        "merges_file",
+        "processor_class",
+        "added_tokens_decoder",
+        "extra_special_tokens",
+        "additional_special_tokens",
+        "transformers_version",
+        "backend",
+    }
+)
+
+
 class _TokenizerFiles(_TokenizerVocab):
     """The second layer of :class:`~clipbeam.model.tokenization_utils._TokenizerBase`.
 
@@ -141,6 +161,11 @@ class _TokenizerFiles(_TokenizerVocab):
             *cls._config_keys,
         }
         options = {k: v for k, v in config.items() if k in keys}
+        # Other options (call defaults such as max_length, family flags of other versions) are
+        # kept in init_kwargs, as transformers keeps them; file bookkeeping is not.
+        options.update(
+            (k, v) for k, v in config.items() if k not in keys and k not in _BOOKKEEPING_KEYS
+        )
         for key in SPECIAL_TOKENS_ATTRIBUTES:
             if options.get(key) is not None:
                 options[key] = _as_added_token(options[key])
@@ -213,6 +238,7 @@ class _TokenizerFiles(_TokenizerVocab):
         if self._extra:
             special["additional_special_tokens"] = self.extra_special_tokens
         config: dict[str, Any] = {
+            **self._kept_options,
             "tokenizer_class": type(self).__name__.removesuffix("Fast"),
             "model_max_length": self.model_max_length,
             "padding_side": self.padding_side,

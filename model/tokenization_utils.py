@@ -6,6 +6,7 @@ each in its own module::
 
     _TokenizerVocab   (tokenization_vocab)   special and added tokens, lookups, decoding
     _TokenizerFiles   (tokenization_files)   from_pretrained, save_pretrained
+    _TokenizerPadding (tokenization_padding) pad(), pad_batch()
     _TokenizerBase    (this module)          __call__, encode, truncation, padding
 
 Both tokenizers have the API of the transformers 5 classes of the same names (``__call__``,
@@ -46,7 +47,7 @@ import numpy as np
 from tokenizers import Encoding
 
 from .batch import BatchEncoding
-from .tokenization_files import _TokenizerFiles
+from .tokenization_padding import _TokenizerPadding
 from .tokenization_vocab import LARGE_INTEGER, _check_side
 
 logger = logging.getLogger(__name__)
@@ -64,13 +65,19 @@ _TRUNCATION = {
 
 
 def _truncate(
-    first: Encoding, second: Encoding | None, budget: int, strategy: str, direction: str
+    first: Encoding,
+    second: Encoding | None,
+    budget: int,
+    strategy: str,
+    direction: str,
+    stride: int = 0,
 ) -> None:
     """Shortens ``first`` (and ``second``) in place to ``budget`` tokens, as tokenizers does.
 
     The rules are those of the Rust ``truncate_encodings`` that transformers relies on, so the
     results match it token for token: ``longest_first`` trims the longer sequence down to the
     shorter one, then both to half the budget each; ``only_first``/``only_second`` trim one side.
+    The cut tokens go to each encoding's ``overflowing`` windows, ``stride`` tokens overlapping.
     """
     if budget == 0:
         first.truncate(0, direction=direction)
@@ -83,7 +90,7 @@ def _truncate(
     excess = total - budget
     if strategy == "longest_first":
         if second is None:
-            first.truncate(budget, direction=direction)
+            first.truncate(budget, stride=stride, direction=direction)
             return
         n1, n2 = len(first), len(second)
         swapped = n1 > n2
@@ -96,8 +103,8 @@ def _truncate(
             n2 = n1 + budget % 2
         if swapped:
             n1, n2 = n2, n1
-        first.truncate(n1, direction=direction)
-        second.truncate(n2, direction=direction)
+        first.truncate(n1, stride=stride, direction=direction)
+        second.truncate(n2, stride=stride, direction=direction)
         return
     if strategy == "only_second" and second is None:
         raise ValueError("truncation='only_second' needs a text_pair; got a single text")
@@ -110,19 +117,20 @@ def _truncate(
             f"has {len(target)} tokens but {excess} must go. Use truncation='longest_first' or "
             "a larger max_length."
         )
-    target.truncate(len(target) - excess, direction=direction)
+    target.truncate(len(target) - excess, stride=stride, direction=direction)
 
 
 # -- the shared base ----------------------------------------------------------------------------
 
 
-class _TokenizerBase(_TokenizerFiles):
+class _TokenizerBase(_TokenizerPadding):
     """What CLIP's and BERT's tokenizers share: encoding, decoding, special tokens, saving.
 
     Subclasses build the Rust pipeline (model, normalizer, pre-tokenizer, decoder) and say how
     special tokens wrap one or two sequences. This class adds encoding, truncation and padding
     to the vocabulary (:class:`~clipbeam.model.tokenization_vocab._TokenizerVocab`) and file
-    (:class:`~clipbeam.model.tokenization_files._TokenizerFiles`) layers.
+    (:class:`~clipbeam.model.tokenization_files._TokenizerFiles`) and padding
+    (:class:`~clipbeam.model.tokenization_padding._TokenizerPadding`) layers.
     """
 
     # -- encoding ------------------------------------------------------------------------------
@@ -144,11 +152,16 @@ class _TokenizerBase(_TokenizerFiles):
         return_offsets_mapping: bool = False,
         return_length: bool = False,
         verbose: bool = True,
+        is_split_into_words: bool = False,
+        stride: int = 0,
+        return_overflowing_tokens: bool = False,
     ) -> BatchEncoding:
         """Tokenizes one text or a batch (optionally with second texts) for the model.
 
         Args:
-            text: a string, or a list of strings (a batch).
+            text: a string, a list of strings (a batch), or a list of ``(text, text_pair)``
+                tuples (a batch of pairs); with ``is_split_into_words``, a list of words (one
+                sequence) or a list of such lists (a batch).
             text_pair: second sequence(s): a string for a single text, a list for a batch.
             add_special_tokens: wrap the sequences in the model's special tokens.
             padding: ``True``/``"longest"`` pads to the longest in the batch,
@@ -168,6 +181,13 @@ class _TokenizerBase(_TokenizerFiles):
             return_offsets_mapping: also return each token's ``(start, end)`` in its text.
             return_length: also return each sequence's length (after padding).
             verbose: log a warning for sequences longer than ``model_max_length``.
+            is_split_into_words: the input is pre-tokenized into words; each word is
+                tokenized alone, as transformers does.
+            stride: with ``return_overflowing_tokens``, how many tokens each overflow window
+                repeats from the one before.
+            return_overflowing_tokens: return the tokens truncation cut as more rows (windows
+                of ``max_length``), with ``overflow_to_sample_mapping`` giving each row's text.
+                The output is then always one row per window.
 
         Returns:
             A :class:`~clipbeam.model.batch.BatchEncoding`. For a single string without
@@ -178,15 +198,23 @@ class _TokenizerBase(_TokenizerFiles):
             ValueError: inconsistent options (padding without a pad token, a ``max_length``
                 that cannot hold the special tokens, ragged sequences with ``return_tensors``).
         """
-        texts, batched = _as_texts(text, "text")
+        if text_pair is None and not is_split_into_words and _is_pair_batch(text):
+            text, text_pair = [t[0] for t in text], [t[1] for t in text]
+        read = _as_words if is_split_into_words else _as_texts
+        texts, batched = read(text, "text")
         pairs = None
         if text_pair is not None:
-            if batched != (not isinstance(text_pair, str)):
+            if is_split_into_words:
+                pairs, pairs_batched = read(text_pair, "text_pair")
+                if pairs_batched != batched:
+                    raise TypeError("text and text_pair must both be one sequence or both batches")
+            elif batched != (not isinstance(text_pair, str)):
                 raise TypeError(
                     "text_pair must be a str for a single text and a list for a batch "
                     f"(got text={type(text).__name__}, text_pair={type(text_pair).__name__})"
                 )
-            pairs, _ = _as_texts(text_pair, "text_pair")
+            else:
+                pairs, _ = _as_texts(text_pair, "text_pair")
             if len(pairs) != len(texts):
                 raise ValueError(f"got {len(texts)} texts but {len(pairs)} text pairs")
         pad, trunc, max_length = self._strategies(
@@ -198,7 +226,13 @@ class _TokenizerBase(_TokenizerFiles):
             add_special_tokens=add_special_tokens,
             truncation=trunc,
             max_length=max_length,
+            pretokenized=is_split_into_words,
+            stride=stride,
         )
+        if return_overflowing_tokens:
+            mapping = [i for i, e in enumerate(encodings) for _ in range(1 + len(e.overflowing))]
+            encodings = [row for e in encodings for row in (e, *e.overflowing)]
+            batched = True
         if pad is not None:
             target = (
                 max_length if pad == "max_length" else max((len(e) for e in encodings), default=0)
@@ -222,6 +256,8 @@ class _TokenizerBase(_TokenizerFiles):
             data["offset_mapping"] = [e.offsets for e in encodings]
         if return_length:
             data["length"] = [len(e) for e in encodings]
+        if return_overflowing_tokens:
+            data["overflow_to_sample_mapping"] = mapping
 
         if return_tensors is not None:
             return BatchEncoding(_rectangular(data), tensor_type=return_tensors)
@@ -294,57 +330,6 @@ class _TokenizerBase(_TokenizerFiles):
                 ids = ids[len(ids) - budget :] if keep_end else ids[:budget]
             out.append(self.build_inputs_with_special_tokens(ids))
         return out
-
-    def pad_batch(
-        self,
-        batch_ids: Sequence[Sequence[int]],
-        *,
-        length: int | None = None,
-        pad_to_multiple_of: int | None = None,
-        padding_side: str | None = None,
-        return_tensors: str | None = "pt",
-        return_token_type_ids: bool | None = None,
-    ) -> BatchEncoding:
-        """Pads single-sequence ids (from :meth:`encode_batch_ids`) into one batch.
-
-        Args:
-            batch_ids: one list of ids per text.
-            length: pad every row to this length instead of the longest row.
-            pad_to_multiple_of: round the padded length up to a multiple of this.
-            padding_side: overrides :attr:`padding_side`.
-            return_tensors: ``"pt"`` (default), ``"np"`` or ``None`` for lists.
-            return_token_type_ids: defaults to whether the model takes ``token_type_ids``
-                (all zeros: each row is one sequence).
-
-        Returns:
-            ``input_ids`` and ``attention_mask`` (and ``token_type_ids``), int64, shape
-            ``(len(batch_ids), padded_length)``.
-        """
-        if self.pad_token_id is None:
-            raise ValueError(f"{type(self).__name__} has no pad_token; set tokenizer.pad_token")
-        side = self.padding_side if padding_side is None else padding_side
-        _check_side("padding_side", side)
-        longest = max((len(ids) for ids in batch_ids), default=0)
-        target = longest if length is None else length
-        if target < longest:
-            raise ValueError(f"length={length} is shorter than the longest row ({longest} ids)")
-        if pad_to_multiple_of and target % pad_to_multiple_of:
-            target += pad_to_multiple_of - target % pad_to_multiple_of
-        input_ids = np.full((len(batch_ids), target), self.pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(batch_ids), target), dtype=np.int64)
-        for row, ids in enumerate(batch_ids):
-            span = slice(0, len(ids)) if side == "right" else slice(target - len(ids), target)
-            input_ids[row, span] = ids
-            mask[row, span] = 1
-        data: dict[str, Any] = {"input_ids": input_ids}
-        if return_token_type_ids is None:
-            return_token_type_ids = "token_type_ids" in self.model_input_names
-        if return_token_type_ids:
-            data["token_type_ids"] = np.zeros_like(input_ids)
-        data["attention_mask"] = mask
-        if return_tensors is None:
-            return BatchEncoding({k: v.tolist() for k, v in data.items()})
-        return BatchEncoding(data, tensor_type=return_tensors)
 
     def _strategies(
         self,
@@ -435,6 +420,8 @@ class _TokenizerBase(_TokenizerFiles):
         add_special_tokens: bool,
         truncation: str | None,
         max_length: int | None,
+        pretokenized: bool = False,
+        stride: int = 0,
     ) -> list[Encoding]:
         """Encodes, truncates and adds special tokens, without touching the backend's settings.
 
@@ -442,9 +429,10 @@ class _TokenizerBase(_TokenizerFiles):
         tokens by the backend's post-processor: the same steps the backend takes when its
         truncation is enabled, but without mutable shared state.
         """
-        firsts = self._backend.encode_batch(texts, add_special_tokens=False)
+        options = {"add_special_tokens": False, "is_pretokenized": pretokenized}
+        firsts = self._backend.encode_batch(texts, **options)
         seconds: list[Encoding | None] = (
-            list(self._backend.encode_batch(pairs, add_special_tokens=False))
+            list(self._backend.encode_batch(pairs, **options))
             if pairs is not None
             else [None] * len(firsts)
         )
@@ -457,7 +445,7 @@ class _TokenizerBase(_TokenizerFiles):
         out = []
         for first, second in zip(firsts, seconds, strict=True):
             if budget is not None:
-                _truncate(first, second, budget, truncation, self.truncation_side)
+                _truncate(first, second, budget, truncation, self.truncation_side, stride)
             out.append(self._backend.post_process(first, second, add_special_tokens))
         return out
 
@@ -530,13 +518,41 @@ def _as_texts(text: Any, name: str) -> tuple[list[str], bool]:
         for index, item in enumerate(text):
             if not isinstance(item, str):
                 hint = (
-                    " (pre-tokenized input is not supported)"
+                    " (pass is_split_into_words=True for pre-tokenized input)"
                     if isinstance(item, (list, tuple))
                     else ""
                 )
                 raise TypeError(f"{name}[{index}] is a {type(item).__name__}, expected str{hint}")
         return list(text), True
     raise TypeError(f"{name} must be a str or a list of str, got {type(text).__name__}")
+
+
+def _is_pair_batch(text: Any) -> bool:
+    """Whether ``text`` is a batch of ``(text, text_pair)`` tuples (or 2-item lists)."""
+    return (
+        isinstance(text, (list, tuple))
+        and bool(text)
+        and all(
+            isinstance(item, (list, tuple))
+            and len(item) == 2
+            and all(isinstance(part, str) for part in item)
+            for item in text
+        )
+    )
+
+
+def _as_words(text: Any, name: str) -> tuple[list[list[str]], bool]:
+    """``(sequences of words, batched)`` for ``is_split_into_words`` input."""
+    if isinstance(text, (list, tuple)) and all(isinstance(word, str) for word in text):
+        return [list(text)], False
+    if isinstance(text, (list, tuple)) and all(
+        isinstance(seq, (list, tuple)) and all(isinstance(w, str) for w in seq) for seq in text
+    ):
+        return [list(seq) for seq in text], True
+    raise TypeError(
+        f"{name} with is_split_into_words=True must be a list of str (one sequence) or a list "
+        f"of lists of str (a batch), got a {type(text).__name__} of other items"
+    )
 
 
 def _rectangular(data: dict[str, Any]) -> dict[str, Any]:

@@ -134,6 +134,14 @@ class _TokenizerVocab:
     cls_token_id = _SpecialToken()
     mask_token_id = _SpecialToken()
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # transformers keeps what a tokenizer was built with: init_inputs (positional) and
+        # init_kwargs (keywords, the file options from_pretrained read included).
+        self = super().__new__(cls)
+        self.init_inputs = args
+        self.init_kwargs = dict(kwargs)
+        return self
+
     def __init__(
         self,
         backend: Tokenizer,
@@ -149,6 +157,7 @@ class _TokenizerVocab:
         added_tokens_decoder: Mapping[int, AddedToken | Mapping[str, Any]] | None = None,
         model_input_names: Sequence[str] | None = None,
         name_or_path: str = "",
+        **kwargs: Any,
     ) -> None:
         """Wraps ``backend`` and registers the special and added tokens in it.
 
@@ -168,6 +177,9 @@ class _TokenizerVocab:
                 that id, else the files are inconsistent and ``CheckpointError`` is raised.
             model_input_names: the keys ``__call__`` returns by default.
             name_or_path: where the tokenizer was loaded from (for ``repr``).
+            **kwargs: other options (``max_length``, ``padding``...), kept in ``init_kwargs``
+                and ``tokenizer_config.json`` as transformers keeps them; a processor uses the
+                call options among them as its defaults.
         """
         self._backend = backend
         if model_max_length is None:
@@ -181,6 +193,8 @@ class _TokenizerVocab:
         self.model_input_names = list(model_input_names or type(self).model_input_names)
         self.name_or_path = name_or_path
         self._warned: set[str] = set()
+        # Options no field of this class takes, written back to tokenizer_config.json.
+        self._kept_options = {k: _to_python(v) for k, v in kwargs.items()}
         _check_side("padding_side", padding_side)
         _check_side("truncation_side", truncation_side)
 
@@ -353,6 +367,82 @@ class _TokenizerVocab:
     def get_added_vocab(self) -> dict[str, int]:
         """Content -> id of the added tokens."""
         return {t.content: i for i, t in self.added_tokens_decoder.items()}
+
+    @property
+    def added_tokens_encoder(self) -> dict[str, int]:
+        """Content -> id of the added tokens, in id order (transformers' name)."""
+        return self.get_added_vocab()
+
+    def add_tokens(
+        self,
+        new_tokens: TokenLike | Sequence[TokenLike],
+        special_tokens: bool = False,
+    ) -> int:
+        """Adds tokens matched whole before the model runs (textual inversion's new words).
+
+        Tokens already in the vocabulary keep their id; the others get the next ids, which the
+        model's embedding must then have (resize it).
+
+        Args:
+            new_tokens: a token or tokens (strings or ``AddedToken``).
+            special_tokens: mark them special (kept whole, skipped by ``skip_special_tokens``).
+
+        Returns:
+            How many tokens were added (the backend's count, as transformers returns it: a
+            token of the base vocabulary added as a whole word counts, a repeat does not).
+        """
+        if isinstance(new_tokens, (str, AddedToken)):
+            new_tokens = [new_tokens]
+        tokens = []
+        for token in new_tokens:
+            if not isinstance(token, (str, AddedToken)):
+                raise TypeError(
+                    f"a token to add must be a str or AddedToken, got {type(token).__name__}"
+                )
+            if special_tokens:
+                tokens.append(_as_added_token(token))
+            else:
+                tokens.append(AddedToken(token) if isinstance(token, str) else token)
+        if special_tokens:
+            return self._backend.add_special_tokens(tokens)
+        return self._backend.add_tokens(tokens)
+
+    def add_special_tokens(
+        self,
+        special_tokens_dict: Mapping[str, Any],
+        replace_extra_special_tokens: bool = True,
+    ) -> int:
+        """Sets named special tokens (``pad_token``...) and extra ones, adding new ones.
+
+        Args:
+            special_tokens_dict: ``{"pad_token": "[PAD]", "additional_special_tokens": [...]}``
+                (``extra_special_tokens`` is transformers 5's name of the latter).
+            replace_extra_special_tokens: the given extra tokens replace the current ones (they
+                stay in the vocabulary); False appends them.
+
+        Returns:
+            How many tokens were added (see :meth:`add_tokens`).
+        """
+        added = 0
+        for key, value in special_tokens_dict.items():
+            if key in ("additional_special_tokens", "extra_special_tokens"):
+                values = [value] if isinstance(value, (str, AddedToken)) else list(value)
+                added += self.add_tokens(values, special_tokens=True)
+                tokens = [_as_added_token(v) for v in values]
+                if replace_extra_special_tokens:
+                    self._extra = tokens
+                else:
+                    self._extra += [t for t in tokens if t.content not in self.extra_special_tokens]
+            elif key in SPECIAL_TOKENS_ATTRIBUTES:
+                if value is not None:
+                    added += self.add_tokens(value, special_tokens=True)
+                self._set_special_token(key, value, by_id=False)
+            else:
+                raise ValueError(
+                    f"add_special_tokens got the key {key!r}; the keys are "
+                    f"{sorted(SPECIAL_TOKENS_ATTRIBUTES)} and additional_special_tokens"
+                )
+        return added
 
     def num_special_tokens_to_add(self, pair: bool = False) -> int:
         """How many special tokens wrap a single sequence (or a pair)."""

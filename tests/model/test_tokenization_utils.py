@@ -221,7 +221,7 @@ def test_errors_say_what_to_do(clip, bert, clip_dir, hf_clip_saved, tmp_path):
     with pytest.raises(TypeError, match=r"text\[1\] is a NoneType"):
         clip(["a", None])
     with pytest.raises(TypeError, match="pre-tokenized"):
-        clip([["a", "b"]])
+        clip([["a", "b", "c"]])  # (a 2-item list is a (text, text_pair) pair, as in transformers)
     with pytest.raises(TypeError, match="text_pair must be"):
         clip(["a"], "b")
     with pytest.raises(ValueError, match="padding=True"):
