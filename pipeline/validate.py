@@ -37,6 +37,7 @@ __all__ = [
     "check_inputs",
     "check_model",
     "check_output",
+    "check_output_outside_inputs",
     "check_output_writable",
     "check_remote",
     "check_schema",
@@ -61,6 +62,9 @@ DATAFLOW_RUNNERS = frozenset({"DataflowRunner", "TestDataflowRunner"})
 
 # A URL with a scheme (gs://, s3://, https://...); file:// is a path on the launcher's disk.
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
+
+# The key of _job.json that records every planned input file: {path: version}.
+FILES_KEY = "files"
 
 # Spec fields that do not change a job's output rows: a resumed run may change them.
 _RESUMABLE_CHANGES = frozenset({"resume", "batch_size", "device", "http_timeout"})
@@ -402,12 +406,15 @@ def check_model(spec: JobSpec) -> None:
         ) from None
 
 
-def check_output(spec: JobSpec, inputs: Sequence[str]) -> None:
+def check_output(
+    spec: JobSpec, inputs: Sequence[str], units: Sequence[WorkUnit] = ()
+) -> None:
     """Checks that the output folder holds no other job's results; reads only.
 
     Without ``--resume`` the folder must hold no results of an earlier run (they would mix with
-    this run's). With ``--resume`` an earlier run's record must describe the same job. Whether
-    the folder can be written is :func:`check_output_writable`.
+    this run's). With ``--resume`` an earlier run's record must describe the same job, over the
+    same input files (``units``: same paths, sizes and modification times or generations).
+    Whether the folder can be written is :func:`check_output_writable`.
 
     Raises:
         LaunchError: the folder holds results this job must not mix with.
@@ -436,11 +443,11 @@ def check_output(spec: JobSpec, inputs: Sequence[str]) -> None:
         earlier = json.loads(storage.read_bytes(record_path))
     except (OSError, ValueError) as exc:
         raise LaunchError(f"--resume: cannot read {record_path}: {exc}") from None
-    now = job_record(spec, inputs)
+    now = job_record(spec, inputs, units)
     changed = sorted(
         key
         for key in set(earlier) | set(now)
-        if key not in _RESUMABLE_CHANGES and earlier.get(key) != now.get(key)
+        if key not in _RESUMABLE_CHANGES | {FILES_KEY} and earlier.get(key) != now.get(key)
     )
     if changed:
         detail = "; ".join(f"{k}: {earlier.get(k)!r} then, {now.get(k)!r} now" for k in changed)
@@ -448,6 +455,68 @@ def check_output(spec: JobSpec, inputs: Sequence[str]) -> None:
             f"--resume: {spec.output} holds a run of a different job ({detail}). Rerun with the "
             "same options, or choose an empty --output folder."
         )
+    if isinstance(earlier.get(FILES_KEY), dict):
+        _check_same_files(spec, earlier[FILES_KEY], now[FILES_KEY])
+
+
+def _check_same_files(spec: JobSpec, then: dict[str, str], now: dict[str, str]) -> None:
+    """Refuses a resume whose input files are not those of the run it resumes.
+
+    Why refuse rather than process the difference: a resume promises the output of one
+    uninterrupted run over the inputs. Units are named by their file's position in the listing,
+    and a filter's --top-fraction cut, the summary and any reader of the finished files already
+    stand for the first input set; quietly replacing or deleting published files is not what a
+    finishing run should do. The operator decides: restore the inputs, or start a new output.
+    """
+    added = sorted(set(now) - set(then))
+    removed = sorted(set(then) - set(now))
+    rewritten = sorted(p for p in set(now) & set(then) if now[p] != then[p])
+    if not (added or removed or rewritten):
+        return
+    parts = [
+        f"{len(paths)} {what} ({_some(paths)})"
+        for what, paths in (("added", added), ("gone", removed), ("rewritten", rewritten))
+        if paths
+    ]
+    raise LaunchError(
+        f"--resume: the input files changed since the run in {spec.output} began: "
+        f"{'; '.join(parts)}. Its finished work units stand for the files as they were; "
+        "restore them to finish that run, or run the new input set into an empty --output "
+        "folder."
+    )
+
+
+def _some(paths: Sequence[str], shown: int = 3) -> str:
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more
+
+
+def check_output_outside_inputs(spec: JobSpec, inputs: Sequence[str]) -> None:
+    """Refuses an output folder whose files an input pattern would read as input.
+
+    ``--input 'DIR/*.parquet' --output DIR`` or ``--input DIR --output DIR/out`` work once, and
+    a resume (or any rerun) then reads the job's own output as more input. Checked on the names
+    the job writes (``<output>/<folder>/part-*.parquet``), before any of them exists.
+
+    Raises:
+        LaunchError: naming the pattern and the output folder.
+    """
+    from clipbeam.transforms import storage
+    from clipbeam.transforms.process import EMPTY_ERRORS_FILE, ERRORS_DIR, STAGING_DIR
+    from clipbeam.transforms.units import reaches
+
+    folders = (*spec.output_dirs, ERRORS_DIR, STAGING_DIR)
+    written = [storage.join(spec.output, d, "part-00000-00000.parquet") for d in folders]
+    written.append(storage.join(spec.output, ERRORS_DIR, EMPTY_ERRORS_FILE))
+    for pattern in inputs:
+        hit = next((path for path in written if reaches(pattern, path)), None)
+        if hit is not None:
+            raise LaunchError(
+                f"--input {pattern!r} would read this job's own output files ({hit}): "
+                f"--output {spec.output} lies where the input pattern reaches, so a rerun or "
+                "--resume would take the results as input. Choose an --output folder outside "
+                "the input's folder, or a pattern that cannot match it."
+            )
 
 
 def check_output_writable(spec: JobSpec) -> None:
@@ -466,10 +535,16 @@ def check_output_writable(spec: JobSpec) -> None:
         raise LaunchError(f"--output {spec.output} is not writable: {exc}") from None
 
 
-def job_record(spec: JobSpec, inputs: Sequence[str]) -> dict[str, object]:
-    """What identifies a job's output: the spec's fields and the input patterns."""
+def job_record(
+    spec: JobSpec, inputs: Sequence[str], units: Sequence[WorkUnit] = ()
+) -> dict[str, object]:
+    """What identifies a job's output: the spec's fields, the input patterns and, under
+    ``files``, the version of every planned input file."""
+    from clipbeam.transforms.units import file_versions
+
     record = json.loads(spec.to_json())
     record["inputs"] = list(inputs)
+    record[FILES_KEY] = file_versions(units)
     return record
 
 
@@ -496,9 +571,10 @@ def validate(
     check_device(spec, runner)
     if is_dataflow(runner):
         check_remote(spec, inputs)
+    check_output_outside_inputs(spec, inputs)
     units = plan(inputs)
     schema, image_format = check_inputs(spec, units)
-    check_output(spec, inputs)
+    check_output(spec, inputs, units)
     if load_model:
         check_model(spec)
     # Last: it creates the output folder, which a job refused by any other check must not leave.

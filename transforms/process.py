@@ -136,20 +136,23 @@ class UnitDoFn(beam.DoFn):
         self, unit: WorkUnit, threshold: float | None = None
     ) -> Iterator[UnitStats | beam.pvalue.TaggedOutput]:
         marker = self._path(MARKER_DIR, f"{self.mode}-{unit.name}.json")
-        resumed = self.spec.resume and storage.exists(marker)
-        if resumed:
-            stats = UnitStats.from_json(storage.read_bytes(marker).decode("utf-8")).as_resumed()
+        finished = _read_marker(marker, unit) if self.spec.resume else None
+        if finished is not None:
+            stats = finished.as_resumed()
             if self.mode == "stage":
                 yield beam.pvalue.TaggedOutput(SCORES_TAG, self._staged_scores(unit))
-        elif self.mode == "select":
-            stats = self._select(unit, threshold)
         else:
-            stats, scores = self._process(unit)
-            if self.mode == "stage":
-                yield beam.pvalue.TaggedOutput(SCORES_TAG, scores)
-        if not resumed:
+            # Temporary files of this unit's earlier attempts (a killed worker) go first.
+            for path in self._unit_files(unit, marker):
+                storage.remove_temporaries(path)
+            if self.mode == "select":
+                stats = self._select(unit, threshold)
+            else:
+                stats, scores = self._process(unit)
+                if self.mode == "stage":
+                    yield beam.pvalue.TaggedOutput(SCORES_TAG, scores)
             # Written last: a marker promises that every file of the unit is in place.
-            storage.write_atomic(marker, stats.to_json().encode("utf-8"))
+            storage.write_atomic(marker, _marker_json(unit, stats).encode("utf-8"))
         self._count(stats)
         yield stats
 
@@ -274,6 +277,12 @@ class UnitDoFn(beam.DoFn):
     def _path(self, folder: str, name: str) -> str:
         return storage.join(self.spec.output, folder, name)
 
+    def _unit_files(self, unit: WorkUnit, marker: str) -> list[str]:
+        """Every file this pass of the unit writes, its marker included."""
+        name = f"{unit.name}.parquet"
+        folders = {"write": [*self.spec.output_dirs, ERRORS_DIR], "stage": [STAGING_DIR, ERRORS_DIR]}
+        return [self._path(d, name) for d in folders.get(self.mode, ["kept", "rejected"])] + [marker]
+
     def _input_columns(self) -> list[str]:
         spec = self.spec
         names = [spec.id_column, spec.image_column, spec.text_column, *spec.keep_columns]
@@ -331,6 +340,28 @@ class UnitDoFn(beam.DoFn):
             value = getattr(stats, name)
             if value:
                 counter.inc(value)
+
+
+def _marker_json(unit: WorkUnit, stats: UnitStats) -> str:
+    """A completion marker: the unit's counts, and which file and row group they are of."""
+    return json.dumps({"unit": unit.identity, "stats": json.loads(stats.to_json())}, sort_keys=True)
+
+
+def _read_marker(path: str, unit: WorkUnit) -> UnitStats | None:
+    """The stored counts of ``unit`` if an earlier run finished it, else ``None``.
+
+    A marker is taken only if it records this very unit (same file, file version and row group):
+    unit names follow the files' positions in the input listing, so a marker of another input
+    set may sit under this unit's name; that unit is then processed again, and its files
+    replaced. Markers without an identity (older clipbeam versions) are not trusted either.
+    """
+    if not storage.exists(path):
+        return None
+    record = json.loads(storage.read_bytes(path).decode("utf-8"))
+    if not isinstance(record, dict) or record.get("unit") != unit.identity:
+        _LOGGER.info("--resume: %s is not a marker of %s; processing the unit again", path, unit)
+        return None
+    return UnitStats.from_json(json.dumps(record["stats"]))
 
 
 class StageScores(beam.PTransform):
