@@ -109,7 +109,9 @@ def _launch(
 
     # Record what this job is before anything is written, so that --resume can tell a rerun of
     # the same job from a different job pointed at the same folder.
-    record = json.dumps(job_record(spec, parsed.inputs, plan.units), indent=2, sort_keys=True) + "\n"
+    record = (
+        json.dumps(job_record(spec, parsed.inputs, plan.units), indent=2, sort_keys=True) + "\n"
+    )
     storage.makedirs(spec.output)
     storage.write_atomic(storage.join(spec.output, JOB_FILE), record.encode("utf-8"))
 

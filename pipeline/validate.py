@@ -406,9 +406,7 @@ def check_model(spec: JobSpec) -> None:
         ) from None
 
 
-def check_output(
-    spec: JobSpec, inputs: Sequence[str], units: Sequence[WorkUnit] = ()
-) -> None:
+def check_output(spec: JobSpec, inputs: Sequence[str], units: Sequence[WorkUnit] = ()) -> None:
     """Checks that the output folder holds no other job's results; reads only.
 
     Without ``--resume`` the folder must hold no results of an earlier run (they would mix with

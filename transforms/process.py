@@ -280,8 +280,13 @@ class UnitDoFn(beam.DoFn):
     def _unit_files(self, unit: WorkUnit, marker: str) -> list[str]:
         """Every file this pass of the unit writes, its marker included."""
         name = f"{unit.name}.parquet"
-        folders = {"write": [*self.spec.output_dirs, ERRORS_DIR], "stage": [STAGING_DIR, ERRORS_DIR]}
-        return [self._path(d, name) for d in folders.get(self.mode, ["kept", "rejected"])] + [marker]
+        folders = {
+            "write": [*self.spec.output_dirs, ERRORS_DIR],
+            "stage": [STAGING_DIR, ERRORS_DIR],
+        }
+        return [self._path(d, name) for d in folders.get(self.mode, ["kept", "rejected"])] + [
+            marker
+        ]
 
     def _input_columns(self) -> list[str]:
         spec = self.spec

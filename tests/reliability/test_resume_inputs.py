@@ -46,8 +46,11 @@ def launch_error(capsys, argv: list[str]) -> str:
 
 
 def _ids(out, folder: str = "scores") -> list[str]:
-    return [i for path in sorted((out / folder).glob("*.parquet"))
-            for i in pq.read_table(path).column("id").to_pylist()]
+    return [
+        i
+        for path in sorted((out / folder).glob("*.parquet"))
+        for i in pq.read_table(path).column("id").to_pylist()
+    ]
 
 
 @pytest.fixture
