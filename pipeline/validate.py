@@ -26,7 +26,7 @@ from clipbeam.pipeline.beam_options import runner_name
 from clipbeam.pipeline.options import NONE, LaunchError
 from clipbeam.transforms.limits import DEFAULT_URL_SCHEMES, LOCAL_SCHEME
 from clipbeam.transforms.spec import JobSpec, int8_problem
-from clipbeam.transforms.units import WorkUnit
+from clipbeam.transforms.units import WorkUnit, plain_schema
 
 __all__ = [
     "DATAFLOW_RUNNERS",
@@ -122,7 +122,7 @@ def _read_schema(path: str) -> pa.Schema:
 
     try:
         with storage.open_input(path) as f:
-            return pq.ParquetFile(f).schema_arrow
+            return plain_schema(pq.ParquetFile(f).schema_arrow)
     except (pa.ArrowInvalid, OSError) as exc:
         raise LaunchError(f"cannot read the schema of input file {path}: {exc}") from None
 

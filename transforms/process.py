@@ -58,7 +58,7 @@ from clipbeam.transforms.rows import (
 )
 from clipbeam.transforms.spec import JobSpec
 from clipbeam.transforms.stats import UnitStats, score_histogram
-from clipbeam.transforms.units import WorkUnit
+from clipbeam.transforms.units import WorkUnit, plain_batch, plain_schema
 from clipbeam.transforms.writer import COMPRESSION, ParquetSpool, job_metadata
 
 __all__ = [
@@ -164,7 +164,7 @@ class UnitDoFn(beam.DoFn):
         # Every spool is entered as soon as it exists: an error anywhere discards them all.
         with storage.open_input(unit.path) as f, contextlib.ExitStack() as spools:
             parquet = pq.ParquetFile(f)
-            schema = parquet.schema_arrow
+            schema = plain_schema(parquet.schema_arrow)
             image_format = ""
             if spec.image_column is not None:
                 image_format = resolve_image_format(
@@ -186,7 +186,7 @@ class UnitDoFn(beam.DoFn):
                 columns=self._input_columns(),
             ):
                 window = encode_window(
-                    batch, spec, encoder, image_format, posixpath.dirname(unit.path)
+                    plain_batch(batch), spec, encoder, image_format, posixpath.dirname(unit.path)
                 )
                 errors.write(error_table(spec, unit, window, input_rows, errors.schema))
                 table = self._result_table(unit, window, input_rows, outputs)

@@ -25,7 +25,17 @@ import pyarrow.parquet as pq
 
 from clipbeam.transforms import storage
 
-__all__ = ["WorkUnit", "file_versions", "input_root", "iter_batches", "plan_units", "reaches"]
+__all__ = [
+    "WorkUnit",
+    "file_versions",
+    "input_root",
+    "iter_batches",
+    "plain_batch",
+    "plain_schema",
+    "plain_type",
+    "plan_units",
+    "reaches",
+]
 
 _GLOB = re.compile(r"[*?\[]")
 
@@ -209,8 +219,59 @@ def iter_batches(
     """
     with storage.open_input(unit.path) as f:
         parquet = pq.ParquetFile(f)
-        yield from parquet.iter_batches(
+        for batch in parquet.iter_batches(
             batch_size=batch_size,
             row_groups=[unit.row_group],
             columns=None if columns is None else list(columns),
-        )
+        ):
+            yield plain_batch(batch)
+
+
+# -- the Arrow types a job computes on ------------------------------------------------------------
+
+
+def plain_type(arrow_type: pa.DataType) -> pa.DataType:
+    """The type a job reads a column of ``arrow_type`` as: the same values, in the layout every
+    Arrow kernel takes.
+
+    Writers may store Arrow's view types (``string_view``, ``binary_view``), 64-bit offset types
+    (``large_string``, ``large_binary``) and dictionary-encoded columns
+    (``dictionary<values=string>``); many kernels (``take``, ``filter``...) lack a case for some,
+    and output files of one job must agree on one type for a copied column. Reading them as
+    ``string``, ``binary`` and the dictionary's value type, at any depth (inside lists, structs
+    and maps), gives one type per kind of value everywhere a column is read (a job's batches are
+    far below the 2 GiB that 32-bit offsets hold).
+    """
+    if pa.types.is_dictionary(arrow_type):
+        return plain_type(arrow_type.value_type)
+    if pa.types.is_string_view(arrow_type) or pa.types.is_large_string(arrow_type):
+        return pa.string()
+    if pa.types.is_binary_view(arrow_type) or pa.types.is_large_binary(arrow_type):
+        return pa.binary()
+    if pa.types.is_struct(arrow_type):
+        return pa.struct([_plain_field(arrow_type.field(i)) for i in range(arrow_type.num_fields)])
+    if pa.types.is_map(arrow_type):
+        key, item = _plain_field(arrow_type.key_field), _plain_field(arrow_type.item_field)
+        return pa.map_(key, item, keys_sorted=arrow_type.keys_sorted)
+    if pa.types.is_list_view(arrow_type) or pa.types.is_list(arrow_type):
+        return pa.list_(_plain_field(arrow_type.value_field))
+    if pa.types.is_large_list_view(arrow_type) or pa.types.is_large_list(arrow_type):
+        return pa.large_list(_plain_field(arrow_type.value_field))
+    if pa.types.is_fixed_size_list(arrow_type):
+        return pa.list_(_plain_field(arrow_type.value_field), arrow_type.list_size)
+    return arrow_type
+
+
+def _plain_field(field: pa.Field) -> pa.Field:
+    return field.with_type(plain_type(field.type))
+
+
+def plain_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with every field in its :func:`plain_type`, metadata kept."""
+    return pa.schema([_plain_field(f) for f in schema], metadata=schema.metadata)
+
+
+def plain_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch`` with every column in its :func:`plain_type` (no copy when all are plain)."""
+    schema = plain_schema(batch.schema)
+    return batch if schema.equals(batch.schema) else batch.cast(schema)
