@@ -58,7 +58,9 @@ from clipbeam.transforms.rows import (
 )
 from clipbeam.transforms.spec import JobSpec
 from clipbeam.transforms.stats import UnitStats, score_histogram
-from clipbeam.transforms.units import WorkUnit, plain_batch, plain_schema
+from clipbeam.transforms.errors import RowError
+from clipbeam.transforms.storage import StorageError
+from clipbeam.transforms.units import WorkUnit, iter_batches, plain_batch, plain_schema
 from clipbeam.transforms.writer import COMPRESSION, ParquetSpool, job_metadata
 
 __all__ = [
@@ -159,6 +161,66 @@ class UnitDoFn(beam.DoFn):
     # -- passes -------------------------------------------------------------------------------
 
     def _process(self, unit: WorkUnit) -> tuple[UnitStats, list[float]]:
+        try:
+            return self._process_rows(unit)
+        except (OSError, pa.ArrowException) as exc:
+            reason = self._unreadable(unit, exc)
+        # The row group cannot be read: its rows go to errors/, the job goes on.
+        return self._process_rows(unit, unreadable=reason)
+
+    def _unreadable(self, unit: WorkUnit, exc: BaseException) -> str:
+        """Why ``unit``'s data cannot be read, if ``exc`` came from data that is corrupt.
+
+        Decoding errors of a damaged page (a thrift header that does not parse, a bad
+        compressed block) and failures of reading, writing or the network are alike to tell by
+        type. So the row group is read again alone, from a fresh handle: if that read fails too,
+        with an error of the same kind, the data is what is wrong. Otherwise ``exc`` is raised
+        again for Beam to retry the bundle (a lost connection, a full disk...).
+        """
+        if isinstance(exc, StorageError | ConnectionError | TimeoutError) or getattr(
+            exc, "errno", None
+        ):
+            raise exc
+        try:
+            for _ in iter_batches(unit, self._input_columns(), batch_size=1024):
+                pass
+        except (OSError, pa.ArrowException) as again:
+            if type(again) is type(exc):
+                return " ".join(str(again).split())[:300] or type(again).__name__
+        raise exc
+
+    def _unit_errors(self, unit: WorkUnit, reason: str, schema: pa.Schema) -> pa.Table:
+        """One error row per row of a unit whose data cannot be read: ids if the id column
+        still reads, else null ids (``source_file`` and ``row_number`` always say which row)."""
+        spec = self.spec
+        rows = range(unit.num_rows)
+        if spec.id_column is None:
+            ids = pa.array([unit.row_id(i) for i in rows], type=pa.string())
+        else:
+            try:
+                batches = list(iter_batches(unit, [spec.id_column], batch_size=1024))
+                ids = pa.concat_arrays([b.column(0) for b in batches]).cast(schema.field(0).type)
+            except (OSError, pa.ArrowException):
+                ids = pa.nulls(unit.num_rows, type=schema.field(0).type)
+            if len(ids) != unit.num_rows:
+                ids = pa.nulls(unit.num_rows, type=schema.field(0).type)
+        message = (
+            f"row group {unit.row_group} of {unit.path} cannot be read ({reason}): a corrupt "
+            f"data page; all {unit.num_rows} rows of that row group are reported here, the other "
+            "row groups are processed. Repair or rewrite the file, then run into a new output"
+        )
+        columns = [
+            ids,
+            pa.array([unit.path] * unit.num_rows, type=pa.string()),
+            pa.array([unit.row_offset + i for i in rows], type=pa.int64()),
+            pa.array(["corrupt_input"] * unit.num_rows, type=pa.string()),
+            pa.array([RowError("corrupt_input", message).message] * unit.num_rows, pa.string()),
+        ]
+        return pa.Table.from_arrays(columns, schema=schema)
+
+    def _process_rows(
+        self, unit: WorkUnit, unreadable: str | None = None
+    ) -> tuple[UnitStats, list[float]]:
         spec = self.spec
         encoder = self._acquire()
         # Every spool is entered as soon as it exists: an error anywhere discards them all.
@@ -180,11 +242,15 @@ class UnitDoFn(beam.DoFn):
             errors_path = self._path(ERRORS_DIR, f"{unit.name}.parquet")
             errors = spools.enter_context(ParquetSpool(errors_path, error_schema(spec, schema)))
             input_rows, scores, rules = 0, [], Counter()
-            for batch in parquet.iter_batches(
+            if unreadable is not None:
+                errors.write(self._unit_errors(unit, unreadable, errors.schema))
+                input_rows = unit.num_rows
+            batches = parquet.iter_batches(
                 batch_size=spec.batch_size * _WINDOW_BATCHES,
                 row_groups=[unit.row_group],
                 columns=self._input_columns(),
-            ):
+            )
+            for batch in batches if unreadable is None else ():
                 window = encode_window(
                     plain_batch(batch), spec, encoder, image_format, posixpath.dirname(unit.path)
                 )
