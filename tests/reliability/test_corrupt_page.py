@@ -20,7 +20,8 @@ def corrupt_page(path: str, row_group: int, column: str) -> None:
         if group.column(i).path_in_schema.split(".")[0] == column
     )
     start = chunk.dictionary_page_offset or chunk.data_page_offset
-    data = bytearray(open(path, "rb").read())
+    with open(path, "rb") as f:
+        data = bytearray(f.read())
     for i in range(start, start + 12):
         data[i] ^= 0xFF
     with open(path, "wb") as f:
