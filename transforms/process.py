@@ -48,6 +48,7 @@ from clipbeam.transforms.compute import (
     split_filtered,
 )
 from clipbeam.transforms.encoder import Encoder, acquire_encoder
+from clipbeam.transforms.errors import RowError
 from clipbeam.transforms.images import resolve_image_format
 from clipbeam.transforms.rows import (
     EncodedWindow,
@@ -58,7 +59,6 @@ from clipbeam.transforms.rows import (
 )
 from clipbeam.transforms.spec import JobSpec
 from clipbeam.transforms.stats import UnitStats, score_histogram
-from clipbeam.transforms.errors import RowError
 from clipbeam.transforms.storage import StorageError
 from clipbeam.transforms.units import WorkUnit, iter_batches, plain_batch, plain_schema
 from clipbeam.transforms.writer import COMPRESSION, ParquetSpool, job_metadata
