@@ -13,6 +13,7 @@ folder): a job refused at launch leaves nothing behind.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -127,8 +128,37 @@ def _read_schema(path: str) -> pa.Schema:
         raise LaunchError(f"cannot read the schema of input file {path}: {exc}") from None
 
 
-def _describe(schema: pa.Schema) -> str:
-    return ", ".join(f"{f.name} ({f.type})" for f in schema)
+# Columns a launch error lists at most: a file may have 10,000 of them.
+_COLUMNS_SHOWN = 20
+# Longest type shown for one column (a struct may hold hundreds of fields).
+_TYPE_CHARS = 60
+
+
+def _describe(schema: pa.Schema, wanted: Sequence[str] = ()) -> str:
+    """The columns of ``schema`` for a message, bounded: those whose names are close to the
+    ``wanted`` ones first, then the first others, then how many more there are."""
+    names = schema.names
+    close: list[str] = []
+    for name in wanted:
+        close += difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+        close += [n for n in names if n.lower() == name.lower()]
+    close = list(dict.fromkeys(close))[:_COLUMNS_SHOWN]
+    others = [n for n in names if n not in set(close)][: _COLUMNS_SHOWN - len(close)]
+    text = ", ".join(_column_text(schema, n) for n in close + others)
+    if close and len(names) > _COLUMNS_SHOWN:
+        text = f"closest: {', '.join(_column_text(schema, n) for n in close)}; others: " + (
+            ", ".join(_column_text(schema, n) for n in others)
+        )
+    left = len(names) - len(close) - len(others)
+    return text + (f" and {left} more of its {len(names)} columns" if left > 0 else "")
+
+
+def _column_text(schema: pa.Schema, name: str) -> str:
+    return f"{_cut(name)} ({_cut(str(schema.field(name).type))})"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _TYPE_CHARS else text[: _TYPE_CHARS - 3] + "..."
 
 
 def _is_text(arrow_type: pa.DataType) -> bool:
@@ -164,7 +194,10 @@ def check_schema(spec: JobSpec, schema: pa.Schema, path: str) -> str | None:
     from clipbeam.transforms.images import resolve_image_format
 
     names = set(schema.names)
-    columns = f"{path} has columns: {_describe(schema)}"
+    asked = [spec.image_column, spec.text_column, spec.id_column, *spec.keep_columns]
+    missing_names = [c for c in asked if c is not None and c not in names]
+    asked = [c for c in asked if c is not None]
+    columns = f"{path} has columns: {_describe(schema, missing_names or asked)}"
 
     def missing(option: str, column: str, hint: str = "") -> LaunchError:
         return LaunchError(f"--{option} {column!r} is not a column of the input; {columns}{hint}")
@@ -209,7 +242,9 @@ def check_schema(spec: JobSpec, schema: pa.Schema, path: str) -> str | None:
 
     absent = [c for c in spec.keep_columns if c not in names]
     if absent:
-        raise LaunchError(f"--keep-columns {', '.join(absent)}: not in the input; {columns}")
+        listed = ", ".join(absent[:_COLUMNS_SHOWN])
+        more = f" and {len(absent) - _COLUMNS_SHOWN} more" if len(absent) > _COLUMNS_SHOWN else ""
+        raise LaunchError(f"--keep-columns {listed}{more}: not in the input; {columns}")
     if spec.id_column is not None and spec.id_column in spec.keep_columns:
         raise LaunchError(
             f"--keep-columns lists the id column {spec.id_column!r}, which every output holds "
