@@ -61,12 +61,14 @@ _JOB_HELP = {
 class LaunchError(Exception):
     """A problem with a job's arguments, input, model or output, found before the job runs.
 
-    Its message says what is wrong and what to do; the command line prints it without a
-    traceback and exits with status 2. Credentials in URLs it quotes are redacted.
+    Its message says what is wrong and what to do, on one line; the command line prints it
+    without a traceback and exits with status 2. Credentials in URLs it quotes are redacted.
     """
 
     def __init__(self, message: str):
-        super().__init__(redact(message))
+        # One line: a loader's multi-line report (one problem a line) reads as "a; b; c".
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        super().__init__(redact("; ".join(lines)))
 
 
 class _Parser(argparse.ArgumentParser):
