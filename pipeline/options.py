@@ -22,6 +22,9 @@ from clipbeam.transforms.limits import (
     DEFAULT_MAX_TEXT_CHARS,
     DEFAULT_URL_SCHEMES,
     LOCAL_SCHEME,
+    MAX_FETCH_TIMEOUT,
+    MAX_IMAGE_BYTES_CEILING,
+    MAX_TEXT_CHARS_CEILING,
 )
 from clipbeam.transforms.redact import redact
 from clipbeam.transforms.spec import (
@@ -30,6 +33,7 @@ from clipbeam.transforms.spec import (
     EMBEDDING_DTYPES,
     IMAGE_FORMATS,
     KINDS,
+    MAX_BATCH_SIZE,
     PREPROCESS_MODES,
 )
 
@@ -165,8 +169,10 @@ def _byte_count(text: str) -> int:
             f"expected a number of bytes such as 67108864, 64MiB or 50MB, got {text!r}"
         )
     value = int(match.group(1)) * _BYTE_UNITS[unit]
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 byte, got {text!r}")
+    if not 1 <= value <= MAX_IMAGE_BYTES_CEILING:
+        raise argparse.ArgumentTypeError(
+            f"expected a value in [1, {MAX_IMAGE_BYTES_CEILING}] bytes (1 TiB), got {text!r}"
+        )
     return value
 
 
@@ -294,7 +300,7 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
     _add(
         compute,
         "batch-size",
-        type=_number(int, 1),
+        type=_number(int, 1, MAX_BATCH_SIZE),
         default=32,
         metavar="N",
         help="rows per model call",
@@ -364,7 +370,7 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
     _add(
         limits,
         "max-text-chars",
-        type=_number(int, 1),
+        type=_number(int, 1, MAX_TEXT_CHARS_CEILING),
         default=DEFAULT_MAX_TEXT_CHARS,
         metavar="N",
         help="longest caption accepted, in characters",
@@ -372,7 +378,7 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
     _add(
         limits,
         "http-timeout",
-        type=_number(float, 0, low_open=True),
+        type=_number(float, 0, MAX_FETCH_TIMEOUT, low_open=True),
         default=30.0,
         metavar="SECONDS",
         help="time reading one image by URL may take in all (connecting, waiting, downloading)",

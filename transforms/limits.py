@@ -57,6 +57,12 @@ DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
 # text scraped by mistake, and tokenizing megabytes of it would only cost time.
 DEFAULT_MAX_TEXT_CHARS = 10_000
 DEFAULT_FETCH_TIMEOUT = 30.0
+# The ranges each limit may take. Beyond them a value cannot work: a socket timeout past about
+# 3e9 s overflows the platform's time_t (a traceback on the first URL), and limits past these
+# would never bind a real image or caption anyway.
+MAX_FETCH_TIMEOUT = 86_400.0  # a day
+MAX_IMAGE_BYTES_CEILING = 1 << 40  # 1 TiB
+MAX_TEXT_CHARS_CEILING = (1 << 31) - 1
 # "file" stands for local paths (with or without file://); other schemes are read through
 # fsspec (gs://) or HTTP.
 LOCAL_SCHEME = "file"
@@ -126,12 +132,18 @@ def limit_problems(
             f"max_image_pixels {max_image_pixels} is above {ceiling}, the most pixels Pillow "
             "opens at all (twice PIL.Image.MAX_IMAGE_PIXELS)"
         )
-    if max_image_bytes < 1:
-        problems.append(f"max_image_bytes must be at least 1 (got {max_image_bytes})")
-    if max_text_chars < 1:
-        problems.append(f"max_text_chars must be at least 1 (got {max_text_chars})")
-    if not fetch_timeout > 0:
-        problems.append(f"http_timeout must be positive (got {fetch_timeout})")
+    for name, value, ceiling in (
+        ("max_image_bytes", max_image_bytes, MAX_IMAGE_BYTES_CEILING),
+        ("max_text_chars", max_text_chars, MAX_TEXT_CHARS_CEILING),
+    ):
+        if value < 1:
+            problems.append(f"{name} must be at least 1 (got {value})")
+        elif value > ceiling:
+            problems.append(f"{name} must be at most {ceiling} (got {value})")
+    if not 0 < fetch_timeout <= MAX_FETCH_TIMEOUT:  # NaN fails too
+        problems.append(
+            f"http_timeout must be in (0, {MAX_FETCH_TIMEOUT:g}] seconds (got {fetch_timeout})"
+        )
     if not allowed_url_schemes:
         problems.append(
             "allowed_url_schemes is empty: no image could be read; allow at least one of "
