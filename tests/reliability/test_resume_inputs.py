@@ -33,6 +33,7 @@ def _log_handlers():
     """cli.main gives the clipbeam logger a handler on the stderr of the test that ran it."""
     log = logging.getLogger("clipbeam")
     saved = (list(log.handlers), log.propagate)
+    log.handlers[:] = []  # one left by an earlier test's cli.main writes to a closed stream
     yield
     log.handlers[:], log.propagate = saved
 
