@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import types
 import typing
@@ -18,7 +17,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .hub import CheckpointError, CheckpointNotFoundError, CheckpointSource, resolve_source
+from .hub import (
+    CheckpointNotFoundError,
+    CheckpointSource,
+    read_json_object,
+    resolve_source,
+)
 
 __all__ = ["config_dataclass", "read_config_dict"]
 
@@ -104,10 +108,4 @@ def read_config_dict(
         if not isinstance(source, CheckpointSource):
             source = resolve_source(source, revision=revision)
         path = source.require("config.json", what="the model configuration")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); re-download the file") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object (got {type(data).__name__})")
-    return data, str(path)
+    return read_json_object(path), str(path)

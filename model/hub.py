@@ -9,13 +9,25 @@ them and a Beam worker fetches a model from cloud storage only once.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["CheckpointError", "CheckpointNotFoundError", "CheckpointSource", "resolve_source"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "CheckpointSource",
+    "read_json_object",
+    "resolve_source",
+]
+
+# How deep a checkpoint's JSON files may nest: config.json and tokenizer.json nest 4 to 6 levels;
+# a file nested hundreds deep is broken or hostile (Python's parser gives up near 1000).
+MAX_JSON_DEPTH = 64
 
 # Small checkpoints trained on generated scenes, shipped inside the package (model/pretrained/).
 BUNDLED = ("demo-clip", "demo-chinese-clip")
@@ -29,6 +41,70 @@ class CheckpointError(ValueError):
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """No checkpoint (or no required file of it) was found at any of the places tried."""
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a checkpoint's JSON file that must hold an object (config, tokenizer, processor).
+
+    Raises:
+        CheckpointError: the file is not UTF-8 JSON, holds no object, or nests deeper than
+            :data:`MAX_JSON_DEPTH`; the message names the file and, for nesting, the key.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
+        key = _too_deep(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); re-download the file") from None
+    except RecursionError:  # nested past what Python parses: the key is found without recursion
+        data, key = {}, _deep_key_in_text(text)
+    if key is not None:
+        raise CheckpointError(
+            f"{path} nests deeper than {MAX_JSON_DEPTH} levels (at key {key}); a checkpoint's "
+            "JSON files nest a few levels: re-download the file"
+        )
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _too_deep(data: Any) -> str | None:
+    """The key path where ``data`` nests deeper than :data:`MAX_JSON_DEPTH`, else ``None``."""
+    stack: list[tuple[Any, int, str]] = [(data, 0, "")]
+    while stack:
+        value, depth, key = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return repr(key or "(top level)")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1, f"{key}.{k}" if key else str(k)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1, f"{key}[{i}]") for i, v in enumerate(value))
+    return None
+
+
+def _deep_key_in_text(text: str) -> str:
+    """The top-level key under which ``text`` (JSON too deep to parse) nests too deep."""
+    depth, key, in_string, escaped, start = 0, "(top level)", False, False, 0
+    for i, c in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_string = False
+                if depth == 1:
+                    key = text[start:i][:80]
+        elif c == '"':
+            in_string, start = True, i + 1
+        elif c in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return repr(key)
+        elif c in "]}":
+            depth -= 1
+    return repr(key)
 
 
 def cache_root() -> Path:

@@ -27,7 +27,7 @@ import PIL.Image
 import torch
 
 from .batch import BatchFeature
-from .hub import CheckpointError, resolve_source
+from .hub import read_json_object, resolve_source
 from .image_settings import (
     ImageSettings,
     _check_bool,
@@ -404,13 +404,7 @@ ChineseCLIPFeatureExtractor = ChineseCLIPImageProcessor
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path)
 
 
 def _flatten_images(images: Any) -> list[ImageInput]:

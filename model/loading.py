@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -320,12 +321,26 @@ def _check_state_dict(
         for k, v in state.items()
         if k in expected and v.shape != expected[k].shape
     )
-    if not (missing or unexpected or mis_shaped):
+    # Weights must be floats where the model has floats: an integer or bool tensor would be
+    # cast silently (its values are not weights), and NaN or infinite values would make every
+    # output NaN, far from here, in a way that looks like a dtype problem.
+    mistyped = sorted(
+        f"{back[k]}: {str(v.dtype).removeprefix('torch.')}"
+        for k, v in state.items()
+        if k in expected and expected[k].dtype.is_floating_point and not v.is_floating_point()
+    )
+    if not (missing or unexpected or mis_shaped or mistyped):
+        _check_finite(state, back, src)
         return
     problems = [
         _listing(missing, "missing tensor"),
         _listing(unexpected, "unexpected tensor"),
         _listing(mis_shaped, "tensor with the wrong shape", plural="tensors with the wrong shape"),
+        _listing(
+            mistyped,
+            "tensor that is not floating point",
+            plural="tensors that are not floating point",
+        ),
     ]
     raise CheckpointError(
         f"the weights of {src.describe()} do not fit {type(model).__name__} built from its "
@@ -338,6 +353,24 @@ def _check_state_dict(
             "the checkpoint, or load it with the model class it was saved from."
         )
     )
+
+
+def _check_finite(
+    state: dict[str, torch.Tensor], back: dict[str, str], src: CheckpointSource
+) -> None:
+    """Raises one error naming the weights that hold NaN or infinite values."""
+    broken = []
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            broken.append(f"{back[key]} ({bad} of {tensor.numel()} values)")
+    if broken:
+        raise CheckpointError(
+            f"the weights of {src.describe()} hold NaN or infinite values:\n"
+            + _listing(sorted(broken), "tensor")
+            + "\nthe checkpoint is corrupt (or was saved after training diverged): re-download "
+            "it, or use another checkpoint"
+        )
 
 
 def _listing(names: list[str], what: str, plural: str | None = None) -> str:
@@ -419,7 +452,34 @@ def read_state_dict(source: CheckpointSource) -> dict[str, torch.Tensor]:
     return state
 
 
+# The most a safetensors header (its JSON table of tensor names, dtypes and offsets) may take: a
+# CLIP checkpoint's is about 100 KB (some 600 tensors). safetensors itself allows 100 MB, which
+# takes minutes and gigabytes to parse and check.
+MAX_SAFETENSORS_HEADER_BYTES = 8 * 1024 * 1024
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Refuses a header larger than :data:`MAX_SAFETENSORS_HEADER_BYTES`, or one that claims
+    more bytes than the file has, from its 8-byte length prefix alone."""
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        size = os.fstat(f.fileno()).st_size
+    if len(prefix) < 8:
+        raise CheckpointError(
+            f"cannot read {path}: {len(prefix)} bytes, shorter than a safetensors header. The file "
+            "is truncated or corrupt (an interrupted download?); delete it and download it again."
+        )
+    (length,) = struct.unpack("<Q", prefix)
+    if length > MAX_SAFETENSORS_HEADER_BYTES or length > size - 8:
+        raise CheckpointError(
+            f"refused {path}: its safetensors header claims {length} bytes (the file has {size}; "
+            f"clipbeam reads headers of at most {MAX_SAFETENSORS_HEADER_BYTES} bytes, a CLIP "
+            "checkpoint's is about 100 KB). The file is corrupt or not a checkpoint."
+        )
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    _check_safetensors_header(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (not a dict)

@@ -37,7 +37,7 @@ from tokenizers import (
 )
 from tokenizers.models import BPE
 
-from .hub import CheckpointError
+from .hub import CheckpointError, read_json_object
 from .tokenization_files import TOKENIZER_FILE, _pick
 from .tokenization_utils import _TokenizerBase
 from .tokenization_vocab import TokenLike, _content
@@ -149,8 +149,8 @@ def _read_merges(path: str | os.PathLike) -> list[tuple[str, str]]:
 
 
 def _read_vocab_json(path: str | os.PathLike) -> dict[str, int]:
-    vocab = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
+    vocab = read_json_object(path)
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
         raise CheckpointError(f"{os.fspath(path)} must be a JSON object of token -> integer id")
     return vocab
 

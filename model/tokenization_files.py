@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 from tokenizers import AddedToken
 
-from .hub import CheckpointError, resolve_source
+from .hub import CheckpointError, read_json_object, resolve_source
 from .tokenization_vocab import (
     SPECIAL_TOKENS_ATTRIBUTES,
     _added_token_from_dict,
@@ -39,13 +39,45 @@ _T = TypeVar("_T", bound="_TokenizerFiles")
 def _read_json(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path)
+
+
+def _check_tokenizer_json(path: Path, data: dict[str, Any], *, bpe: bool) -> None:
+    """Checks the types of the ``tokenizer.json`` keys clipbeam reads; names the first bad key."""
+
+    def bad(key: str, expected: str, value: Any) -> CheckpointError:
+        return CheckpointError(
+            f"{path}: key {key} must be {expected} (got {type(value).__name__}); re-download the "
+            "file, or save the tokenizer again with tokenizers or transformers"
+        )
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    vocab = data["model"]["vocab"]
+    if not isinstance(vocab, dict):
+        raise bad("model.vocab", "an object of token -> integer id", vocab)
+    for token, index in vocab.items():
+        if not is_int(index):
+            raise bad(f"model.vocab[{token[:40]!r}]", "an integer id", index)
+    if bpe:
+        merges = data["model"].get("merges")
+        if not isinstance(merges, list):
+            raise bad("model.merges", "a list of merges", merges)
+        for i, merge in enumerate(merges):
+            pair = isinstance(merge, list) and len(merge) == 2
+            if not (isinstance(merge, str) or (pair and all(isinstance(m, str) for m in merge))):
+                raise bad(f"model.merges[{i}]", "'left right' or a pair of strings", merge)
+    added = data.get("added_tokens", [])
+    if not isinstance(added, list):
+        raise bad("added_tokens", "a list of token objects", added)
+    for i, token in enumerate(added):
+        if not isinstance(token, dict):
+            raise bad(f"added_tokens[{i}]", "an object", token)
+        if not is_int(token.get("id")):
+            raise bad(f"added_tokens[{i}].id", "an integer", token.get("id"))
+        if not isinstance(token.get("content"), str):
+            raise bad(f"added_tokens[{i}].content", "a string", token.get("content"))
 
 
 def _pick(
@@ -192,6 +224,7 @@ class _TokenizerFiles(_TokenizerVocab):
                 f"{path} holds a {model.get('type')} tokenizer; {cls.__name__} needs "
                 f"{cls._model_type}. Load this checkpoint with its own tokenizer class."
             )
+        _check_tokenizer_json(path, data, bpe=cls._model_type == "BPE")
         options: dict[str, Any] = {"vocab": dict(model["vocab"])}
         if cls._model_type == "BPE":
             options["merges"] = [

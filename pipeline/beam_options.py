@@ -20,6 +20,15 @@ from clipbeam.pipeline.options import LaunchError
 
 __all__ = ["check_beam_args", "runner_name"]
 
+# Beam's worker counts and their ranges: a negative DirectRunner worker count fails inside Beam
+# with an IndexError, a huge one starts that many threads (0 means one per CPU core).
+_BEAM_COUNTS = {
+    "direct_num_workers": (0, 1024),
+    "num_workers": (0, 100_000),
+    "max_num_workers": (0, 100_000),
+    "number_of_worker_harness_threads": (1, 10_000),
+}
+
 
 def check_beam_args(extras: list[str], parser: argparse.ArgumentParser, command: str) -> None:
     """Fails on arguments that are neither clipbeam's nor Beam's (typos must not be ignored), and
@@ -46,6 +55,13 @@ def check_beam_args(extras: list[str], parser: argparse.ArgumentParser, command:
     if unknown:
         _unknown_argument_error(unknown, parser, beam_parser, command)
     runner_name(getattr(beam_namespace, "runner", None))  # raises for a runner Beam does not know
+    for option, (low, high) in _BEAM_COUNTS.items():
+        value = getattr(beam_namespace, option, None)
+        if value is not None and not low <= value <= high:
+            raise LaunchError(
+                f"--{option} {value}: expected a value in [{low}, {high}] (Beam takes any "
+                "integer here, then fails or hangs on the first bundle)"
+            )
 
 
 def _unknown_argument_error(

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -109,7 +112,9 @@ def _launch(
 
     # Record what this job is before anything is written, so that --resume can tell a rerun of
     # the same job from a different job pointed at the same folder.
-    record = json.dumps(job_record(spec, parsed.inputs), indent=2, sort_keys=True) + "\n"
+    record = (
+        json.dumps(job_record(spec, parsed.inputs, plan.units), indent=2, sort_keys=True) + "\n"
+    )
     storage.makedirs(spec.output)
     storage.write_atomic(storage.join(spec.output, JOB_FILE), record.encode("utf-8"))
 
@@ -161,12 +166,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         module, _, function = _TOOLS[args[0]].partition(":")
         return getattr(importlib.import_module(module), function or "main")(args[1:])
+    interrupt = _Interrupt()
     try:
-        spec, _ = _launch(args, None, wait=True)
+        with interrupt:
+            spec, _ = _launch(args, None, wait=True)
     except LaunchError as exc:
         print(f"clipbeam: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except BaseException:
+        # Beam re-raises a Ctrl-C that reached a bundle as its own error (a RuntimeError
+        # "KeyboardInterrupt [while running ...]"), so the signal itself is what tells.
+        if not interrupt.seen:
+            raise
         print(
             "clipbeam: interrupted; finished work units are kept, rerun the same command with "
             "--resume to continue",
@@ -175,6 +186,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     _report(spec)
     return 0
+
+
+class _Interrupt:
+    """Notes whether SIGINT (Ctrl-C) arrived while the block ran; Python's handling (raising
+    KeyboardInterrupt) is kept. Off the main thread, where no handler can be set, nothing is
+    noted beyond a KeyboardInterrupt itself."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous: Any = None
+        self._excepthook: Any = threading.excepthook
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.seen:
+            self.seen = True
+            # Beam logs the interrupted bundle's traceback on its way out: the one-line hint
+            # is the message for a Ctrl-C.
+            for handler in [*logging.getLogger().handlers, logging.lastResort]:
+                if handler is not None:
+                    handler.addFilter(self._quiet)
+        previous = self._previous
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> _Interrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._excepthook = threading.excepthook
+        threading.excepthook = self._thread_failed
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if isinstance(exc, KeyboardInterrupt):
+            self.seen = True
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        threading.excepthook = self._excepthook
+
+    def _thread_failed(self, args: Any) -> None:
+        # Beam's job-service threads die of the interrupted workers; after Ctrl-C that is noise.
+        if not self.seen:
+            self._excepthook(args)
+
+    @staticmethod
+    def _quiet(record: logging.LogRecord) -> bool:
+        """Drops Beam's error records (their tracebacks) once Ctrl-C was pressed."""
+        return not (record.name.startswith("apache_beam") and record.levelno >= logging.ERROR)
 
 
 def _report(spec: JobSpec) -> None:

@@ -22,6 +22,9 @@ from clipbeam.transforms.limits import (
     DEFAULT_MAX_TEXT_CHARS,
     DEFAULT_URL_SCHEMES,
     LOCAL_SCHEME,
+    MAX_FETCH_TIMEOUT,
+    MAX_IMAGE_BYTES_CEILING,
+    MAX_TEXT_CHARS_CEILING,
 )
 from clipbeam.transforms.redact import redact
 from clipbeam.transforms.spec import (
@@ -30,6 +33,7 @@ from clipbeam.transforms.spec import (
     EMBEDDING_DTYPES,
     IMAGE_FORMATS,
     KINDS,
+    MAX_BATCH_SIZE,
     PREPROCESS_MODES,
 )
 
@@ -61,12 +65,14 @@ _JOB_HELP = {
 class LaunchError(Exception):
     """A problem with a job's arguments, input, model or output, found before the job runs.
 
-    Its message says what is wrong and what to do; the command line prints it without a
-    traceback and exits with status 2. Credentials in URLs it quotes are redacted.
+    Its message says what is wrong and what to do, on one line; the command line prints it
+    without a traceback and exits with status 2. Credentials in URLs it quotes are redacted.
     """
 
     def __init__(self, message: str):
-        super().__init__(redact(message))
+        # One line: a loader's multi-line report (one problem a line) reads as "a; b; c".
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        super().__init__(redact("; ".join(lines)))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -163,8 +169,10 @@ def _byte_count(text: str) -> int:
             f"expected a number of bytes such as 67108864, 64MiB or 50MB, got {text!r}"
         )
     value = int(match.group(1)) * _BYTE_UNITS[unit]
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 byte, got {text!r}")
+    if not 1 <= value <= MAX_IMAGE_BYTES_CEILING:
+        raise argparse.ArgumentTypeError(
+            f"expected a value in [1, {MAX_IMAGE_BYTES_CEILING}] bytes (1 TiB), got {text!r}"
+        )
     return value
 
 
@@ -292,7 +300,7 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
     _add(
         compute,
         "batch-size",
-        type=_number(int, 1),
+        type=_number(int, 1, MAX_BATCH_SIZE),
         default=32,
         metavar="N",
         help="rows per model call",
@@ -362,7 +370,7 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
     _add(
         limits,
         "max-text-chars",
-        type=_number(int, 1),
+        type=_number(int, 1, MAX_TEXT_CHARS_CEILING),
         default=DEFAULT_MAX_TEXT_CHARS,
         metavar="N",
         help="longest caption accepted, in characters",
@@ -370,7 +378,7 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
     _add(
         limits,
         "http-timeout",
-        type=_number(float, 0, low_open=True),
+        type=_number(float, 0, MAX_FETCH_TIMEOUT, low_open=True),
         default=30.0,
         metavar="SECONDS",
         help="time reading one image by URL may take in all (connecting, waiting, downloading)",

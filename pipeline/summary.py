@@ -18,7 +18,7 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 
-from clipbeam.transforms.redact import redact
+from clipbeam.transforms.redact import redact_value
 from clipbeam.transforms.spec import JobSpec
 from clipbeam.transforms.stats import UnitStats, histogram_edges
 
@@ -98,9 +98,9 @@ def make_summary(
         "seconds": round(finished_at - started_at, 3),
     }
     # Locations may carry credentials (https://user:token@...): never write them out.
-    summary["model"] = redact(spec.model)
-    summary["inputs"] = [redact(i) for i in inputs]
-    summary["output"] = redact(spec.output)
+    summary["model"] = redact_value(spec.model)
+    summary["inputs"] = [redact_value(i) for i in inputs]
+    summary["output"] = redact_value(spec.output)
     summary["options"] = dict(spec.options)
     from clipbeam.transforms.encoder import clipbeam_version
 

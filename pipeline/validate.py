@@ -13,6 +13,7 @@ folder): a job refused at launch leaves nothing behind.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import re
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from clipbeam.pipeline.beam_options import runner_name
 from clipbeam.pipeline.options import NONE, LaunchError
 from clipbeam.transforms.limits import DEFAULT_URL_SCHEMES, LOCAL_SCHEME
 from clipbeam.transforms.spec import JobSpec, int8_problem
-from clipbeam.transforms.units import WorkUnit
+from clipbeam.transforms.units import WorkUnit, plain_schema
 
 __all__ = [
     "DATAFLOW_RUNNERS",
@@ -37,6 +38,7 @@ __all__ = [
     "check_inputs",
     "check_model",
     "check_output",
+    "check_output_outside_inputs",
     "check_output_writable",
     "check_remote",
     "check_schema",
@@ -61,6 +63,9 @@ DATAFLOW_RUNNERS = frozenset({"DataflowRunner", "TestDataflowRunner"})
 
 # A URL with a scheme (gs://, s3://, https://...); file:// is a path on the launcher's disk.
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
+
+# The key of _job.json that records every planned input file: {path: version}.
+FILES_KEY = "files"
 
 # Spec fields that do not change a job's output rows: a resumed run may change them.
 _RESUMABLE_CHANGES = frozenset({"resume", "batch_size", "device", "http_timeout"})
@@ -118,13 +123,42 @@ def _read_schema(path: str) -> pa.Schema:
 
     try:
         with storage.open_input(path) as f:
-            return pq.ParquetFile(f).schema_arrow
+            return plain_schema(pq.ParquetFile(f).schema_arrow)
     except (pa.ArrowInvalid, OSError) as exc:
         raise LaunchError(f"cannot read the schema of input file {path}: {exc}") from None
 
 
-def _describe(schema: pa.Schema) -> str:
-    return ", ".join(f"{f.name} ({f.type})" for f in schema)
+# Columns a launch error lists at most: a file may have 10,000 of them.
+_COLUMNS_SHOWN = 20
+# Longest type shown for one column (a struct may hold hundreds of fields).
+_TYPE_CHARS = 60
+
+
+def _describe(schema: pa.Schema, wanted: Sequence[str] = ()) -> str:
+    """The columns of ``schema`` for a message, bounded: those whose names are close to the
+    ``wanted`` ones first, then the first others, then how many more there are."""
+    names = schema.names
+    close: list[str] = []
+    for name in wanted:
+        close += difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+        close += [n for n in names if n.lower() == name.lower()]
+    close = list(dict.fromkeys(close))[:_COLUMNS_SHOWN]
+    others = [n for n in names if n not in set(close)][: _COLUMNS_SHOWN - len(close)]
+    text = ", ".join(_column_text(schema, n) for n in close + others)
+    if close and len(names) > _COLUMNS_SHOWN:
+        text = f"closest: {', '.join(_column_text(schema, n) for n in close)}; others: " + (
+            ", ".join(_column_text(schema, n) for n in others)
+        )
+    left = len(names) - len(close) - len(others)
+    return text + (f" and {left} more of its {len(names)} columns" if left > 0 else "")
+
+
+def _column_text(schema: pa.Schema, name: str) -> str:
+    return f"{_cut(name)} ({_cut(str(schema.field(name).type))})"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _TYPE_CHARS else text[: _TYPE_CHARS - 3] + "..."
 
 
 def _is_text(arrow_type: pa.DataType) -> bool:
@@ -160,7 +194,10 @@ def check_schema(spec: JobSpec, schema: pa.Schema, path: str) -> str | None:
     from clipbeam.transforms.images import resolve_image_format
 
     names = set(schema.names)
-    columns = f"{path} has columns: {_describe(schema)}"
+    asked = [spec.image_column, spec.text_column, spec.id_column, *spec.keep_columns]
+    missing_names = [c for c in asked if c is not None and c not in names]
+    asked = [c for c in asked if c is not None]
+    columns = f"{path} has columns: {_describe(schema, missing_names or asked)}"
 
     def missing(option: str, column: str, hint: str = "") -> LaunchError:
         return LaunchError(f"--{option} {column!r} is not a column of the input; {columns}{hint}")
@@ -205,7 +242,9 @@ def check_schema(spec: JobSpec, schema: pa.Schema, path: str) -> str | None:
 
     absent = [c for c in spec.keep_columns if c not in names]
     if absent:
-        raise LaunchError(f"--keep-columns {', '.join(absent)}: not in the input; {columns}")
+        listed = ", ".join(absent[:_COLUMNS_SHOWN])
+        more = f" and {len(absent) - _COLUMNS_SHOWN} more" if len(absent) > _COLUMNS_SHOWN else ""
+        raise LaunchError(f"--keep-columns {listed}{more}: not in the input; {columns}")
     if spec.id_column is not None and spec.id_column in spec.keep_columns:
         raise LaunchError(
             f"--keep-columns lists the id column {spec.id_column!r}, which every output holds "
@@ -402,12 +441,13 @@ def check_model(spec: JobSpec) -> None:
         ) from None
 
 
-def check_output(spec: JobSpec, inputs: Sequence[str]) -> None:
+def check_output(spec: JobSpec, inputs: Sequence[str], units: Sequence[WorkUnit] = ()) -> None:
     """Checks that the output folder holds no other job's results; reads only.
 
     Without ``--resume`` the folder must hold no results of an earlier run (they would mix with
-    this run's). With ``--resume`` an earlier run's record must describe the same job. Whether
-    the folder can be written is :func:`check_output_writable`.
+    this run's). With ``--resume`` an earlier run's record must describe the same job, over the
+    same input files (``units``: same paths, sizes and modification times or generations).
+    Whether the folder can be written is :func:`check_output_writable`.
 
     Raises:
         LaunchError: the folder holds results this job must not mix with.
@@ -436,11 +476,11 @@ def check_output(spec: JobSpec, inputs: Sequence[str]) -> None:
         earlier = json.loads(storage.read_bytes(record_path))
     except (OSError, ValueError) as exc:
         raise LaunchError(f"--resume: cannot read {record_path}: {exc}") from None
-    now = job_record(spec, inputs)
+    now = job_record(spec, inputs, units)
     changed = sorted(
         key
         for key in set(earlier) | set(now)
-        if key not in _RESUMABLE_CHANGES and earlier.get(key) != now.get(key)
+        if key not in _RESUMABLE_CHANGES | {FILES_KEY} and earlier.get(key) != now.get(key)
     )
     if changed:
         detail = "; ".join(f"{k}: {earlier.get(k)!r} then, {now.get(k)!r} now" for k in changed)
@@ -448,6 +488,68 @@ def check_output(spec: JobSpec, inputs: Sequence[str]) -> None:
             f"--resume: {spec.output} holds a run of a different job ({detail}). Rerun with the "
             "same options, or choose an empty --output folder."
         )
+    if isinstance(earlier.get(FILES_KEY), dict):
+        _check_same_files(spec, earlier[FILES_KEY], now[FILES_KEY])
+
+
+def _check_same_files(spec: JobSpec, then: dict[str, str], now: dict[str, str]) -> None:
+    """Refuses a resume whose input files are not those of the run it resumes.
+
+    Why refuse rather than process the difference: a resume promises the output of one
+    uninterrupted run over the inputs. Units are named by their file's position in the listing,
+    and a filter's --top-fraction cut, the summary and any reader of the finished files already
+    stand for the first input set; quietly replacing or deleting published files is not what a
+    finishing run should do. The operator decides: restore the inputs, or start a new output.
+    """
+    added = sorted(set(now) - set(then))
+    removed = sorted(set(then) - set(now))
+    rewritten = sorted(p for p in set(now) & set(then) if now[p] != then[p])
+    if not (added or removed or rewritten):
+        return
+    parts = [
+        f"{len(paths)} {what} ({_some(paths)})"
+        for what, paths in (("added", added), ("gone", removed), ("rewritten", rewritten))
+        if paths
+    ]
+    raise LaunchError(
+        f"--resume: the input files changed since the run in {spec.output} began: "
+        f"{'; '.join(parts)}. Its finished work units stand for the files as they were; "
+        "restore them to finish that run, or run the new input set into an empty --output "
+        "folder."
+    )
+
+
+def _some(paths: Sequence[str], shown: int = 3) -> str:
+    more = f" and {len(paths) - shown} more" if len(paths) > shown else ""
+    return ", ".join(paths[:shown]) + more
+
+
+def check_output_outside_inputs(spec: JobSpec, inputs: Sequence[str]) -> None:
+    """Refuses an output folder whose files an input pattern would read as input.
+
+    ``--input 'DIR/*.parquet' --output DIR`` or ``--input DIR --output DIR/out`` work once, and
+    a resume (or any rerun) then reads the job's own output as more input. Checked on the names
+    the job writes (``<output>/<folder>/part-*.parquet``), before any of them exists.
+
+    Raises:
+        LaunchError: naming the pattern and the output folder.
+    """
+    from clipbeam.transforms import storage
+    from clipbeam.transforms.process import EMPTY_ERRORS_FILE, ERRORS_DIR, STAGING_DIR
+    from clipbeam.transforms.units import reaches
+
+    folders = (*spec.output_dirs, ERRORS_DIR, STAGING_DIR)
+    written = [storage.join(spec.output, d, "part-00000-00000.parquet") for d in folders]
+    written.append(storage.join(spec.output, ERRORS_DIR, EMPTY_ERRORS_FILE))
+    for pattern in inputs:
+        hit = next((path for path in written if reaches(pattern, path)), None)
+        if hit is not None:
+            raise LaunchError(
+                f"--input {pattern!r} would read this job's own output files ({hit}): "
+                f"--output {spec.output} lies where the input pattern reaches, so a rerun or "
+                "--resume would take the results as input. Choose an --output folder outside "
+                "the input's folder, or a pattern that cannot match it."
+            )
 
 
 def check_output_writable(spec: JobSpec) -> None:
@@ -466,10 +568,16 @@ def check_output_writable(spec: JobSpec) -> None:
         raise LaunchError(f"--output {spec.output} is not writable: {exc}") from None
 
 
-def job_record(spec: JobSpec, inputs: Sequence[str]) -> dict[str, object]:
-    """What identifies a job's output: the spec's fields and the input patterns."""
+def job_record(
+    spec: JobSpec, inputs: Sequence[str], units: Sequence[WorkUnit] = ()
+) -> dict[str, object]:
+    """What identifies a job's output: the spec's fields, the input patterns and, under
+    ``files``, the version of every planned input file."""
+    from clipbeam.transforms.units import file_versions
+
     record = json.loads(spec.to_json())
     record["inputs"] = list(inputs)
+    record[FILES_KEY] = file_versions(units)
     return record
 
 
@@ -496,9 +604,10 @@ def validate(
     check_device(spec, runner)
     if is_dataflow(runner):
         check_remote(spec, inputs)
+    check_output_outside_inputs(spec, inputs)
     units = plan(inputs)
     schema, image_format = check_inputs(spec, units)
-    check_output(spec, inputs)
+    check_output(spec, inputs, units)
     if load_model:
         check_model(spec)
     # Last: it creates the output folder, which a job refused by any other check must not leave.

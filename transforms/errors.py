@@ -19,6 +19,8 @@ ERROR_TYPES: dict[str, str] = {
     "null_text": "the caption is null",
     "text_too_long": "the caption has more than --max-text-chars characters",
     "invalid_value": "a cell holds a value the job cannot use (wrong type, invalid UTF-8)",
+    "corrupt_input": "the row's Parquet row group cannot be read (a corrupt data page): every "
+    "row of that row group is reported, with its file and row number",
 }
 
 

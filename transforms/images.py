@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 from clipbeam.transforms.errors import RowError
 from clipbeam.transforms.image_structure import check_structure
 from clipbeam.transforms.limits import DEFAULT_LIMITS, Limits, read_limited
+from clipbeam.transforms.redact import redact_url
 
 if TYPE_CHECKING:
     from clipbeam.model.image_settings import ImageSettings
@@ -267,7 +268,7 @@ def _unidentified(data: bytes, what: str) -> RowError:
     """The error for bytes no allowed decoder accepts: what they are, if that can be told."""
     kind = _sniff(data)
     if kind is not None:
-        return RowError("not_an_image", f"{what} is {kind}, not an image")
+        return RowError("not_an_image", f"{what} ({len(data)} bytes) is {kind}, not an image")
     for magic, name in _MAGIC:
         if data.startswith(magic) and (name != "WebP" or data[8:12] == b"WEBP"):
             return RowError(
@@ -277,9 +278,8 @@ def _unidentified(data: bytes, what: str) -> RowError:
             )
     return RowError(
         "corrupt_image",
-        f"{what} ({len(data)} bytes, starting {data[:8].hex(' ')}) is in none of the formats "
-        f"clipbeam decodes ({', '.join(WEB_IMAGE_FORMATS)}): a corrupt file, or another kind "
-        "of file",
+        f"{what} ({len(data)} bytes of binary data) is in none of the formats clipbeam decodes "
+        f"({', '.join(WEB_IMAGE_FORMATS)}): a corrupt file, or another kind of file",
     )
 
 
@@ -296,7 +296,12 @@ _MAGIC = (
 
 
 def _sniff(data: bytes) -> str | None:
-    """Names the common things saved in place of an image, so a person knows what went wrong."""
+    """Names the common things saved in place of an image, so a person knows what went wrong.
+
+    Only the kind is named, never any of the content: what comes back instead of an image is
+    often a login page, an API's JSON reply or a local file (an OAuth token, a credentials
+    file), and error rows are read by more people than the data's owner.
+    """
     head = data[:4096]
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     if text.startswith(b"%pdf-"):
@@ -306,12 +311,7 @@ def _sniff(data: bytes) -> str | None:
     if b"<svg" in text:
         return "an SVG drawing (vector graphics are not rasterized here; convert it to PNG)"
     if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in text:
-        title = re.search(rb"<title[^>]*>(.*?)</title>", head, re.IGNORECASE | re.DOTALL)
-        titled = ""
-        if title:
-            words = " ".join(title.group(1).decode("utf-8", errors="replace").split())
-            titled = f" titled {words[:80]!r}"
-        return f"an HTML page{titled} (a web server's error or login page saved as the image?)"
+        return "an HTML page (a web server's error or login page saved as the image?)"
     if text.startswith(b"<?xml"):
         return "an XML document"
     try:
@@ -321,9 +321,7 @@ def _sniff(data: bytes) -> str | None:
             return None  # binary, not text
         decoded = head[: exc.start].decode("utf-8")  # the cut split a multi-byte character
     if decoded and all(c.isprintable() or c in "\t\r\n" for c in decoded):
-        preview = " ".join(decoded.split())[:60]
-        kind = "JSON" if text.startswith((b"{", b"[")) else "plain text"
-        return f"{kind} ({preview!r})"
+        return "a JSON document" if text.startswith((b"{", b"[")) else "plain text"
     return None
 
 
@@ -407,18 +405,20 @@ def image_bytes(
         return value, "image"
     if image_format == "hf-struct":
         if not isinstance(value, dict):
-            raise RowError("invalid_value", f"expected a {{bytes, path}} struct, got {value!r}")
+            raise RowError(
+                "invalid_value", f"expected a {{bytes, path}} struct, got {type(value).__name__}"
+            )
         data, path = value.get("bytes"), value.get("path")
         # As in Hugging Face datasets: embedded bytes win; a path alone points to a file.
         if data is not None:
-            return data, f"image {path!r}" if path else "image"
+            return data, f"image {redact_url(path)!r}" if path else "image"
         if path:
-            return read_image_bytes(path, base=base, limits=limits), path
+            return read_image_bytes(path, base=base, limits=limits), redact_url(path)
         raise RowError("missing_image", "image struct has neither bytes nor path")
     if image_format == "path":
         if not isinstance(value, str):
             raise RowError("invalid_value", f"expected a path string, got {type(value).__name__}")
-        return read_image_bytes(value, base=base, limits=limits), value
+        return read_image_bytes(value, base=base, limits=limits), redact_url(value)
     raise ValueError(f"image_format must be bytes, hf-struct or path (got {image_format!r})")
 
 

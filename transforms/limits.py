@@ -57,6 +57,12 @@ DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
 # text scraped by mistake, and tokenizing megabytes of it would only cost time.
 DEFAULT_MAX_TEXT_CHARS = 10_000
 DEFAULT_FETCH_TIMEOUT = 30.0
+# The ranges each limit may take. Beyond them a value cannot work: a socket timeout past about
+# 3e9 s overflows the platform's time_t (a traceback on the first URL), and limits past these
+# would never bind a real image or caption anyway.
+MAX_FETCH_TIMEOUT = 86_400.0  # a day
+MAX_IMAGE_BYTES_CEILING = 1 << 40  # 1 TiB
+MAX_TEXT_CHARS_CEILING = (1 << 31) - 1
 # "file" stands for local paths (with or without file://); other schemes are read through
 # fsspec (gs://) or HTTP.
 LOCAL_SCHEME = "file"
@@ -126,12 +132,18 @@ def limit_problems(
             f"max_image_pixels {max_image_pixels} is above {ceiling}, the most pixels Pillow "
             "opens at all (twice PIL.Image.MAX_IMAGE_PIXELS)"
         )
-    if max_image_bytes < 1:
-        problems.append(f"max_image_bytes must be at least 1 (got {max_image_bytes})")
-    if max_text_chars < 1:
-        problems.append(f"max_text_chars must be at least 1 (got {max_text_chars})")
-    if not fetch_timeout > 0:
-        problems.append(f"http_timeout must be positive (got {fetch_timeout})")
+    for name, value, ceiling in (
+        ("max_image_bytes", max_image_bytes, MAX_IMAGE_BYTES_CEILING),
+        ("max_text_chars", max_text_chars, MAX_TEXT_CHARS_CEILING),
+    ):
+        if value < 1:
+            problems.append(f"{name} must be at least 1 (got {value})")
+        elif value > ceiling:
+            problems.append(f"{name} must be at most {ceiling} (got {value})")
+    if not 0 < fetch_timeout <= MAX_FETCH_TIMEOUT:  # NaN fails too
+        problems.append(
+            f"http_timeout must be in (0, {MAX_FETCH_TIMEOUT:g}] seconds (got {fetch_timeout})"
+        )
     if not allowed_url_schemes:
         problems.append(
             "allowed_url_schemes is empty: no image could be read; allow at least one of "
@@ -271,15 +283,28 @@ def _read_local(location: str, limits: Limits) -> bytes:
         if info.st_size > limits.max_image_bytes:
             raise _too_large(location, limits, info.st_size)
         with open(path, "rb") as f:
-            # The file may have grown since stat(): never read more than the limit plus one.
-            data = f.read(limits.max_image_bytes + 1)
+            # The file may have grown since stat(): never read more than the limit plus one,
+            # in chunks (read(n) would allocate n bytes up front, whatever the file's size).
+            data = _read_at_most(f, limits.max_image_bytes + 1)
     except FileNotFoundError:
         raise RowError("missing_image", f"no image at {location}") from None
-    except OSError as exc:
-        raise RowError("unreadable_image", f"reading {location} failed: {exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL character in the path
+        raise RowError(
+            "unreadable_image", f"reading {location} failed: {_describe_failure(exc)}"
+        ) from None
     if len(data) > limits.max_image_bytes:
         raise _too_large(location, limits)
     return data
+
+
+def _read_at_most(f: Any, most: int) -> bytes:
+    """Up to ``most`` bytes of ``f``, read in chunks: memory follows what the file holds."""
+    chunks: list[bytes] = []
+    received = 0
+    while received < most and (chunk := f.read(min(_CHUNK_BYTES, most - received))):
+        chunks.append(chunk)
+        received += len(chunk)
+    return b"".join(chunks)
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):
@@ -337,12 +362,14 @@ def _fetch_http(url: str, limits: Limits) -> bytes:
         if exc.code in (404, 410):
             raise RowError("missing_image", f"no image at {shown} (HTTP {exc.code})") from None
         raise RowError(
-            "unreadable_image", f"reading {shown} failed: HTTP {exc.code} {exc.reason}"
+            "unreadable_image", f"reading {shown} failed: {_http_status(exc.code, exc.headers)}"
         ) from None
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, TimeoutError) or deadline.expired:
             raise _timed_out(shown, limits) from None
-        raise RowError("unreadable_image", f"reading {shown} failed: {exc.reason}") from None
+        raise RowError(
+            "unreadable_image", f"reading {shown} failed: {_describe_failure(exc.reason)}"
+        ) from None
     except TimeoutError:
         raise _timed_out(shown, limits) from None
     except (OSError, ValueError, http.client.HTTPException) as exc:
@@ -350,9 +377,52 @@ def _fetch_http(url: str, limits: Limits) -> bytes:
             raise _timed_out(shown, limits) from None
         # Connection resets, malformed URLs or responses, bodies cut short by the server...
         raise RowError(
-            "unreadable_image", f"reading {shown} failed: {type(exc).__name__}: {exc}"
+            "unreadable_image", f"reading {shown} failed: {_describe_failure(exc)}"
         ) from None
     return b"".join(chunks)
+
+
+# A media type as servers send it ("text/html"), without parameters.
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]{1,64}/[A-Za-z0-9!#$&^_.+-]{1,64}")
+
+
+def _http_status(code: int, headers: Any = None) -> str:
+    """An HTTP status as its number and standard phrase, with the reply's media type: never the
+    server's own words (its reason phrase or body), which may be anything, a token included."""
+    try:
+        phrase = f" {http.HTTPStatus(code).phrase}"
+    except ValueError:
+        phrase = ""
+    media = (headers.get("Content-Type") or "") if headers is not None else ""
+    media = media.split(";", 1)[0].strip()
+    typed = f", a {media} reply" if _MEDIA_TYPE.fullmatch(media) else ""
+    return f"HTTP {code}{phrase}{typed}"
+
+
+def _describe_failure(exc: BaseException | str) -> str:
+    """What went wrong reading a URL, in clipbeam's words: the texts of malformed URL and
+    malformed reply errors quote what they could not parse (a fragment of a password, or a
+    status line the server sent), so only their kind is told."""
+    if isinstance(exc, http.client.IncompleteRead):
+        return (
+            f"the reply ended after {len(exc.partial)} bytes of its body; {exc.expected} more "
+            "were announced"
+        )
+    if isinstance(exc, http.client.HTTPException):
+        return f"the server's reply is not valid HTTP ({type(exc).__name__})"
+    if isinstance(exc, ValueError):
+        return (
+            f"the location is malformed ({type(exc).__name__}); in a URL, characters such as "
+            "/ ? # @ or blanks in a user name or password must be percent-encoded"
+        )
+    status = getattr(exc, "status", None) or getattr(exc, "code", None)
+    if isinstance(status, int) and 100 <= status < 600:
+        return f"{type(exc).__name__}, {_http_status(status)}"
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"  # the system's words, not the server's
+    if isinstance(exc, str):
+        return " ".join(exc.split())[:200]
+    return type(exc).__name__
 
 
 def _request(url: str) -> urllib.request.Request:
@@ -400,7 +470,7 @@ def _read_fsspec(location: str, limits: Limits) -> bytes:
         raise RowError("missing_image", f"no image at {shown}") from None
     except _remote_read_errors() as exc:
         raise RowError(
-            "unreadable_image", f"reading {shown} failed: {type(exc).__name__}: {exc}"
+            "unreadable_image", f"reading {shown} failed: {_describe_failure(exc)}"
         ) from None
     if received > limits.max_image_bytes:
         raise _too_large(shown, limits)

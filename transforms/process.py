@@ -48,6 +48,7 @@ from clipbeam.transforms.compute import (
     split_filtered,
 )
 from clipbeam.transforms.encoder import Encoder, acquire_encoder
+from clipbeam.transforms.errors import RowError
 from clipbeam.transforms.images import resolve_image_format
 from clipbeam.transforms.rows import (
     EncodedWindow,
@@ -58,7 +59,8 @@ from clipbeam.transforms.rows import (
 )
 from clipbeam.transforms.spec import JobSpec
 from clipbeam.transforms.stats import UnitStats, score_histogram
-from clipbeam.transforms.units import WorkUnit
+from clipbeam.transforms.storage import StorageError
+from clipbeam.transforms.units import WorkUnit, iter_batches, plain_batch, plain_schema
 from clipbeam.transforms.writer import COMPRESSION, ParquetSpool, job_metadata
 
 __all__ = [
@@ -136,32 +138,95 @@ class UnitDoFn(beam.DoFn):
         self, unit: WorkUnit, threshold: float | None = None
     ) -> Iterator[UnitStats | beam.pvalue.TaggedOutput]:
         marker = self._path(MARKER_DIR, f"{self.mode}-{unit.name}.json")
-        resumed = self.spec.resume and storage.exists(marker)
-        if resumed:
-            stats = UnitStats.from_json(storage.read_bytes(marker).decode("utf-8")).as_resumed()
+        finished = _read_marker(marker, unit) if self.spec.resume else None
+        if finished is not None:
+            stats = finished.as_resumed()
             if self.mode == "stage":
                 yield beam.pvalue.TaggedOutput(SCORES_TAG, self._staged_scores(unit))
-        elif self.mode == "select":
-            stats = self._select(unit, threshold)
         else:
-            stats, scores = self._process(unit)
-            if self.mode == "stage":
-                yield beam.pvalue.TaggedOutput(SCORES_TAG, scores)
-        if not resumed:
+            # Temporary files of this unit's earlier attempts (a killed worker) go first.
+            for path in self._unit_files(unit, marker):
+                storage.remove_temporaries(path)
+            if self.mode == "select":
+                stats = self._select(unit, threshold)
+            else:
+                stats, scores = self._process(unit)
+                if self.mode == "stage":
+                    yield beam.pvalue.TaggedOutput(SCORES_TAG, scores)
             # Written last: a marker promises that every file of the unit is in place.
-            storage.write_atomic(marker, stats.to_json().encode("utf-8"))
+            storage.write_atomic(marker, _marker_json(unit, stats).encode("utf-8"))
         self._count(stats)
         yield stats
 
     # -- passes -------------------------------------------------------------------------------
 
     def _process(self, unit: WorkUnit) -> tuple[UnitStats, list[float]]:
+        try:
+            return self._process_rows(unit)
+        except (OSError, pa.ArrowException) as exc:
+            reason = self._unreadable(unit, exc)
+        # The row group cannot be read: its rows go to errors/, the job goes on.
+        return self._process_rows(unit, unreadable=reason)
+
+    def _unreadable(self, unit: WorkUnit, exc: BaseException) -> str:
+        """Why ``unit``'s data cannot be read, if ``exc`` came from data that is corrupt.
+
+        Decoding errors of a damaged page (a thrift header that does not parse, a bad
+        compressed block) and failures of reading, writing or the network are alike to tell by
+        type. So the row group is read again alone, from a fresh handle: if that read fails too,
+        with an error of the same kind, the data is what is wrong. Otherwise ``exc`` is raised
+        again for Beam to retry the bundle (a lost connection, a full disk...).
+        """
+        if isinstance(exc, StorageError | ConnectionError | TimeoutError) or getattr(
+            exc, "errno", None
+        ):
+            raise exc
+        try:
+            for _ in iter_batches(unit, self._input_columns(), batch_size=1024):
+                pass
+        except (OSError, pa.ArrowException) as again:
+            if type(again) is type(exc):
+                return " ".join(str(again).split())[:300] or type(again).__name__
+        raise exc
+
+    def _unit_errors(self, unit: WorkUnit, reason: str, schema: pa.Schema) -> pa.Table:
+        """One error row per row of a unit whose data cannot be read: ids if the id column
+        still reads, else null ids (``source_file`` and ``row_number`` always say which row)."""
+        spec = self.spec
+        rows = range(unit.num_rows)
+        if spec.id_column is None:
+            ids = pa.array([unit.row_id(i) for i in rows], type=pa.string())
+        else:
+            try:
+                batches = list(iter_batches(unit, [spec.id_column], batch_size=1024))
+                ids = pa.concat_arrays([b.column(0) for b in batches]).cast(schema.field(0).type)
+            except (OSError, pa.ArrowException):
+                ids = pa.nulls(unit.num_rows, type=schema.field(0).type)
+            if len(ids) != unit.num_rows:
+                ids = pa.nulls(unit.num_rows, type=schema.field(0).type)
+        message = (
+            f"row group {unit.row_group} of {unit.path} cannot be read ({reason}): a corrupt "
+            f"data page; all {unit.num_rows} rows of that row group are reported here, the other "
+            "row groups are processed. Repair or rewrite the file, then run into a new output"
+        )
+        columns = [
+            ids,
+            pa.array([unit.path] * unit.num_rows, type=pa.string()),
+            pa.array([unit.row_offset + i for i in rows], type=pa.int64()),
+            pa.array(["corrupt_input"] * unit.num_rows, type=pa.string()),
+            pa.array([RowError("corrupt_input", message).message] * unit.num_rows, pa.string()),
+        ]
+        return pa.Table.from_arrays(columns, schema=schema)
+
+    def _process_rows(
+        self, unit: WorkUnit, unreadable: str | None = None
+    ) -> tuple[UnitStats, list[float]]:
         spec = self.spec
         encoder = self._acquire()
         # Every spool is entered as soon as it exists: an error anywhere discards them all.
         with storage.open_input(unit.path) as f, contextlib.ExitStack() as spools:
             parquet = pq.ParquetFile(f)
-            schema = parquet.schema_arrow
+            schema = plain_schema(parquet.schema_arrow)
             image_format = ""
             if spec.image_column is not None:
                 image_format = resolve_image_format(
@@ -177,13 +242,17 @@ class UnitDoFn(beam.DoFn):
             errors_path = self._path(ERRORS_DIR, f"{unit.name}.parquet")
             errors = spools.enter_context(ParquetSpool(errors_path, error_schema(spec, schema)))
             input_rows, scores, rules = 0, [], Counter()
-            for batch in parquet.iter_batches(
+            if unreadable is not None:
+                errors.write(self._unit_errors(unit, unreadable, errors.schema))
+                input_rows = unit.num_rows
+            batches = parquet.iter_batches(
                 batch_size=spec.batch_size * _WINDOW_BATCHES,
                 row_groups=[unit.row_group],
                 columns=self._input_columns(),
-            ):
+            )
+            for batch in batches if unreadable is None else ():
                 window = encode_window(
-                    batch, spec, encoder, image_format, posixpath.dirname(unit.path)
+                    plain_batch(batch), spec, encoder, image_format, posixpath.dirname(unit.path)
                 )
                 errors.write(error_table(spec, unit, window, input_rows, errors.schema))
                 table = self._result_table(unit, window, input_rows, outputs)
@@ -274,6 +343,17 @@ class UnitDoFn(beam.DoFn):
     def _path(self, folder: str, name: str) -> str:
         return storage.join(self.spec.output, folder, name)
 
+    def _unit_files(self, unit: WorkUnit, marker: str) -> list[str]:
+        """Every file this pass of the unit writes, its marker included."""
+        name = f"{unit.name}.parquet"
+        folders = {
+            "write": [*self.spec.output_dirs, ERRORS_DIR],
+            "stage": [STAGING_DIR, ERRORS_DIR],
+        }
+        return [self._path(d, name) for d in folders.get(self.mode, ["kept", "rejected"])] + [
+            marker
+        ]
+
     def _input_columns(self) -> list[str]:
         spec = self.spec
         names = [spec.id_column, spec.image_column, spec.text_column, *spec.keep_columns]
@@ -331,6 +411,28 @@ class UnitDoFn(beam.DoFn):
             value = getattr(stats, name)
             if value:
                 counter.inc(value)
+
+
+def _marker_json(unit: WorkUnit, stats: UnitStats) -> str:
+    """A completion marker: the unit's counts, and which file and row group they are of."""
+    return json.dumps({"unit": unit.identity, "stats": json.loads(stats.to_json())}, sort_keys=True)
+
+
+def _read_marker(path: str, unit: WorkUnit) -> UnitStats | None:
+    """The stored counts of ``unit`` if an earlier run finished it, else ``None``.
+
+    A marker is taken only if it records this very unit (same file, file version and row group):
+    unit names follow the files' positions in the input listing, so a marker of another input
+    set may sit under this unit's name; that unit is then processed again, and its files
+    replaced. Markers without an identity (older clipbeam versions) are not trusted either.
+    """
+    if not storage.exists(path):
+        return None
+    record = json.loads(storage.read_bytes(path).decode("utf-8"))
+    if not isinstance(record, dict) or record.get("unit") != unit.identity:
+        _LOGGER.info("--resume: %s is not a marker of %s; processing the unit again", path, unit)
+        return None
+    return UnitStats.from_json(json.dumps(record["stats"]))
 
 
 class StageScores(beam.PTransform):

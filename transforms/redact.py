@@ -22,14 +22,20 @@ import re
 from typing import Any
 from urllib.parse import unquote
 
-__all__ = ["REDACTED", "redact", "redact_obj", "redact_url"]
+__all__ = ["REDACTED", "redact", "redact_obj", "redact_url", "redact_value"]
 
 REDACTED = "REDACTED"
 
-# A URL inside free text: a scheme, "://", then everything up to a blank or a quote character
-# (messages quote URLs with repr(), JSON with double quotes).
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+# A URL inside free text: a scheme and "://", then either everything up to the closing quote when
+# the URL is quoted (messages quote URLs with repr(), JSON with double quotes; the quote
+# characters inside are escaped), or everything up to a blank or a quote character.
+_SCHEME_PART = r"[A-Za-z][A-Za-z0-9+.\-]*://"
+_URL_IN_TEXT = re.compile(
+    rf"(?<=')(?P<single>{_SCHEME_PART}(?:[^'\\\n]|\\.)*)(?=')"
+    rf'|(?<=")(?P<double>{_SCHEME_PART}(?:[^"\\\n]|\\.)*)(?=")'
+    rf"|(?P<bare>{_SCHEME_PART}[^\s'\"<>`]+)"
+)
+_SCHEME = re.compile(rf"^{_SCHEME_PART}")
 # Parameter names that carry credentials. Deliberately broad: hiding a harmless parameter costs
 # nothing, printing a live signature costs a leak.
 _SECRET_PARAMETER = re.compile(
@@ -52,12 +58,17 @@ def redact_url(url: str) -> str:
     if scheme is None:
         return url
     head, rest = scheme.group(), url[scheme.end() :]
-    # The authority ends at the first "/", "?" or "#"; user info is whatever precedes its last "@".
+    # By the RFC the authority ends at the first "/", "?" or "#", and user info is what precedes
+    # its last "@". But a password may hold any of "/?#@:" unescaped ("http://u:p/ss@host/x"),
+    # and such a URL reads as another valid one (host "u", port or path "p/ss@host/x"): no
+    # parse can tell. So user info is taken to end at the last "@" of the whole URL whenever
+    # that "@" is in the authority or a ":" (a password's separator) comes before it; hiding
+    # an "@" of a path costs a readable host, missing one costs a leaked password.
     end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
-    authority, tail = rest[:end], rest[end:]
-    if "@" in authority:
-        authority = f"{REDACTED}@{authority.rsplit('@', 1)[1]}"
-    return head + authority + _redact_parameters(tail)
+    at = rest.rfind("@")
+    if at >= 0 and (at < end or ":" in rest[:at]):
+        return head + REDACTED + _redact_parameters(rest[at:])
+    return head + rest[:end] + _redact_parameters(rest[end:])
 
 
 def _redact_parameters(tail: str) -> str:
@@ -83,10 +94,18 @@ def redact(text: str) -> str:
 
 
 def _redact_match(match: re.Match[str]) -> str:
+    if match.group("bare") is None:  # quoted: the whole URL up to its closing quote
+        return redact_url(match.group())
     # Punctuation that ends a sentence or closes a bracket after a URL is not part of it.
     url = match.group()
     bare = url.rstrip(".,;:!?)]}")
     return redact_url(bare) + url[len(bare) :]
+
+
+def redact_value(value: str) -> str:
+    """Redacts one value (an option, a path): a whole URL when it starts with a scheme, whatever
+    characters it holds (blanks, quotes), else every URL inside it (see :func:`redact`)."""
+    return redact_url(value) if _SCHEME.match(value) else redact(value)
 
 
 def redact_obj(value: Any) -> Any:
@@ -95,7 +114,7 @@ def redact_obj(value: Any) -> Any:
     For what is written as JSON: options recorded in metadata and in ``summary.json``.
     """
     if isinstance(value, str):
-        return redact(value)
+        return redact_value(value)
     if isinstance(value, dict):
         return {k: redact_obj(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -29,12 +29,17 @@ __all__ = [
     "EMBEDDING_DTYPES",
     "IMAGE_FORMATS",
     "KINDS",
+    "MAX_BATCH_SIZE",
     "OUTPUT_DIRS",
     "PREPROCESS_MODES",
     "RESULT_COLUMNS",
     "JobSpec",
     "int8_problem",
 ]
+
+# Rows per model call at most: past this a batch of even tiny images holds gigabytes of pixels,
+# and a window (four batches) would hold whole row groups.
+MAX_BATCH_SIZE = 65_536
 
 KINDS = ("embed", "score", "filter", "classify")
 IMAGE_FORMATS = ("auto", "bytes", "hf-struct", "path")
@@ -211,6 +216,8 @@ class JobSpec:
             p.append("output is empty: pass --output with a directory")
         if self.batch_size < 1:
             p.append(f"batch_size must be at least 1 (got {self.batch_size})")
+        elif self.batch_size > MAX_BATCH_SIZE:
+            p.append(f"batch_size must be at most {MAX_BATCH_SIZE} (got {self.batch_size})")
         p += limit_problems(
             max_image_pixels=self.max_image_pixels,
             max_image_bytes=self.max_image_bytes,

@@ -50,6 +50,7 @@ __all__ = [
     "check_writable",
     "delete",
     "exists",
+    "file_version",
     "is_local",
     "join",
     "list_files",
@@ -57,6 +58,7 @@ __all__ = [
     "match",
     "open_input",
     "read_bytes",
+    "remove_temporaries",
     "write_atomic",
 ]
 
@@ -318,6 +320,25 @@ def open_input(path: str, *, timeout: float | None = None) -> IO[bytes]:
         raise StorageNotFoundError(f"Cannot open {path!r}: no such file.") from exc
 
 
+def file_version(f: IO[bytes], path: str) -> str:
+    """What a file opened with :func:`open_input` is now, to tell later whether it changed.
+
+    Local files: size and modification time in nanoseconds. Object stores: the object's
+    generation (GCS), else its ETag, else its update time, with its size. A rewrite gives a new
+    version even at the same size; an object store's metadata is the one fsspec read on opening
+    (no extra request).
+    """
+    if is_local(path):
+        info = os.fstat(f.fileno())
+        return f"size={info.st_size},mtime_ns={info.st_mtime_ns}"
+    details = getattr(f, "details", None) or {}
+    size = details.get("size", getattr(f, "size", ""))
+    for key in ("generation", "ETag", "etag", "updated", "LastModified", "mtime"):
+        if details.get(key) not in (None, ""):
+            return f"size={size},{key.lower()}={details[key]}"
+    return f"size={size}"
+
+
 def read_bytes(path: str, *, timeout: float | None = None) -> bytes:
     """Reads a whole file.
 
@@ -451,6 +472,38 @@ def _cancel_upload(sink: IO[bytes], path: str) -> None:
     except _remote_errors() as exc:
         # The original error is what the caller must see; this one only explains leftovers.
         _LOGGER.warning("Could not cancel the upload of %s (%s); it may be left behind.", path, exc)
+
+
+def remove_temporaries(path: str) -> int:
+    """Deletes the temporary files that unfinished atomic writes of ``path`` left behind.
+
+    A write killed between creating its temporary file and renaming it (kill -9, a lost worker)
+    leaves ``.<name>.<32 hex>.tmp`` next to ``path``; call this before writing ``path`` again.
+    Only that target's temporaries are touched (on object stores, one prefix listing).
+
+    Returns:
+        How many files were deleted.
+
+    Raises:
+        StorageError: The folder cannot be listed, or a temporary file cannot be deleted.
+    """
+    if is_local(path):
+        folder, name = os.path.split(_local_path(path))
+        try:
+            found = [os.path.join(folder, n) for n in os.listdir(folder or ".")]
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise StorageError(f"Cannot list {folder!r}: {exc}") from exc
+    else:
+        folder, _, name = path.rstrip("/").rpartition("/")
+        found = match(f"{folder}/.{name}.*.tmp")
+    # ".<name>.<32 hex>.tmp" exactly: another target's temporaries never match.
+    mine = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{32}}\.tmp")
+    stale = [p for p in found if mine.fullmatch(os.path.basename(p.rstrip("/")))]
+    for temp in stale:
+        delete(temp, missing_ok=True)
+    return len(stale)
 
 
 def write_atomic(path: str, data: bytes) -> None:

@@ -27,11 +27,11 @@ def test_input_takes_several_patterns():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--batch-size", "0"], "--batch-size/--batch_size: expected a value in [1, inf], got 0"),
+        (["--batch-size", "0"], "--batch-size/--batch_size: expected a value in [1, 65536], got 0"),
         (["--batch-size", "x"], "expected an integer, got 'x'"),
         (["--device", "tpu"], "invalid choice: 'tpu'"),
         (["--image-format", "jpeg"], "invalid choice: 'jpeg'"),
-        (["--http-timeout", "0"], "expected a value in (0, inf], got 0"),
+        (["--http-timeout", "0"], "expected a value in (0, 86400.0], got 0"),
         (["--resume=maybe"], "expected true or false, got 'maybe'"),
         (["stray"], "unexpected argument 'stray'"),
     ],

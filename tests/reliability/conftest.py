@@ -11,6 +11,8 @@ Routes (``GET``):
 - ``/forever``: answers 200 and streams bytes until the client hangs up (no Content-Length).
 - ``/trickle``: announces a small body, then sends one byte every 0.1 s, forever.
 - ``/redirect/file``: redirects to ``file:///etc/passwd``; ``/redirect/NAME`` to ``/img/NAME``.
+- ``/reason/NAME``: status 500 whose reason phrase is ``server.files[NAME]``, with an HTML body.
+- ``/garbage/NAME``: a status line that is not HTTP, made of ``server.files[NAME]``.
 
 Every request's path and headers are recorded in ``server.requests``.
 """
@@ -82,6 +84,17 @@ def _handler(state: ImageServer) -> type[http.server.BaseHTTPRequestHandler]:
                 while not state.stop.wait(0.1):
                     self.wfile.write(b"\xff")
                     self.wfile.flush()
+            elif path.startswith("/reason/"):
+                reason = state.files[path.removeprefix("/reason/")].decode()
+                self.send_response(500, reason)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(reason)))
+                self.end_headers()
+                self.wfile.write(reason.encode())
+            elif path.startswith("/garbage/"):
+                self.wfile.write(b"HTTP/1.1 2x0 " + state.files[path.removeprefix("/garbage/")])
+                self.wfile.write(b"\r\n\r\n")
+                self.close_connection = True
             elif path == "/redirect/file":
                 self._redirect("file:///etc/passwd")
             elif path.startswith("/redirect/"):

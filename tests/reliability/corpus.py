@@ -186,7 +186,7 @@ def _byte_cases() -> list[Case]:
         case("webp-truncated", webp[: len(webp) // 2], "corrupt_image", "truncated"),
         case("zero-bytes", b"", "empty_image", "zero bytes"),
         case("random-bytes", rng.randbytes(3000), "corrupt_image", "none of the formats"),
-        case("html-error-page", HTML_PAGE, "not_an_image", "HTML page titled '404 Not Found'"),
+        case("html-error-page", HTML_PAGE, "not_an_image", "is an HTML page"),
         case("svg", SVG, "not_an_image", "SVG drawing"),
         case("pdf", PDF, "not_an_image", "PDF document"),
         case("postscript", EPS, "not_an_image", "never rendered"),

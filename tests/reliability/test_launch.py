@@ -161,3 +161,23 @@ def test_remote_code_in_a_checkpoint_is_never_imported(tmp_path, clip_checkpoint
     spec = parse_args(job("in/*.parquet", tmp_path / "o", model)).spec
     check_model(spec)  # loads the built-in CLIP model from the weights, as always
     assert not marker.exists()
+
+
+# -- a missing column in a very wide file: a bounded list, the close matches first -------------
+
+
+def test_missing_column_of_a_wide_file(capsys, tmp_path, clip_checkpoint):
+    columns = {f"feature_{i:05d}": [i] for i in range(10_000)}
+    columns.update({"id": ["x"], "image": [b"x"], "caption": ["a"], "captions_zh": ["b"]})
+    columns["s" * 5000] = ["a column with a very long name"]
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table(columns), tmp_path / "in" / "wide.parquet")
+    argv = job(str(tmp_path / "in" / "wide.parquet"), tmp_path / "out", clip_checkpoint)
+    message = launch_error(capsys, *argv, "--text-column", "captoin")
+    assert message.startswith("--text-column 'captoin' is not a column of the input")
+    assert "closest: caption (string)" in message
+    assert f"more of its {len(columns)} columns" in message
+    assert len(message) < 2000, len(message)
+    many = ",".join(f"kept_{i}" for i in range(500))
+    message = launch_error(capsys, *argv, "--text-column", "caption", "--keep-columns", many)
+    assert len(message) < 2000 and "and 480 more: not in the input" in message
