@@ -101,6 +101,25 @@ def test_ties_go_to_the_smaller_id_and_keep_columns_follow(tmp_path, query_vecto
     assert got[0]["similarity"] == got[2]["similarity"]
 
 
+def test_unusable_embeddings_go_to_errors_and_the_rest_is_searched(tmp_path, query_vectors):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(40, DIM)).astype(np.float32)
+    x[3] = 0.0  # no direction
+    x[5, 7] = np.nan
+    ids = [f"r{i:02d}" for i in range(40)]
+    write(tmp_path / "in.parquet", ids, x, rows_per_group=16)
+    out, table, summary = search(tmp_path, [tmp_path / "in.parquet"], "--queries", QUERIES[1])
+    errors = ds.dataset(out / "errors").to_table().to_pylist()
+    assert sorted((e["id"], e["error_type"]) for e in errors) == [
+        ("r03", "ZeroEmbedding"),
+        ("r05", "NonFiniteEmbedding"),
+    ]
+    good = [i for i in range(40) if i not in (3, 5)]
+    want = brute_force([ids[i] for i in good], x[good], query_vectors[1:2], 10)[0]
+    assert table.column("id").to_pylist() == [i for i, _ in want]
+    assert (summary["input_rows"], summary["error_rows"], summary["rows_searched"]) == (40, 2, 38)
+
+
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     root = tmp_path_factory.mktemp("scenes")
