@@ -37,6 +37,7 @@ _TOOLS = {
     "dedup": "clipbeam.pipeline.dedup",
     "demo": "clipbeam.pipeline.demo.command",
     "report": "clipbeam.pipeline.report",
+    "search": "clipbeam.pipeline.search",
     "train": "clipbeam.pipeline.train",
     "train-head": "clipbeam.pipeline.heads:train_main",
     "convert-head": "clipbeam.pipeline.heads:convert_main",

@@ -512,9 +512,9 @@ def build_parser(prog: str = "clipbeam") -> argparse.ArgumentParser:
         "--temp_location, --project, --region...).",
         epilog="other commands (each with its own --help): dedup (exact and semantic duplicates "
         "of embeddings), demo (an offline demo on generated scenes), report DIR (an HTML report "
-        "of a job's output), train (contrastive training "
-        "of a checkpoint on image-text Parquet), train-head (a head of your own on embeddings and "
-        "labels), convert-head (LAION's or NeMo Curator's heads as clipbeam heads)",
+        "of a job's output), search (the rows that best match text queries), train (contrastive "
+        "training of a checkpoint on image-text Parquet), train-head (a head of your own on "
+        "embeddings and labels), convert-head (LAION's or NeMo Curator's heads as clipbeam heads)",
         allow_abbrev=False,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
