@@ -91,6 +91,7 @@ EMPTY_ERRORS_FILE = "empty.parquet"
 # The --top-fraction cut of the run that first computed it, next to the launcher's _job.json.
 THRESHOLD_FILE = "_top_fraction.json"
 SCORES_TAG = "scores"
+STATS_TAG = "stats"
 
 # Rows read from Parquet per window. Texts of a window are sorted by length before batching,
 # so a window a few batches long lets short captions share batches; images are still decoded
@@ -134,24 +135,26 @@ class UnitDoFn(beam.DoFn):
 
     def process(
         self, unit: WorkUnit, threshold: float | None = None
-    ) -> Iterator[UnitStats | beam.pvalue.TaggedOutput]:
+    ) -> Iterator[UnitStats | tuple[str, UnitStats | list[float]]]:
+        # "stage" emits (STATS_TAG, stats) and (SCORES_TAG, scores) pairs on its one output
+        # for StageScores to split: see there why it is not a multi-output ParDo.
         marker = self._path(MARKER_DIR, f"{self.mode}-{unit.name}.json")
         resumed = self.spec.resume and storage.exists(marker)
         if resumed:
             stats = UnitStats.from_json(storage.read_bytes(marker).decode("utf-8")).as_resumed()
             if self.mode == "stage":
-                yield beam.pvalue.TaggedOutput(SCORES_TAG, self._staged_scores(unit))
+                yield SCORES_TAG, self._staged_scores(unit)
         elif self.mode == "select":
             stats = self._select(unit, threshold)
         else:
             stats, scores = self._process(unit)
             if self.mode == "stage":
-                yield beam.pvalue.TaggedOutput(SCORES_TAG, scores)
+                yield SCORES_TAG, scores
         if not resumed:
             # Written last: a marker promises that every file of the unit is in place.
             storage.write_atomic(marker, stats.to_json().encode("utf-8"))
         self._count(stats)
-        yield stats
+        yield (STATS_TAG, stats) if self.mode == "stage" else stats
 
     # -- passes -------------------------------------------------------------------------------
 
@@ -345,10 +348,21 @@ class StageScores(beam.PTransform):
         self.spec = spec
 
     def expand(self, units: beam.PCollection[WorkUnit]) -> dict[str, beam.PCollection]:
-        results = units | "Stage" >> beam.ParDo(UnitDoFn(self.spec, "stage")).with_outputs(
-            SCORES_TAG, main="stats"
-        )
-        return {"stats": results.stats, "scores": results[SCORES_TAG]}
+        # One output of (tag, value) pairs split by two FlatMaps, not ParDo.with_outputs: Beam's
+        # DaskRunner (2.77) keys a transform's Dask bag by the producing transform, not by the
+        # output tag, so every consumer of a multi-output ParDo gets the elements of all its
+        # outputs (the scores' quantiles would get UnitStats).
+        tagged = units | "Stage" >> beam.ParDo(UnitDoFn(self.spec, "stage"))
+        return {
+            tag: tagged | f"Split{tag.title()}" >> beam.FlatMap(_tagged_values, tag)
+            for tag in (STATS_TAG, SCORES_TAG)
+        }
+
+
+def _tagged_values(pair: tuple[str, Any], tag: str) -> Iterator[Any]:
+    """The value of a (tag, value) pair if its tag is ``tag``."""
+    if pair[0] == tag:
+        yield pair[1]
 
 
 class SelectStaged(beam.PTransform):
