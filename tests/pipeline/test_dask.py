@@ -22,7 +22,7 @@ VOLATILE = {"timings", "output"}
 def cluster_address():
     """A LocalCluster of two worker processes, one thread each, for the whole module."""
     cluster = distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     )
     try:
         yield cluster.scheduler_address
@@ -134,3 +134,56 @@ def test_filter_top_fraction(clip_checkpoint, cluster_address, tmp_path):
         "--id-column", "id", "--top-fraction", "0.3",
     )  # fmt: skip
     assert summary["kept"] > 0 and summary["rejected"] > 0
+
+
+def test_a_killed_worker_loses_and_duplicates_nothing(clip_checkpoint, tmp_path):
+    """Both worker processes are killed (SIGKILL) once the first unit is done: Dask reruns the
+    lost tasks on the restarted workers, or the job fails and a --resume run finishes it; either
+    way the output holds every row exactly once, as the DirectRunner writes it."""
+    import os
+    import signal
+    import threading
+    import time
+
+    data = build_dataset(tmp_path / "in", num_files=4, rows_per_file=12, row_group_size=3, seed=16)
+    args = ("--id-column", "id")
+    direct = run_job("score", data.pattern, str(tmp_path / "direct"), clip_checkpoint, *args)
+    out = tmp_path / "dask"
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    killed: list[int] = []
+    finished: list[bool] = []
+    try:
+        with distributed.Client(cluster.scheduler_address) as client:
+            pids = list(client.run(os.getpid).values())
+
+        def kill_after_first_unit():
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                units = out / "_units"
+                if units.is_dir() and any(units.iterdir()):
+                    finished.append((out / "summary.json").exists())
+                    for pid in pids:
+                        os.kill(pid, signal.SIGKILL)
+                    killed.extend(pids)
+                    return
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_after_first_unit)
+        killer.start()
+        try:
+            run_dask("score", data, str(out), clip_checkpoint, cluster.scheduler_address, *args)
+        except Exception:  # noqa: BLE001 (a loud failure is allowed: the resume must finish it)
+            run_dask(
+                "score", data, str(out), clip_checkpoint, cluster.scheduler_address,
+                *args, "--resume",
+            )  # fmt: skip
+        killer.join()
+    finally:
+        cluster.close()
+    assert killed == pids and finished == [False]  # killed mid-job, before the summary
+    expected = sorted_rows(direct.table("scores"), "id")
+    got = sorted_rows(read_folder(str(out / "scores")), "id")
+    assert [r["id"] for r in got] == [r["id"] for r in expected]
+    assert all(same(a, b) for a, b in zip(got, expected, strict=True))
