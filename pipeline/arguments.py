@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clipbeam.pipeline.beam_options import check_beam_args
+from clipbeam.pipeline.beam_options import check_beam_args, resolve_beam_args
 from clipbeam.pipeline.head_options import head_fields
 from clipbeam.pipeline.options import DEFAULT_TEMPLATE, LaunchError, build_parser
 from clipbeam.transforms.limits import DEFAULT_URL_SCHEMES
@@ -57,6 +57,7 @@ def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = 
     parser = build_parser()
     namespace, extras = parser.parse_known_args(list(argv))
     command = namespace.command
+    extras = resolve_beam_args(extras)
     check_beam_args(extras, parser, command)
     args = vars(namespace)
 

@@ -18,7 +18,57 @@ from typing import NoReturn
 
 from clipbeam.pipeline.options import LaunchError
 
-__all__ = ["check_beam_args", "runner_name"]
+__all__ = ["EXTRA_RUNNERS", "check_beam_args", "resolve_beam_args", "runner_name"]
+
+# Runners Beam ships but does not resolve by name (``apache_beam.runners.runner._RUNNER_MAP``
+# lists only the runners of StandardOptions.KNOWN_RUNNER_NAMES): the class name, lower case,
+# to the dotted path Beam's create_runner imports.
+EXTRA_RUNNERS = {"daskrunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
+# clipbeam's short spelling of a Beam option, to Beam's own name.
+_OPTION_ALIASES = {"--dask_address": "--dask_client_address"}
+
+
+def resolve_beam_args(extras: Sequence[str]) -> list[str]:
+    """Beam's arguments with the names Beam itself does not resolve spelled out.
+
+    ``--runner DaskRunner`` (or ``dask``, any case) becomes the DaskRunner's dotted path, and
+    ``--dask_address`` Beam's ``--dask_client_address`` (the scheduler's address). The
+    DaskRunner's module is imported where it is asked for, since its options (DaskOptions) are
+    Beam options only once it is.
+
+    Raises:
+        LaunchError: the DaskRunner is asked for and dask.distributed is not installed.
+    """
+    out: list[str] = []
+    runner_next = False
+    for arg in extras:
+        name, eq, value = arg.partition("=")
+        if runner_next:
+            arg = _extra_runner(arg)
+        elif name == "--runner" and eq:
+            arg = f"--runner={_extra_runner(value)}"
+        elif name in _OPTION_ALIASES:
+            arg = _OPTION_ALIASES[name] + eq + value
+        runner_next = arg == "--runner"
+        out.append(arg)
+    if any(a.startswith("--dask_") or a.endswith(EXTRA_RUNNERS["daskrunner"]) for a in out):
+        _import_dask_runner()
+    return out
+
+
+def _import_dask_runner() -> None:
+    try:
+        import apache_beam.runners.dask.dask_runner  # noqa: F401 (registers DaskOptions)
+    except ImportError as exc:
+        raise LaunchError(
+            "the DaskRunner needs dask and dask.distributed, which are not installed "
+            f"({type(exc).__name__}); install them with pip install 'clipbeam[dask]'"
+        ) from None
+
+
+def _extra_runner(runner: str) -> str:
+    key = runner.strip().lower()
+    return EXTRA_RUNNERS.get(key, EXTRA_RUNNERS.get(key + "runner", runner))
 
 # Beam's worker counts and their ranges: a negative DirectRunner worker count fails inside Beam
 # with an IndexError, a huge one starts that many threads (0 means one per CPU core).

@@ -93,6 +93,7 @@ EMPTY_ERRORS_FILE = "empty.parquet"
 # The --top-fraction cut of the run that first computed it, next to the launcher's _job.json.
 THRESHOLD_FILE = "_top_fraction.json"
 SCORES_TAG = "scores"
+STATS_TAG = "stats"
 
 # Rows read from Parquet per window. Texts of a window are sorted by length before batching,
 # so a window a few batches long lets short captions share batches; images are still decoded
@@ -136,13 +137,15 @@ class UnitDoFn(beam.DoFn):
 
     def process(
         self, unit: WorkUnit, threshold: float | None = None
-    ) -> Iterator[UnitStats | beam.pvalue.TaggedOutput]:
+    ) -> Iterator[UnitStats | tuple[str, UnitStats | list[float]]]:
+        # "stage" emits (STATS_TAG, stats) and (SCORES_TAG, scores) pairs on its one output
+        # for StageScores to split: see there why it is not a multi-output ParDo.
         marker = self._path(MARKER_DIR, f"{self.mode}-{unit.name}.json")
         finished = _read_marker(marker, unit) if self.spec.resume else None
         if finished is not None:
             stats = finished.as_resumed()
             if self.mode == "stage":
-                yield beam.pvalue.TaggedOutput(SCORES_TAG, self._staged_scores(unit))
+                yield SCORES_TAG, self._staged_scores(unit)
         else:
             # Temporary files of this unit's earlier attempts (a killed worker) go first.
             for path in self._unit_files(unit, marker):
@@ -152,11 +155,11 @@ class UnitDoFn(beam.DoFn):
             else:
                 stats, scores = self._process(unit)
                 if self.mode == "stage":
-                    yield beam.pvalue.TaggedOutput(SCORES_TAG, scores)
+                    yield SCORES_TAG, scores
             # Written last: a marker promises that every file of the unit is in place.
             storage.write_atomic(marker, _marker_json(unit, stats).encode("utf-8"))
         self._count(stats)
-        yield stats
+        yield (STATS_TAG, stats) if self.mode == "stage" else stats
 
     # -- passes -------------------------------------------------------------------------------
 
@@ -447,10 +450,21 @@ class StageScores(beam.PTransform):
         self.spec = spec
 
     def expand(self, units: beam.PCollection[WorkUnit]) -> dict[str, beam.PCollection]:
-        results = units | "Stage" >> beam.ParDo(UnitDoFn(self.spec, "stage")).with_outputs(
-            SCORES_TAG, main="stats"
-        )
-        return {"stats": results.stats, "scores": results[SCORES_TAG]}
+        # One output of (tag, value) pairs split by two FlatMaps, not ParDo.with_outputs: Beam's
+        # DaskRunner (2.77) keys a transform's Dask bag by the producing transform, not by the
+        # output tag, so every consumer of a multi-output ParDo gets the elements of all its
+        # outputs (the scores' quantiles would get UnitStats).
+        tagged = units | "Stage" >> beam.ParDo(UnitDoFn(self.spec, "stage"))
+        return {
+            tag: tagged | f"Split{tag.title()}" >> beam.FlatMap(_tagged_values, tag)
+            for tag in (STATS_TAG, SCORES_TAG)
+        }
+
+
+def _tagged_values(pair: tuple[str, Any], tag: str) -> Iterator[Any]:
+    """The value of a (tag, value) pair if its tag is ``tag``."""
+    if pair[0] == tag:
+        yield pair[1]
 
 
 class SelectStaged(beam.PTransform):
