@@ -16,20 +16,39 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
-
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.runners.runner import PipelineResult
+from typing import TYPE_CHECKING, Any
 
 from clipbeam.pipeline.arguments import parse_args
 from clipbeam.pipeline.options import LaunchError
-from clipbeam.pipeline.validate import JOB_FILE, job_record, validate
-from clipbeam.transforms.spec import JobSpec
+
+if TYPE_CHECKING:  # Beam, pyarrow and torch load only once a job will run (not for --help)
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.runner import PipelineResult
+
+    from clipbeam.transforms.spec import JobSpec
 
 __all__ = ["main", "run"]
 
 _log = logging.getLogger("clipbeam")
+
+
+class _BeamImportNoise(logging.Filter):
+    """Drops the warning Beam logs on import when the GCP client libraries are absent.
+
+    ``apache_beam.io.gcp`` logs "apitools not found..." on the root logger whether or not a job
+    uses BigQuery; clipbeam never does, so the line is noise on every command.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("apitools not found")
+
+
+def _quiet_beam_import() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(f, _BeamImportNoise) for f in root.filters):
+        root.addFilter(_BeamImportNoise())
+
 
 # Subcommands that are not Beam jobs: command -> module whose ``main(argv) -> int`` runs it (or
 # ``module:function`` naming another function).
@@ -75,14 +94,19 @@ def run(
 def _launch(
     argv: Sequence[str] | None, test_pipeline: beam.Pipeline | None, *, wait: bool
 ) -> tuple[JobSpec, PipelineResult]:
-    from clipbeam.pipeline.jobs import build_job
-    from clipbeam.transforms import storage
-
     started_at = time.time()
+    _quiet_beam_import()
     parsed = parse_args(sys.argv[1:] if argv is None else list(argv))
     spec = parsed.spec
     if spec is None:
         raise LaunchError(f"{parsed.command} is not a job")
+    # The arguments are fine: only now load what the job needs.
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    from clipbeam.pipeline.jobs import build_job
+    from clipbeam.pipeline.validate import JOB_FILE, job_record, validate
+    from clipbeam.transforms import storage
+
     options = PipelineOptions(list(parsed.beam_args))
     pipeline = test_pipeline
     runner_options = (pipeline.options if pipeline is not None else options).view_as(
@@ -133,6 +157,9 @@ def _new_pipeline(options: PipelineOptions) -> beam.Pipeline:
         LaunchError: the runner's package is not installed (Dataflow needs apache-beam[gcp]),
             or the runner refuses the pipeline options (Dataflow without --project...).
     """
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import StandardOptions
+
     runner = options.view_as(StandardOptions).runner
     try:
         return beam.Pipeline(options=options)
@@ -161,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.addHandler(handler)
         _log.setLevel(logging.INFO)
         _log.propagate = False
+    _quiet_beam_import()
     args = sys.argv[1:] if argv is None else list(argv)
     if args and args[0] in _TOOLS:
         import importlib
