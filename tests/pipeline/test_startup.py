@@ -16,15 +16,15 @@ from tests.processes import run_python
 HEAVY = ("apache_beam", "torch", "pyarrow", "huggingface_hub")
 
 # Runs clipbeam's console script on ARGV, then prints its exit status and the heavy modules loaded.
-_PROBE = """
+_PROBE = f"""
 import json, sys
 from clipbeam.pipeline.cli import main
 try:
     status = main(json.loads(sys.argv[1]))
 except SystemExit as exc:
     status = exc.code
-print(json.dumps([status, sorted(m for m in {heavy} if m in sys.modules)]))
-""".format(heavy=HEAVY)
+print(json.dumps([status, sorted(m for m in {HEAVY} if m in sys.modules)]))
+"""
 
 
 def _clipbeam(tmp_path, *args: str) -> tuple[int, list[str], str]:
@@ -88,10 +88,10 @@ def test_beam_option_names_match_the_installed_beam():
     from clipbeam.pipeline import beam_names
     from clipbeam.pipeline.beam_options import _beam_parser, _option_strings
 
-    assert beam_names.BEAM_VERSION == apache_beam.__version__, (
+    assert apache_beam.__version__ == beam_names.BEAM_VERSION, (
         "Beam was upgraded: run `python -m clipbeam.pipeline.beam_options`"
     )
-    assert beam_names.OPTION_STRINGS == set(_option_strings(_beam_parser()))
+    assert set(_option_strings(_beam_parser())) == beam_names.OPTION_STRINGS
 
 
 @pytest.mark.parametrize(
