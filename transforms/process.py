@@ -12,7 +12,9 @@ so it runs in two passes, also offered separately for custom pipelines:
 3. :func:`persist_threshold` stores that cut in ``<output>/_top_fraction.json``; a resumed run
    reads it back instead of using its own, so every unit of one output is split by one cut;
 4. :class:`SelectStaged` reads the staged rows back and writes ``kept/`` and ``rejected/`` with
-   the cut as a side input.
+   the cut as a side input;
+5. :func:`drop_staging` deletes ``_staging/`` once every unit is split, so that the output holds
+   each row once (``read_parquet('out/**/*.parquet')``); until then a resume reads it back.
 
 Every unit writes ``<output>/<dir>/part-FFFFF-GGGGG.parquet`` (and its errors to
 ``<output>/errors/``), then a completion marker ``<output>/_units/<pass>-part-FFFFF-GGGGG.json``
@@ -73,6 +75,7 @@ __all__ = [
     "SelectStaged",
     "StageScores",
     "UnitDoFn",
+    "drop_staging",
     "persist_threshold",
     "settle_errors",
     "top_fraction_threshold",
@@ -324,8 +327,23 @@ class UnitDoFn(beam.DoFn):
 
     def _staged_scores(self, unit: WorkUnit) -> list[float]:
         staged = self._path(STAGING_DIR, f"{unit.name}.parquet")
-        with storage.open_input(staged) as f:
-            return pq.read_table(f, columns=["clip_score"]).column("clip_score").to_pylist()
+        # A finished job has split every unit and dropped _staging/: its rows are in the outputs.
+        paths = [staged] if storage.exists(staged) else self._split_paths(unit)
+        scores: list[float] = []
+        for path in paths:
+            with storage.open_input(path) as f:
+                scores += pq.read_table(f, columns=["clip_score"]).column("clip_score").to_pylist()
+        return scores
+
+    def _split_paths(self, unit: WorkUnit) -> list[str]:
+        marker = self._path(MARKER_DIR, f"select-{unit.name}.json")
+        if not storage.exists(marker):
+            raise FileNotFoundError(
+                f"unit {unit.name} was staged by an earlier run, but neither its staged rows nor "
+                "its split are there: rerun without --resume into an empty --output folder"
+            )
+        paths = [self._path(folder, f"{unit.name}.parquet") for folder in ("kept", "rejected")]
+        return [p for p in paths if storage.exists(p)]
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -564,6 +582,25 @@ def persist_threshold(
     return threshold | "PersistCut" >> beam.ParDo(_PersistThreshold(spec))
 
 
+def _drop_staging(units: int, spec: JobSpec) -> int:
+    storage.delete_folder(storage.join(spec.output, STAGING_DIR))
+    return units
+
+
+def drop_staging(selected: beam.PCollection[UnitStats], spec: JobSpec) -> beam.PCollection[int]:
+    """Deletes ``<output>/_staging/`` once every unit of pass 2 is split (``selected``).
+
+    The staged rows are a second copy of every scored row; a resume needs them only for units
+    not split yet, and a resumed run over a finished output reads pass 1's scores back from
+    ``kept/`` and ``rejected/``. Returns the number of split units.
+    """
+    return (
+        selected
+        | "CountSplit" >> beam.combiners.Count.Globally()
+        | "DropStaging" >> beam.Map(_drop_staging, spec)
+    )
+
+
 def settle_errors(spec: JobSpec, input_schema: pa.Schema, error_rows: int) -> None:
     """Makes ``<output>/errors/`` readable as a table, errors or none: call once, after every unit.
 
@@ -607,4 +644,5 @@ class ProcessUnits(beam.PTransform):
         threshold = persist_threshold(threshold, spec)
         # Pass 2 must only start once every unit is staged: the side input enforces that.
         selected = units | "Pass2" >> SelectStaged(spec, beam.pvalue.AsSingleton(threshold))
+        drop_staging(selected, spec)
         return (staged["stats"], selected) | "AllStats" >> beam.Flatten()

@@ -267,6 +267,25 @@ def delete(path: str, *, missing_ok: bool = False) -> None:
         raise StorageError(f"Cannot delete {path!r}: {cause}") from exc
 
 
+def delete_folder(dir_path: str) -> None:
+    """Deletes a folder and every file below it; nothing to do when it does not exist.
+
+    Raises:
+        StorageError: A file below it cannot be deleted.
+    """
+    if is_local(dir_path):
+        local = _local_path(dir_path)
+        if not os.path.isdir(local):
+            return
+        try:
+            shutil.rmtree(local)
+        except OSError as exc:
+            raise StorageError(f"Cannot delete folder {dir_path!r}: {exc}") from exc
+        return
+    for path in list_files(dir_path):
+        delete(path, missing_ok=True)
+
+
 def _fsspec_filesystem(path: str, timeout: float | None) -> Any:
     """The fsspec filesystem for a URL; instances are cached by fsspec per set of arguments."""
     import fsspec
