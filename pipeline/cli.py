@@ -178,8 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``clipbeam`` console script.
 
     Returns:
-        0 on success, 2 for a launch error (printed as one line, no traceback), 130 when
-        interrupted.
+        0 on success, 1 when more than ``--max-error-fraction`` of the rows went to ``errors/``
+        (the outputs are written; the most common reason is printed), 2 for a launch error
+        (printed as one line, no traceback), 130 when interrupted.
     """
     if not _log.handlers:
         # Beam configures the root logger itself; clipbeam's progress lines get their own handler.
@@ -213,7 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    _report(spec)
+    summary = _report(spec)
+    failed = _too_many_errors(spec, summary)
+    if failed:
+        print(f"clipbeam: error: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -266,14 +271,46 @@ class _Interrupt:
         return not (record.name.startswith("apache_beam") and record.levelno >= logging.ERROR)
 
 
-def _report(spec: JobSpec) -> None:
-    """Prints the summary's counts after a job run in the foreground."""
+def _report(spec: JobSpec) -> dict | None:
+    """Prints the summary's counts after a job run in the foreground; returns the summary."""
     from clipbeam.pipeline.summary import SUMMARY_FILE, counter_names
     from clipbeam.transforms import storage
 
     path = storage.join(spec.output, SUMMARY_FILE)
     if not storage.exists(path):
-        return  # submitted to a remote runner without waiting: nothing to report yet
+        return None  # submitted to a remote runner without waiting: nothing to report yet
     summary = json.loads(storage.read_bytes(path))
     counts = ", ".join(f"{k}={summary[k]}" for k in counter_names(spec.kind) if k in summary)
     print(f"clipbeam {spec.kind}: {counts}; summary: {path}")
+    return summary
+
+
+def _too_many_errors(spec: JobSpec, summary: dict | None) -> str | None:
+    """Why the job counts as failed (``--max-error-fraction``), or ``None``."""
+    if not summary or not summary.get("input_rows"):
+        return None
+    limit = spec.options.get("max_error_fraction")
+    share = summary.get("error_rows", 0) / summary["input_rows"]
+    if limit is None or share <= limit:
+        return None
+    from collections import Counter
+
+    import pyarrow.parquet as pq
+
+    from clipbeam.transforms import storage
+    from clipbeam.transforms.process import ERRORS_DIR
+
+    errors = storage.join(spec.output, ERRORS_DIR)
+    reasons: Counter[str] = Counter()
+    for path in storage.list_files(errors):
+        with storage.open_input(path) as f:
+            reasons.update(pq.read_table(f, columns=["error_type"]).column(0).to_pylist())
+    common = ""
+    if reasons:
+        reason, count = reasons.most_common(1)[0]
+        common = f"; most common reason: {reason} ({count} rows)"
+    return (
+        f"{summary['error_rows']} of {summary['input_rows']} input rows ({share:.0%}) went to "
+        f"{errors}, more than --max-error-fraction {limit}{common}. The outputs are written; "
+        "check --image-column / --text-column and the rows' files"
+    )

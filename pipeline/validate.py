@@ -604,9 +604,12 @@ def validate(
     check_device(spec, runner)
     if is_dataflow(runner):
         check_remote(spec, inputs)
+    from clipbeam.pipeline.sample import check_sample
+
     check_output_outside_inputs(spec, inputs)
     units = plan(inputs)
     schema, image_format = check_inputs(spec, units)
+    check_sample(spec, units[0], image_format)
     check_output(spec, inputs, units)
     if load_model:
         check_model(spec)
