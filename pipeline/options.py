@@ -427,8 +427,9 @@ def _add_filter(parser: argparse.ArgumentParser) -> None:
         "top-fraction",
         type=_number(float, 0.0, 1.0, low_open=True),
         metavar="F",
-        help="keep the best-scoring fraction F of the whole dataset (global cut from an "
-        "approximate quantile, then a second pass); not with --min-score",
+        help="keep the best-scoring fraction F of the whole dataset: at most floor(F x rows) "
+        "rows, plus any that tie with the lowest kept score (ties are kept together); a global "
+        "cut, then a second pass; not with --min-score",
     )
     _add(
         rules,
