@@ -9,6 +9,7 @@ it turns a :class:`~clipbeam.pipeline.options.LaunchError` into one line on stde
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -122,6 +123,7 @@ def _launch(
             "with file to read paths on the workers' own disks",
             ",".join(plan.spec.allowed_url_schemes),
         )
+    plan = dataclasses.replace(plan, spec=_options_as_run(plan.spec))
     spec = plan.spec  # the job as it runs on this runner
     if pipeline is None:
         # After the checks: a Dataflow pipeline checks its options against Cloud Storage.
@@ -148,6 +150,15 @@ def _launch(
     if wait:
         result.wait_until_finish()
     return spec, result
+
+
+def _options_as_run(spec: JobSpec) -> JobSpec:
+    """``spec`` whose recorded options (``clipbeam.options`` in every output file, and
+    ``summary.json``) hold the values the job runs with, not the command line's blanks: the URL
+    schemes for this runner, the default template, the labels read from --labels-file."""
+    values = json.loads(spec.to_json())
+    options = {k: values.get(k, v) for k, v in spec.options.items()}
+    return dataclasses.replace(spec, options=options)
 
 
 def _new_pipeline(options: PipelineOptions) -> beam.Pipeline:

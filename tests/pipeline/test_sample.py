@@ -83,6 +83,13 @@ def test_one_good_image_is_enough_to_launch(tmp_path, clip_checkpoint, capsys):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["error_rows"] == 5 and summary["output_rows"] == 1
     assert summary["options"]["max_error_fraction"] == 0.5
+    # The recorded options are what the job ran with, in summary.json and every output file.
+    assert summary["options"]["allowed_url_schemes"] == ["file", "gs", "http", "https"]
+    recorded = pq.read_schema(next((tmp_path / "out" / "scores").glob("*.parquet"))).metadata
+    assert json.loads(recorded[b"clipbeam.options"]) == summary["options"]
+    assert json.loads(recorded[b"clipbeam.job"])["allowed_url_schemes"] == (
+        summary["options"]["allowed_url_schemes"]
+    )
 
 
 def test_default_fails_only_a_job_where_nearly_every_row_fails(tmp_path, clip_checkpoint, capsys):
