@@ -145,7 +145,7 @@ def _launch(
     storage.makedirs(spec.output)
     storage.write_atomic(storage.join(spec.output, JOB_FILE), record.encode("utf-8"))
 
-    build_job(pipeline, plan, parsed.inputs, started_at=started_at)
+    build_job(pipeline, plan, [storage.absolute(i) for i in parsed.inputs], started_at=started_at)
     result = pipeline.run()
     if wait:
         result.wait_until_finish()

@@ -571,12 +571,14 @@ def check_output_writable(spec: JobSpec) -> None:
 def job_record(
     spec: JobSpec, inputs: Sequence[str], units: Sequence[WorkUnit] = ()
 ) -> dict[str, object]:
-    """What identifies a job's output: the spec's fields, the input patterns and, under
-    ``files``, the version of every planned input file."""
+    """What identifies a job's output: the spec's fields, the input patterns (absolute) and,
+    under ``files``, the version of every planned input file."""
+    from clipbeam.transforms import storage
     from clipbeam.transforms.units import file_versions
 
     record = json.loads(spec.to_json())
-    record["inputs"] = list(inputs)
+    # Normalized: a relative and an absolute spelling of one input are the same job.
+    record["inputs"] = [storage.absolute(i) for i in inputs]
     record[FILES_KEY] = file_versions(units)
     return record
 

@@ -46,9 +46,11 @@ from apache_beam.io.filesystems import FileSystems
 __all__ = [
     "StorageError",
     "StorageNotFoundError",
+    "absolute",
     "atomic_writer",
     "check_writable",
     "delete",
+    "delete_folder",
     "exists",
     "file_version",
     "is_local",
@@ -83,6 +85,18 @@ def is_local(path: str) -> bool:
     """Whether ``path`` is on local disk: no URL scheme, or ``file://``."""
     match_ = _SCHEME.match(path)
     return match_ is None or match_.group(1).lower() == "file"
+
+
+def absolute(path: str) -> str:
+    """The same location spelled from the root: a relative local path (or glob) made absolute
+    and normalized (``./data/../data/x`` -> ``/cwd/data/x``); URLs are returned unchanged.
+
+    Two spellings of one input then compare equal (``--resume``), and a record of the location
+    stays valid from another working directory (the report's thumbnails).
+    """
+    if _SCHEME.match(path):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _local_path(path: str) -> str:
