@@ -10,6 +10,7 @@ input (:mod:`.inputs`).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -235,7 +236,8 @@ class _OutputReader:
                         picked.append(make(i))
 
     def pick_rejected(self) -> list[Example]:
-        """Up to ``examples`` rejected rows, taking rules in turn so each rule gets examples."""
+        """Up to ``examples`` rejected rows, taking rules in turn so each rule gets examples;
+        sorted by score, highest first."""
         queues = [list(self._rejected_by_rule[rule]) for rule, _ in self.reject_rules.most_common()]
         picked: list[Example] = []
         seen: set[tuple[str, Any]] = set()
@@ -250,6 +252,8 @@ class _OutputReader:
                 if len(picked) == self.examples:
                     break
             queues = [q for q in queues if q]
+        # Highest score first: the rows nearest a score cut, where its threshold is judged.
+        picked.sort(key=lambda e: -math.inf if e.score is None else e.score, reverse=True)
         return picked
 
 

@@ -174,6 +174,8 @@ def test_filter_report_counts_rules_and_spreads_rejected_examples(jobs):
     # Rules are taken in turn, so the rarer rule has an example too.
     picked = {rule for e in report.rejected for rule in e.values["reject_reason"].split(",")}
     assert picked == set(rules)
+    shown = [e.score for e in report.rejected]
+    assert shown == sorted(shown, reverse=True)  # highest first: the rows nearest the cut
 
     assert report.error_counts == Counter(FAULTS)
     errors = job.run.table("errors").to_pylist()
