@@ -265,6 +265,23 @@ def _card_sections(data: ReportData) -> list[CardSection]:
     sections = [CardSection("highest", titles[0], "", [_card(e) for e in data.best])]
     if data.worst:
         sections.append(CardSection("lowest", titles[1], "", [_card(e) for e in data.worst]))
+    if data.below_cut:
+        intro = "the rows a {} threshold would change first."
+        sections += [
+            CardSection(
+                "above-cut",
+                "Just above the cut",
+                "Kept rows with the lowest clip_score: " + intro.format("higher"),
+                [_card(e) for e in data.above_cut],
+            ),
+            CardSection(
+                "below-cut",
+                "Just below the cut",
+                "Rows the score rule rejected with the highest clip_score: "
+                + intro.format("lower"),
+                [_card(e) for e in data.below_cut],
+            ),
+        ]
     return sections
 
 

@@ -188,6 +188,27 @@ def test_filter_report_counts_rules_and_spreads_rejected_examples(jobs):
     assert report.notes == []
 
 
+def test_filter_report_shows_the_rows_either_side_of_the_score_cut(jobs):
+    job = jobs["filter"]
+    report = collect(job.run.output, examples=3)
+    kept = sorted(job.run.table("kept")["clip_score"].to_pylist())
+    by_score = [
+        r["clip_score"]
+        for r in job.run.table("rejected").to_pylist()
+        if "min_score" in r["reject_reason"].split(",")
+    ]
+    assert [e.score for e in report.above_cut] == pytest.approx(kept[:3])
+    assert [e.score for e in report.below_cut] == pytest.approx(sorted(by_score)[::-1][:3])
+    cut = job.run.summary["options"]["min_score"]
+    assert all(e.score >= cut for e in report.above_cut)
+    assert all(e.score < cut for e in report.below_cut)
+    html = render(report)
+    assert "Just above the cut" in html and "Just below the cut" in html
+
+    # A job without a score cut has no such sections.
+    assert collect(jobs["score"].run.output).below_cut == []
+
+
 def test_classify_report_counts_top_labels_and_ranks_by_confidence(jobs):
     job = jobs["classify"]
     report = collect(job.run.output, examples=2)
