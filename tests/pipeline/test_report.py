@@ -319,6 +319,36 @@ def test_cli_writes_the_page_and_refuses_a_folder_without_summary(jobs, tmp_path
     assert "--output folder of a finished clipbeam job" in err
 
 
+def test_log_scale_histogram_shows_a_small_rejected_share(jobs, tmp_path, capsys):
+    from clipbeam.pipeline.report.data import FINE_BINS
+    from clipbeam.pipeline.report.histogram import histogram
+
+    kept, rejected = np.zeros(FINE_BINS, int), np.zeros(FINE_BINS, int)
+    kept[FINE_BINS // 2], rejected[FINE_BINS // 2 - 1] = 5000, 3
+    series = [("kept", kept, "#00f"), ("rejected", rejected, "#f00")]
+
+    def heights(plot) -> dict[str, float]:
+        return {p.fill: p.height for bar in plot.bars for p in bar.parts}
+
+    linear, log = heights(histogram(series, [])), heights(histogram(series, [], log=True))
+    assert linear["#f00"] / linear["#00f"] < 0.001  # 3 of 5,000: under a pixel
+    assert log["#f00"] / log["#00f"] > 0.1
+    assert [t.value for t in histogram(series, [], log=True).y_ticks] == [
+        0,
+        1,
+        10,
+        100,
+        1000,
+        10000,
+    ]
+
+    out = tmp_path / "page.html"
+    assert main([jobs["filter"].run.output, "--out", str(out), "--log-scale"]) == 0
+    assert "rows per bin on a log scale" in out.read_text(encoding="utf-8")
+    assert main([jobs["filter"].run.output, "--out", str(out)]) == 0
+    assert "log scale" not in out.read_text(encoding="utf-8")
+
+
 # -- in a browser --------------------------------------------------------------------------------
 
 
