@@ -126,6 +126,7 @@ def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = 
             templates=tuple(templates),
             top_k=args.get("top_k") or 5,
             http_timeout=args["http_timeout"],
+            max_error_fraction=args["max_error_fraction"],
             max_image_pixels=args["max_image_pixels"],
             max_image_bytes=args["max_image_bytes"],
             max_text_chars=args["max_text_chars"],

@@ -300,7 +300,7 @@ def _too_many_errors(spec: JobSpec, summary: dict | None) -> str | None:
     """Why the job counts as failed (``--max-error-fraction``), or ``None``."""
     if not summary or not summary.get("input_rows"):
         return None
-    limit = spec.options.get("max_error_fraction")
+    limit = spec.max_error_fraction
     share = summary.get("error_rows", 0) / summary["input_rows"]
     if limit is None or share <= limit:
         return None

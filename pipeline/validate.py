@@ -68,7 +68,9 @@ _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
 FILES_KEY = "files"
 
 # Spec fields that do not change a job's output rows: a resumed run may change them.
-_RESUMABLE_CHANGES = frozenset({"resume", "batch_size", "device", "http_timeout"})
+_RESUMABLE_CHANGES = frozenset(
+    {"resume", "batch_size", "device", "http_timeout", "max_error_fraction"}
+)
 
 # Footers read at once when checking the schema of every input file on remote storage.
 _SCHEMA_READERS = 16
