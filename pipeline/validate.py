@@ -581,7 +581,7 @@ def job_record(
     record = json.loads(spec.to_json())
     # Normalized: a relative and an absolute spelling of one input are the same job.
     record["inputs"] = [storage.absolute(i) for i in inputs]
-    record[FILES_KEY] = file_versions(units)
+    record[FILES_KEY] = {storage.absolute(p): v for p, v in file_versions(units).items()}
     return record
 
 
