@@ -3,14 +3,16 @@
 A column of the right Arrow type can still be the wrong column: ``--image-column caption`` is a
 string column, read as file paths, and every row would go to ``errors/``. :func:`check_sample`
 reads the first :data:`SAMPLE_ROWS` cells of the image column of the first work unit and fails
-the launch when none of them is usable: strings none of which looks like a path or URL, or bytes
-none of which is an image. One usable cell is enough to pass; bad rows among good ones are what
+the launch when they are strings none of which looks like a path or URL; bytes none of which is
+an image get a warning (errors/ describes each, and ``--max-error-fraction`` fails a job where
+nearly every row fails). One usable cell is enough; bad rows among good ones are what
 ``errors/`` is for.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
 from typing import Any
 
@@ -72,8 +74,7 @@ def check_sample(spec: JobSpec, unit: WorkUnit, image_format: str | None) -> Non
         image_format: the image column's resolved format (``None``: the job reads no images).
 
     Raises:
-        LaunchError: every sampled non-null cell is a string that is no path or URL, or bytes
-            that are no image.
+        LaunchError: every sampled non-null cell is a string that is no path or URL.
     """
     if spec.image_column is None or image_format is None:
         return
@@ -90,16 +91,19 @@ def check_sample(spec: JobSpec, unit: WorkUnit, image_format: str | None) -> Non
     verdicts = [v for v in (_usable(value, image_format) for value in values) if v is not None]
     if not verdicts or any(verdicts):
         return
-    if image_format == "path":
-        found = (
-            "strings, none of which looks like a file path or URL (no scheme, folder separator "
-            "or file extension)"
+    where = f"--image-column {spec.image_column!r}: the first {len(verdicts)} non-null values"
+    if image_format != "path":
+        # Bytes that are no image are described row by row in errors/ (a JSON reply, an HTML
+        # page...), and --max-error-fraction fails the job if nearly all are: warn only.
+        logging.getLogger("clipbeam").warning(
+            "%s of %s are bytes, none of which is an image Pillow recognizes; they will go to "
+            "errors/. Is it the column that holds encoded images (JPEG, PNG, WebP...)?",
+            where,
+            unit.path,
         )
-        hint = "Is it a caption column? Pass the column that holds image paths or image bytes"
-    else:
-        found = "bytes, none of which is an image Pillow recognizes"
-        hint = "Pass the column that holds encoded images (JPEG, PNG, WebP...)"
+        return
     raise LaunchError(
-        f"--image-column {spec.image_column!r}: the first {len(verdicts)} non-null values of "
-        f"{unit.path} are {found}; every row would go to errors/. {hint}."
+        f"{where} of {unit.path} are strings, none of which looks like a file path or URL (no "
+        "scheme, folder separator or file extension); every row would go to errors/. Is it a "
+        "caption column? Pass the column that holds image paths or image bytes."
     )

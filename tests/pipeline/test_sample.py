@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from clipbeam.pipeline import cli
-from clipbeam.pipeline.options import LaunchError
 from clipbeam.pipeline.sample import looks_like_image, looks_like_location
 from tests.datasets import build_dataset, encode_image, make_image
 from tests.pipeline.jobtools import DIRECT
@@ -55,7 +54,11 @@ def test_a_caption_column_as_image_column_fails_at_launch(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_bytes_that_are_not_images_fail_at_launch(tmp_path):
+def test_bytes_that_are_not_images_are_warned_about_at_launch(tmp_path, caplog):
+    from clipbeam.pipeline.sample import check_sample
+    from clipbeam.transforms.spec import JobSpec
+    from clipbeam.transforms.units import plan_units
+
     (tmp_path / "in").mkdir()
     table = pa.table(
         {
@@ -64,9 +67,12 @@ def test_bytes_that_are_not_images_fail_at_launch(tmp_path):
         }
     )
     pq.write_table(table, tmp_path / "in" / "part.parquet")
-    argv = ["score", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]
-    with pytest.raises(LaunchError, match=r"first 2 non-null values .* none of which is an image"):
-        cli.run([*argv, "--model", "demo-clip", "--image-column", "blob", *DIRECT])
+    spec = JobSpec(kind="score", model="m", output=str(tmp_path / "out"), image_column="blob")
+    (unit,) = plan_units([str(tmp_path / "in")])
+    with caplog.at_level("WARNING", logger="clipbeam"):
+        check_sample(spec, unit, "bytes")
+    assert "the first 2 non-null values" in caplog.text
+    assert "none of which is an image" in caplog.text
 
 
 def test_one_good_image_is_enough_to_launch(tmp_path, clip_checkpoint, capsys):
@@ -87,8 +93,9 @@ def test_one_good_image_is_enough_to_launch(tmp_path, clip_checkpoint, capsys):
     assert summary["options"]["allowed_url_schemes"] == ["file", "gs", "http", "https"]
     recorded = pq.read_schema(next((tmp_path / "out" / "scores").glob("*.parquet"))).metadata
     assert json.loads(recorded[b"clipbeam.options"]) == summary["options"]
-    assert json.loads(recorded[b"clipbeam.job"])["allowed_url_schemes"] == (
-        summary["options"]["allowed_url_schemes"]
+    assert (
+        json.loads(recorded[b"clipbeam.job"])["allowed_url_schemes"]
+        == (summary["options"]["allowed_url_schemes"])
     )
 
 
