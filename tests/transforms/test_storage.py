@@ -260,15 +260,3 @@ def test_read_bytes_over_http(http_server: str) -> None:
     with pytest.raises(TimeoutError):
         storage.read_bytes(f"{http_server}/slow.jpg", timeout=0.3)
     assert time.monotonic() - start < 1.5
-
-
-def test_delete_folder_removes_every_file_below_it(tmp_path):
-    folder = tmp_path / "_staging"
-    (folder / "sub").mkdir(parents=True)
-    (folder / "a.parquet").write_bytes(b"a")
-    (folder / "sub" / "b.parquet").write_bytes(b"b")
-    (tmp_path / "kept.parquet").write_bytes(b"k")
-    storage.delete_folder(str(folder))
-    assert not folder.exists()
-    assert (tmp_path / "kept.parquet").exists()
-    storage.delete_folder(str(folder))  # absent: nothing to do
