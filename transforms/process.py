@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import posixpath
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -147,9 +148,7 @@ class UnitDoFn(beam.DoFn):
             if self.mode == "stage":
                 yield SCORES_TAG, self._staged_scores(unit)
         else:
-            # Temporary files of this unit's earlier attempts (a killed worker) go first.
-            for path in self._unit_files(unit, marker):
-                storage.remove_temporaries(path)
+            started = time.time()
             if self.mode == "select":
                 stats = self._select(unit, threshold)
             else:
@@ -158,6 +157,10 @@ class UnitDoFn(beam.DoFn):
                     yield SCORES_TAG, scores
             # Written last: a marker promises that every file of the unit is in place.
             storage.write_atomic(marker, _marker_json(unit, stats).encode("utf-8"))
+            # Then the temporary files of earlier attempts (a killed worker) go, those written
+            # before this attempt started only: a concurrent attempt may still be writing its own.
+            for path in self._unit_files(unit, marker):
+                storage.remove_temporaries(path, before=started)
         self._count(stats)
         yield (STATS_TAG, stats) if self.mode == "stage" else stats
 

@@ -474,12 +474,19 @@ def _cancel_upload(sink: IO[bytes], path: str) -> None:
         _LOGGER.warning("Could not cancel the upload of %s (%s); it may be left behind.", path, exc)
 
 
-def remove_temporaries(path: str) -> int:
+def remove_temporaries(path: str, *, before: float | None = None) -> int:
     """Deletes the temporary files that unfinished atomic writes of ``path`` left behind.
 
     A write killed between creating its temporary file and renaming it (kill -9, a lost worker)
-    leaves ``.<name>.<32 hex>.tmp`` next to ``path``; call this before writing ``path`` again.
-    Only that target's temporaries are touched (on object stores, one prefix listing).
+    leaves ``.<name>.<32 hex>.tmp`` next to ``path``. Only that target's temporaries are touched
+    (on object stores, one prefix listing).
+
+    Args:
+        path: the target whose temporaries go.
+        before: on local disk, only temporaries last written before this time (seconds since the
+            epoch) go: another attempt at the same unit may be writing its own right now (Dask
+            computes a unit twice when two steps read it; a zombie worker on Dataflow), and its
+            file is being written to, so it is newer than the start of the attempt that cleans.
 
     Returns:
         How many files were deleted.
@@ -501,9 +508,18 @@ def remove_temporaries(path: str) -> int:
     # ".<name>.<32 hex>.tmp" exactly: another target's temporaries never match.
     mine = re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{32}}\.tmp")
     stale = [p for p in found if mine.fullmatch(os.path.basename(p.rstrip("/")))]
+    if before is not None and is_local(path):
+        stale = [p for p in stale if _modified(p) < before]
     for temp in stale:
         delete(temp, missing_ok=True)
     return len(stale)
+
+
+def _modified(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return float("inf")  # gone already: nothing to delete
 
 
 def write_atomic(path: str, data: bytes) -> None:

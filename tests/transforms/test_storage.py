@@ -260,3 +260,20 @@ def test_read_bytes_over_http(http_server: str) -> None:
     with pytest.raises(TimeoutError):
         storage.read_bytes(f"{http_server}/slow.jpg", timeout=0.3)
     assert time.monotonic() - start < 1.5
+
+
+def test_remove_temporaries_keeps_a_concurrent_attempts_file(tmp_path):
+    """Only temporaries written before the cleaning attempt started go: another attempt at the
+    same unit (Dask computing a unit twice, a zombie worker) may be writing its own right now."""
+    import uuid
+
+    target = tmp_path / "part-00000-00000.parquet"
+    old = tmp_path / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    live = tmp_path / f".{target.name}.{uuid.uuid4().hex}.tmp"
+    old.write_bytes(b"killed")
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    started = time.time() - 1
+    live.write_bytes(b"being written")
+    assert storage.remove_temporaries(str(target), before=started) == 1
+    assert not old.exists() and live.exists()
+    assert storage.remove_temporaries(str(target)) == 1 and not live.exists()
