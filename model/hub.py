@@ -264,6 +264,22 @@ def _as_tuple(protocol: str | tuple[str, ...]) -> tuple[str, ...]:
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
+def close_bundled_name(source: str | os.PathLike) -> str | None:
+    """The bundled checkpoint a mistyped ``source`` most likely means, or ``None``.
+
+    ``None`` for an exact bundled name, an existing path, a URL or an ``org/name`` hub id: only a
+    bare name within a typo or two of ``demo-clip`` / ``demo-chinese-clip`` is taken as a typo,
+    so it is answered at once instead of after the hub's network retries.
+    """
+    import difflib
+
+    text = os.fspath(source)
+    if text in BUNDLED or "/" in text or _URL.match(text) or Path(text).expanduser().exists():
+        return None
+    close = difflib.get_close_matches(text.lower(), BUNDLED, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
 def resolve_source(source: str | os.PathLike, *, revision: str | None = None) -> CheckpointSource:
     """Finds a checkpoint, trying a local directory, an fsspec URL, then the Hugging Face Hub.
 
@@ -290,6 +306,12 @@ def resolve_source(source: str | os.PathLike, *, revision: str | None = None) ->
                 f"reinstall clipbeam, or rebuild it with `clipbeam train --recipe {text}`"
             )
         return CheckpointSource(text, "local", str(bundled))
+    typo = close_bundled_name(text)
+    if typo is not None:
+        raise CheckpointNotFoundError(
+            f"checkpoint {text!r} is neither a bundled model nor a local folder: did you mean "
+            f"{typo}? (bundled: {', '.join(BUNDLED)})"
+        )
 
     if _URL.match(text):
         import fsspec

@@ -89,6 +89,14 @@ def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = 
                 f"e.g. {DEFAULT_TEMPLATE!r}"
             )
 
+    from clipbeam.model.hub import BUNDLED, close_bundled_name
+
+    typo = close_bundled_name(args["model"])
+    if typo is not None:
+        raise LaunchError(
+            f"--model {args['model']} is neither a bundled model nor a local folder: did you "
+            f"mean {typo}? (bundled: {', '.join(BUNDLED)})"
+        )
     options = _recorded_options(args)
     try:
         spec = JobSpec(
@@ -118,6 +126,7 @@ def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = 
             templates=tuple(templates),
             top_k=args.get("top_k") or 5,
             http_timeout=args["http_timeout"],
+            max_error_fraction=args["max_error_fraction"],
             max_image_pixels=args["max_image_pixels"],
             max_image_bytes=args["max_image_bytes"],
             max_text_chars=args["max_text_chars"],

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
-from collections.abc import Sequence
+import sys
+from collections.abc import Collection, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from clipbeam.pipeline.options import LaunchError
@@ -89,9 +91,20 @@ def check_beam_args(extras: list[str], parser: argparse.ArgumentParser, command:
     value Beam's parser refuses (``--direct_num_workers abc``) would make Beam print its whole
     usage and exit; here it is one :class:`LaunchError` naming the option, the value and what
     the option takes.
+
+    An unknown option is found without importing Beam (a few seconds) when Beam is not loaded
+    yet: its option names are then those of :mod:`clipbeam.pipeline.beam_names`, a list written
+    from the installed Beam version (no user-defined options class can exist before Beam is
+    imported). Values are checked with Beam's parser, once the names are known to be right.
     """
     if not extras:
         return
+    snapshot = _snapshot_names()
+    if snapshot is not None:
+        flags = [a for a in extras if _is_flag(a)]
+        unknown = [a for a in flags if a.split("=", 1)[0] not in snapshot]
+        if unknown or not flags:
+            _unknown_argument_error(unknown or extras, parser, snapshot, command)
     beam_parser = _beam_parser()
     try:
         beam_namespace, unknown = beam_parser.parse_known_args(extras)
@@ -103,7 +116,7 @@ def check_beam_args(extras: list[str], parser: argparse.ArgumentParser, command:
             f"a Beam pipeline option in {' '.join(extras)!r} has a value Beam cannot take: {exc}"
         ) from None
     if unknown:
-        _unknown_argument_error(unknown, parser, beam_parser, command)
+        _unknown_argument_error(unknown, parser, _option_strings(beam_parser), command)
     runner_name(getattr(beam_namespace, "runner", None))  # raises for a runner Beam does not know
     for option, (low, high) in _BEAM_COUNTS.items():
         value = getattr(beam_namespace, option, None)
@@ -114,13 +127,58 @@ def check_beam_args(extras: list[str], parser: argparse.ArgumentParser, command:
             )
 
 
+def _is_flag(arg: str) -> bool:
+    return arg.startswith("-") and not re.fullmatch(r"-[\d.]+(e-?\d+)?", arg)
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return [s for a in parser._actions for s in a.option_strings]
+
+
+def _snapshot_names() -> frozenset[str] | None:
+    """Beam's option names without importing Beam, or ``None`` where they must come from Beam.
+
+    ``None`` when Beam is already imported (the live parser costs nothing more and sees
+    options classes defined by the caller) or when the installed Beam is not the version the
+    list was written from.
+    """
+    if "apache_beam" in sys.modules:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    from clipbeam.pipeline import beam_names
+
+    try:
+        installed = version("apache-beam")
+    except PackageNotFoundError:
+        return None
+    return beam_names.OPTION_STRINGS if installed == beam_names.BEAM_VERSION else None
+
+
+def write_snapshot(path: Path | None = None) -> Path:
+    """Writes :mod:`clipbeam.pipeline.beam_names` from the installed Beam (after upgrading it)."""
+    import apache_beam
+
+    path = path or Path(__file__).with_name("beam_names.py")
+    names = "".join(f'        "{name}",\n' for name in sorted(set(_option_strings(_beam_parser()))))
+    path.write_text(
+        '"""The option names of Beam\'s ``PipelineOptions`` classes, for finding a mistyped\n'
+        "option without importing Beam. Written by ``python -m clipbeam.pipeline.beam_options``\n"
+        'from the installed Beam; used only while that version is installed.\n"""\n\n'
+        f'BEAM_VERSION = "{apache_beam.__version__}"\n\n'
+        f"OPTION_STRINGS = frozenset(\n    {{\n{names}    }}\n)\n",
+        encoding="utf-8",
+    )
+    return path
+
+
 def _unknown_argument_error(
     unknown: list[str],
     parser: argparse.ArgumentParser,
-    beam_parser: argparse.ArgumentParser,
+    beam_names: Collection[str],
     command: str,
 ) -> NoReturn:
-    flags = [a for a in unknown if a.startswith("-")]
+    flags = [a for a in unknown if _is_flag(a)]
     if not flags:
         raise LaunchError(
             f"unexpected argument {unknown[0]!r} (options take the form --name value; quote "
@@ -131,7 +189,7 @@ def _unknown_argument_error(
     owners = [job for job, p in jobs.items() for a in p._actions if name in a.option_strings]
     if owners:
         raise LaunchError(f"{name} is an option of clipbeam {' and '.join(owners)}, not {command}")
-    known = [s for p in (beam_parser, jobs[command]) for a in p._actions for s in a.option_strings]
+    known = [*_option_strings(jobs[command]), *sorted(beam_names)]
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"; did you mean {close[0]}?" if close else ""
     raise LaunchError(
@@ -236,3 +294,7 @@ def runner_name(runner: str | None) -> str:
             f"dotted path of a PipelineRunner subclass, got {runner!r}"
         )
     return path.rsplit(".", 1)[-1]
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_snapshot()}")

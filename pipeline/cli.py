@@ -9,6 +9,7 @@ it turns a :class:`~clipbeam.pipeline.options.LaunchError` into one line on stde
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -16,20 +17,39 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
-
-import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.runners.runner import PipelineResult
+from typing import TYPE_CHECKING, Any
 
 from clipbeam.pipeline.arguments import parse_args
 from clipbeam.pipeline.options import LaunchError
-from clipbeam.pipeline.validate import JOB_FILE, job_record, validate
-from clipbeam.transforms.spec import JobSpec
+
+if TYPE_CHECKING:  # Beam, pyarrow and torch load only once a job will run (not for --help)
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.runner import PipelineResult
+
+    from clipbeam.transforms.spec import JobSpec
 
 __all__ = ["main", "run"]
 
 _log = logging.getLogger("clipbeam")
+
+
+class _BeamImportNoise(logging.Filter):
+    """Drops the warning Beam logs on import when the GCP client libraries are absent.
+
+    ``apache_beam.io.gcp`` logs "apitools not found..." on the root logger whether or not a job
+    uses BigQuery; clipbeam never does, so the line is noise on every command.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("apitools not found")
+
+
+def _quiet_beam_import() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(f, _BeamImportNoise) for f in root.filters):
+        root.addFilter(_BeamImportNoise())
+
 
 # Subcommands that are not Beam jobs: command -> module whose ``main(argv) -> int`` runs it (or
 # ``module:function`` naming another function).
@@ -75,14 +95,19 @@ def run(
 def _launch(
     argv: Sequence[str] | None, test_pipeline: beam.Pipeline | None, *, wait: bool
 ) -> tuple[JobSpec, PipelineResult]:
-    from clipbeam.pipeline.jobs import build_job
-    from clipbeam.transforms import storage
-
     started_at = time.time()
+    _quiet_beam_import()
     parsed = parse_args(sys.argv[1:] if argv is None else list(argv))
     spec = parsed.spec
     if spec is None:
         raise LaunchError(f"{parsed.command} is not a job")
+    # The arguments are fine: only now load what the job needs.
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    from clipbeam.pipeline.jobs import build_job
+    from clipbeam.pipeline.validate import JOB_FILE, job_record, validate
+    from clipbeam.transforms import storage
+
     options = PipelineOptions(list(parsed.beam_args))
     pipeline = test_pipeline
     runner_options = (pipeline.options if pipeline is not None else options).view_as(
@@ -98,6 +123,7 @@ def _launch(
             "with file to read paths on the workers' own disks",
             ",".join(plan.spec.allowed_url_schemes),
         )
+    plan = dataclasses.replace(plan, spec=_options_as_run(plan.spec))
     spec = plan.spec  # the job as it runs on this runner
     if pipeline is None:
         # After the checks: a Dataflow pipeline checks its options against Cloud Storage.
@@ -119,11 +145,20 @@ def _launch(
     storage.makedirs(spec.output)
     storage.write_atomic(storage.join(spec.output, JOB_FILE), record.encode("utf-8"))
 
-    build_job(pipeline, plan, parsed.inputs, started_at=started_at)
+    build_job(pipeline, plan, [storage.absolute(i) for i in parsed.inputs], started_at=started_at)
     result = pipeline.run()
     if wait:
         result.wait_until_finish()
     return spec, result
+
+
+def _options_as_run(spec: JobSpec) -> JobSpec:
+    """``spec`` whose recorded options (``clipbeam.options`` in every output file, and
+    ``summary.json``) hold the values the job runs with, not the command line's blanks: the URL
+    schemes for this runner, the default template, the labels read from --labels-file."""
+    values = json.loads(spec.to_json())
+    options = {k: values.get(k, v) for k, v in spec.options.items()}
+    return dataclasses.replace(spec, options=options)
 
 
 def _new_pipeline(options: PipelineOptions) -> beam.Pipeline:
@@ -133,6 +168,9 @@ def _new_pipeline(options: PipelineOptions) -> beam.Pipeline:
         LaunchError: the runner's package is not installed (Dataflow needs apache-beam[gcp]),
             or the runner refuses the pipeline options (Dataflow without --project...).
     """
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import StandardOptions
+
     runner = options.view_as(StandardOptions).runner
     try:
         return beam.Pipeline(options=options)
@@ -151,8 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The ``clipbeam`` console script.
 
     Returns:
-        0 on success, 2 for a launch error (printed as one line, no traceback), 130 when
-        interrupted.
+        0 on success, 1 when more than ``--max-error-fraction`` of the rows went to ``errors/``
+        (the outputs are written; the most common reason is printed), 2 for a launch error
+        (printed as one line, no traceback), 130 when interrupted.
     """
     if not _log.handlers:
         # Beam configures the root logger itself; clipbeam's progress lines get their own handler.
@@ -161,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log.addHandler(handler)
         _log.setLevel(logging.INFO)
         _log.propagate = False
+    _quiet_beam_import()
     args = sys.argv[1:] if argv is None else list(argv)
     if args and args[0] in _TOOLS:
         import importlib
@@ -185,7 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    _report(spec)
+    summary = _report(spec)
+    failed = _too_many_errors(spec, summary)
+    if failed:
+        print(f"clipbeam: error: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -238,14 +282,46 @@ class _Interrupt:
         return not (record.name.startswith("apache_beam") and record.levelno >= logging.ERROR)
 
 
-def _report(spec: JobSpec) -> None:
-    """Prints the summary's counts after a job run in the foreground."""
+def _report(spec: JobSpec) -> dict | None:
+    """Prints the summary's counts after a job run in the foreground; returns the summary."""
     from clipbeam.pipeline.summary import SUMMARY_FILE, counter_names
     from clipbeam.transforms import storage
 
     path = storage.join(spec.output, SUMMARY_FILE)
     if not storage.exists(path):
-        return  # submitted to a remote runner without waiting: nothing to report yet
+        return None  # submitted to a remote runner without waiting: nothing to report yet
     summary = json.loads(storage.read_bytes(path))
     counts = ", ".join(f"{k}={summary[k]}" for k in counter_names(spec.kind) if k in summary)
     print(f"clipbeam {spec.kind}: {counts}; summary: {path}")
+    return summary
+
+
+def _too_many_errors(spec: JobSpec, summary: dict | None) -> str | None:
+    """Why the job counts as failed (``--max-error-fraction``), or ``None``."""
+    if not summary or not summary.get("input_rows"):
+        return None
+    limit = spec.max_error_fraction
+    share = summary.get("error_rows", 0) / summary["input_rows"]
+    if limit is None or share <= limit:
+        return None
+    from collections import Counter
+
+    import pyarrow.parquet as pq
+
+    from clipbeam.transforms import storage
+    from clipbeam.transforms.process import ERRORS_DIR
+
+    errors = storage.join(spec.output, ERRORS_DIR)
+    reasons: Counter[str] = Counter()
+    for path in storage.list_files(errors):
+        with storage.open_input(path) as f:
+            reasons.update(pq.read_table(f, columns=["error_type"]).column(0).to_pylist())
+    common = ""
+    if reasons:
+        reason, count = reasons.most_common(1)[0]
+        common = f"; most common reason: {reason} ({count} rows)"
+    return (
+        f"{summary['error_rows']} of {summary['input_rows']} input rows ({share:.0%}) went to "
+        f"{errors}, more than --max-error-fraction {limit}{common}. The outputs are written; "
+        "check --image-column / --text-column and the rows' files"
+    )

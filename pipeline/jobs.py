@@ -9,6 +9,7 @@
                                        |                                      or an earlier run's)
                                        |                                           | (side input)
                                        +-> UnitStats    units -> SelectStaged <----+ -> UnitStats
+                                                                  +-> all split: drop _staging/
                                                                   both passes' UnitStats -> summary
 
 Work units are planned on the launcher (:mod:`clipbeam.pipeline.validate`); each is processed on its
@@ -31,6 +32,7 @@ from clipbeam.transforms.process import (
     ProcessUnits,
     SelectStaged,
     StageScores,
+    drop_staging,
     persist_threshold,
     top_fraction_threshold,
 )
@@ -66,6 +68,7 @@ def build_job(
         threshold = persist_threshold(threshold, spec)
         # The side input also orders the passes: no unit is split before every unit is staged.
         selected = units | "SplitStaged" >> SelectStaged(spec, beam.pvalue.AsSingleton(threshold))
+        drop_staging(selected, spec)  # once every unit is split; a resume needs none of it
         stats = (staged["stats"], selected) | "BothPasses" >> beam.Flatten()
         extras["top_fraction_threshold"] = threshold
     else:

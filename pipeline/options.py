@@ -38,6 +38,7 @@ from clipbeam.transforms.spec import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_ERROR_FRACTION",
     "DEFAULT_TEMPLATE",
     "JOB_KINDS",
     "NONE",
@@ -49,6 +50,9 @@ JOB_KINDS: tuple[str, ...] = KINDS
 
 # The column value that means "this dataset has no such column" (text-only / image-only embed).
 NONE = "none"
+
+# More than this share of rows in errors/ makes the job fail: a wrong column, not bad rows.
+DEFAULT_MAX_ERROR_FRACTION = 0.9
 
 # The prompt of --template when none is given (classify's labels, filter's concepts).
 DEFAULT_TEMPLATE = "a photo of a {}."
@@ -243,6 +247,15 @@ def _add_common(parser: argparse.ArgumentParser, kind: str) -> None:
         metavar="BOOL",
         help="skip work units whose output an earlier run of the same job completed",
     )
+    _add(
+        io,
+        "max-error-fraction",
+        type=_number(float, 0.0, 1.0),
+        default=DEFAULT_MAX_ERROR_FRACTION,
+        metavar="F",
+        help="exit with status 1, naming the most common reason, when more than this fraction "
+        "of the input rows went to OUTPUT/errors/ (the outputs are written first); 1 never fails",
+    )
 
     columns = parser.add_argument_group("columns")
     no_column = {
@@ -414,8 +427,9 @@ def _add_filter(parser: argparse.ArgumentParser) -> None:
         "top-fraction",
         type=_number(float, 0.0, 1.0, low_open=True),
         metavar="F",
-        help="keep the best-scoring fraction F of the whole dataset (global cut from an "
-        "approximate quantile, then a second pass); not with --min-score",
+        help="keep the best-scoring fraction F of the whole dataset: at most floor(F x rows) "
+        "rows, plus any that tie with the lowest kept score (ties are kept together); a global "
+        "cut, then a second pass; not with --min-score",
     )
     _add(
         rules,

@@ -68,7 +68,9 @@ _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://")
 FILES_KEY = "files"
 
 # Spec fields that do not change a job's output rows: a resumed run may change them.
-_RESUMABLE_CHANGES = frozenset({"resume", "batch_size", "device", "http_timeout"})
+_RESUMABLE_CHANGES = frozenset(
+    {"resume", "batch_size", "device", "http_timeout", "max_error_fraction"}
+)
 
 # Footers read at once when checking the schema of every input file on remote storage.
 _SCHEMA_READERS = 16
@@ -571,13 +573,15 @@ def check_output_writable(spec: JobSpec) -> None:
 def job_record(
     spec: JobSpec, inputs: Sequence[str], units: Sequence[WorkUnit] = ()
 ) -> dict[str, object]:
-    """What identifies a job's output: the spec's fields, the input patterns and, under
-    ``files``, the version of every planned input file."""
+    """What identifies a job's output: the spec's fields, the input patterns (absolute) and,
+    under ``files``, the version of every planned input file."""
+    from clipbeam.transforms import storage
     from clipbeam.transforms.units import file_versions
 
     record = json.loads(spec.to_json())
-    record["inputs"] = list(inputs)
-    record[FILES_KEY] = file_versions(units)
+    # Normalized: a relative and an absolute spelling of one input are the same job.
+    record["inputs"] = [storage.absolute(i) for i in inputs]
+    record[FILES_KEY] = {storage.absolute(p): v for p, v in file_versions(units).items()}
     return record
 
 
@@ -604,9 +608,12 @@ def validate(
     check_device(spec, runner)
     if is_dataflow(runner):
         check_remote(spec, inputs)
+    from clipbeam.pipeline.sample import check_sample
+
     check_output_outside_inputs(spec, inputs)
     units = plan(inputs)
     schema, image_format = check_inputs(spec, units)
+    check_sample(spec, units[0], image_format)
     check_output(spec, inputs, units)
     if load_model:
         check_model(spec)

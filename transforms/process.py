@@ -12,7 +12,9 @@ so it runs in two passes, also offered separately for custom pipelines:
 3. :func:`persist_threshold` stores that cut in ``<output>/_top_fraction.json``; a resumed run
    reads it back instead of using its own, so every unit of one output is split by one cut;
 4. :class:`SelectStaged` reads the staged rows back and writes ``kept/`` and ``rejected/`` with
-   the cut as a side input.
+   the cut as a side input;
+5. :func:`drop_staging` deletes ``_staging/`` once every unit is split, so that the output holds
+   each row once (``read_parquet('out/**/*.parquet')``); until then a resume reads it back.
 
 Every unit writes ``<output>/<dir>/part-FFFFF-GGGGG.parquet`` (and its errors to
 ``<output>/errors/``), then a completion marker ``<output>/_units/<pass>-part-FFFFF-GGGGG.json``
@@ -28,10 +30,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import posixpath
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -74,6 +77,7 @@ __all__ = [
     "SelectStaged",
     "StageScores",
     "UnitDoFn",
+    "drop_staging",
     "persist_threshold",
     "settle_errors",
     "top_fraction_threshold",
@@ -83,7 +87,8 @@ _LOGGER = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "clipbeam"
 # 1001 quantiles = cuts every 0.1% of rows; Beam's sketch then guarantees a rank error below
-# 1/1001 of the row count, so --top-fraction F keeps F +- 0.1% of the scored rows (ties aside).
+# 1/1001 of the row count; the cut is then placed exactly among the scores near it, so
+# --top-fraction F keeps floor(F * rows) of the scored rows (plus any tied with the cut).
 TOP_FRACTION_QUANTILES = 1001
 STAGING_DIR = "_staging"
 MARKER_DIR = "_units"
@@ -327,8 +332,23 @@ class UnitDoFn(beam.DoFn):
 
     def _staged_scores(self, unit: WorkUnit) -> list[float]:
         staged = self._path(STAGING_DIR, f"{unit.name}.parquet")
-        with storage.open_input(staged) as f:
-            return pq.read_table(f, columns=["clip_score"]).column("clip_score").to_pylist()
+        # A finished job has split every unit and dropped _staging/: its rows are in the outputs.
+        paths = [staged] if storage.exists(staged) else self._split_paths(unit)
+        scores: list[float] = []
+        for path in paths:
+            with storage.open_input(path) as f:
+                scores += pq.read_table(f, columns=["clip_score"]).column("clip_score").to_pylist()
+        return scores
+
+    def _split_paths(self, unit: WorkUnit) -> list[str]:
+        marker = self._path(MARKER_DIR, f"select-{unit.name}.json")
+        if not storage.exists(marker):
+            raise FileNotFoundError(
+                f"unit {unit.name} was staged by an earlier run, but neither its staged rows nor "
+                "its split are there: rerun without --resume into an empty --output folder"
+            )
+        paths = [self._path(folder, f"{unit.name}.parquet") for folder in ("kept", "rejected")]
+        return [p for p in paths if storage.exists(p)]
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -488,31 +508,93 @@ class SelectStaged(beam.PTransform):
         return units | "Select" >> beam.ParDo(UnitDoFn(self.spec, "select"), self.threshold)
 
 
-def _cut(quantiles: list[float], fraction: float) -> float | None:
-    """The score at rank ``1 - fraction`` of the sketch; ``None`` when nothing was scored."""
-    if not quantiles:
+# Quantile steps on either side of the approximate cut whose scores are gathered to place it
+# exactly: the sketch's rank error is below one step (1 / TOP_FRACTION_QUANTILES of the rows).
+_BAND_STEPS = 3
+
+
+def _keep_count(fraction: float, count: int) -> int:
+    """How many of ``count`` rows ``fraction`` keeps at most (a hair of float slack: 0.3 * 10)."""
+    return min(count, math.floor(fraction * count + 1e-9))
+
+
+def _band(quantiles: list[float], fraction: float, count: int) -> tuple[float, float] | None:
+    """The score range, from the sketch, that holds the exact cut; ``None``: no rows scored."""
+    if not quantiles or not count:
         return None
-    index = round((1.0 - fraction) * (len(quantiles) - 1))
-    return float(quantiles[index])
+    steps = len(quantiles) - 1
+    rank = count - _keep_count(fraction, count)  # ascending rank of the lowest kept score
+    index = min(rank * steps // count + 1, steps) if rank else 0
+    return quantiles[max(index - _BAND_STEPS, 0)], quantiles[min(index + _BAND_STEPS, steps)]
+
+
+def _in_band(scores: list[float], band: tuple[float, float] | None) -> tuple[int, list[float]]:
+    """Of one batch: how many scores lie above the band, and the scores inside it."""
+    if band is None:
+        return 0, []
+    low, high = band
+    values = np.asarray(scores, dtype=np.float64)
+    return int((values > high).sum()), values[(values >= low) & (values <= high)].tolist()
+
+
+def _merge_bands(parts: Iterable[tuple[int, list[float]]]) -> tuple[int, list[float]]:
+    above, inside = 0, []
+    for count, values in parts:
+        above += count
+        inside += values
+    return above, inside
+
+
+def _cut(
+    gathered: tuple[int, list[float]],
+    fraction: float,
+    count: int,
+    band: tuple[float, float] | None,
+) -> float | None:
+    """The lowest kept score: the ``keep``-th highest of all, found among the band's scores."""
+    if band is None:
+        return None
+    above, inside = gathered
+    need = _keep_count(fraction, count) - above  # rows still to keep, from the band down
+    inside.sort(reverse=True)
+    if need <= 0:  # the sketch erred beyond the band: keep only what lies above it
+        return math.nextafter(band[1], math.inf)
+    if need > len(inside):  # or below it: keep the whole band
+        return band[0]
+    return inside[need - 1]
 
 
 def top_fraction_threshold(
     scores: beam.PCollection[list[float]], fraction: float
 ) -> beam.PCollection[float | None]:
-    """The ``clip_score`` above which ``fraction`` of all rows lie, from batched scores.
+    """The lowest ``clip_score`` of the best ``fraction`` of all rows, from batched scores.
+
+    At most ``floor(fraction * rows)`` rows score above the cut or on it, except for ties: rows
+    tied with the cut's score are all kept, so ties at the cut can keep a few more (the scores
+    do not allow fewer without rejecting a row that scores as well as a kept one).
 
     Beam's ``ApproximateQuantiles`` sketch with :data:`TOP_FRACTION_QUANTILES` cuts bounds the
-    rank error by ``1 / TOP_FRACTION_QUANTILES`` of the number of scores (its default epsilon).
-    For 1001 cuts it keeps up to 17 buffers of 15,259 scores, so below 18 buffers (274,662
-    scores) it holds every score and the cut is exact; above, it merges buffers and the cut is
-    approximate, and may differ between runs over the same scores (see
+    rank error by ``1 / TOP_FRACTION_QUANTILES`` of the number of scores (its default epsilon);
+    the scores within a few of its steps of the cut are then gathered (a few per mille of the
+    rows) and the cut is placed among them exactly. For 1001 cuts the sketch keeps up to 17
+    buffers of 15,259 scores, so below 18 buffers (274,662 scores) it holds every score; above,
+    it merges buffers, and its quantiles may differ between runs over the same scores (see
     :func:`persist_threshold`).
     """
-    return (
+    count = scores | "CountScores" >> beam.Map(len) | "Rows" >> beam.CombineGlobally(sum)
+    count = beam.pvalue.AsSingleton(count)
+    band = (
         scores
         | "Quantiles"
         >> beam.ApproximateQuantiles.Globally(TOP_FRACTION_QUANTILES, input_batched=True)
-        | "Cut" >> beam.Map(_cut, fraction)
+        | "Band" >> beam.Map(_band, fraction, count)
+    )
+    band = beam.pvalue.AsSingleton(band)
+    return (
+        scores
+        | "InBand" >> beam.Map(_in_band, band)
+        | "Gather" >> beam.CombineGlobally(_merge_bands)
+        | "Cut" >> beam.Map(_cut, fraction, count, band)
     )
 
 
@@ -567,6 +649,25 @@ def persist_threshold(
     return threshold | "PersistCut" >> beam.ParDo(_PersistThreshold(spec))
 
 
+def _drop_staging(units: int, spec: JobSpec) -> int:
+    storage.delete_folder(storage.join(spec.output, STAGING_DIR))
+    return units
+
+
+def drop_staging(selected: beam.PCollection[UnitStats], spec: JobSpec) -> beam.PCollection[int]:
+    """Deletes ``<output>/_staging/`` once every unit of pass 2 is split (``selected``).
+
+    The staged rows are a second copy of every scored row; a resume needs them only for units
+    not split yet, and a resumed run over a finished output reads pass 1's scores back from
+    ``kept/`` and ``rejected/``. Returns the number of split units.
+    """
+    return (
+        selected
+        | "CountSplit" >> beam.combiners.Count.Globally()
+        | "DropStaging" >> beam.Map(_drop_staging, spec)
+    )
+
+
 def settle_errors(spec: JobSpec, input_schema: pa.Schema, error_rows: int) -> None:
     """Makes ``<output>/errors/`` readable as a table, errors or none: call once, after every unit.
 
@@ -610,4 +711,5 @@ class ProcessUnits(beam.PTransform):
         threshold = persist_threshold(threshold, spec)
         # Pass 2 must only start once every unit is staged: the side input enforces that.
         selected = units | "Pass2" >> SelectStaged(spec, beam.pvalue.AsSingleton(threshold))
+        drop_staging(selected, spec)
         return (staged["stats"], selected) | "AllStats" >> beam.Flatten()

@@ -129,6 +129,9 @@ class JobSpec:
             (filter); a label's text embedding is the normalized mean over its templates.
         top_k: classify: how many labels to keep per row.
         http_timeout: seconds reading one image by URL may take in all.
+        max_error_fraction: the share of rows in ``errors/`` above which ``clipbeam`` exits with
+            status 1 once the job has finished (``None``: no limit); not part of the job's
+            identity, a ``--resume`` may change it.
         max_image_pixels: largest ``width * height`` decoded (checked from the header).
         max_image_bytes: largest encoded image read, from a cell, a file or a URL.
         max_text_chars: longest caption accepted, in characters.
@@ -169,6 +172,7 @@ class JobSpec:
     templates: tuple[str, ...] = ("a photo of a {}.",)
     top_k: int = 5
     http_timeout: float = 30.0
+    max_error_fraction: float | None = None
     # limits on what one row may cost (transforms.limits)
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
@@ -198,6 +202,8 @@ class JobSpec:
 
     def _problems(self) -> list[str]:
         p: list[str] = []
+        if self.max_error_fraction is not None and not 0 <= self.max_error_fraction <= 1:
+            p.append(f"max_error_fraction must be in [0, 1] (got {self.max_error_fraction!r})")
 
         def choice(name: str, allowed: tuple[str, ...]) -> None:
             value = getattr(self, name)

@@ -46,9 +46,11 @@ from apache_beam.io.filesystems import FileSystems
 __all__ = [
     "StorageError",
     "StorageNotFoundError",
+    "absolute",
     "atomic_writer",
     "check_writable",
     "delete",
+    "delete_folder",
     "exists",
     "file_version",
     "is_local",
@@ -83,6 +85,18 @@ def is_local(path: str) -> bool:
     """Whether ``path`` is on local disk: no URL scheme, or ``file://``."""
     match_ = _SCHEME.match(path)
     return match_ is None or match_.group(1).lower() == "file"
+
+
+def absolute(path: str) -> str:
+    """The same location spelled from the root: a relative local path (or glob) made absolute
+    and normalized (``./data/../data/x`` -> ``/cwd/data/x``); URLs are returned unchanged.
+
+    Two spellings of one input then compare equal (``--resume``), and a record of the location
+    stays valid from another working directory (the report's thumbnails).
+    """
+    if _SCHEME.match(path):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def _local_path(path: str) -> str:
@@ -265,6 +279,25 @@ def delete(path: str, *, missing_ok: bool = False) -> None:
         if missing_ok and isinstance(cause, FileNotFoundError):
             return  # deleted concurrently, e.g. by a retried bundle
         raise StorageError(f"Cannot delete {path!r}: {cause}") from exc
+
+
+def delete_folder(dir_path: str) -> None:
+    """Deletes a folder and every file below it; nothing to do when it does not exist.
+
+    Raises:
+        StorageError: A file below it cannot be deleted.
+    """
+    if is_local(dir_path):
+        local = _local_path(dir_path)
+        if not os.path.isdir(local):
+            return
+        try:
+            shutil.rmtree(local)
+        except OSError as exc:
+            raise StorageError(f"Cannot delete folder {dir_path!r}: {exc}") from exc
+        return
+    for path in list_files(dir_path):
+        delete(path, missing_ok=True)
 
 
 def _fsspec_filesystem(path: str, timeout: float | None) -> Any:

@@ -74,7 +74,7 @@ class WorkUnit:
     def identity(self) -> dict[str, object]:
         """What this unit is, whatever its position: file, file version, row group, rows."""
         return {
-            "path": self.path,
+            "path": storage.absolute(self.path),  # however the input was spelled
             "version": self.version,
             "row_group": self.row_group,
             "num_rows": self.num_rows,

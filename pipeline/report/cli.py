@@ -25,6 +25,7 @@ def write_report(
     *,
     examples: int = DEFAULT_EXAMPLES,
     thumbnail_side: int = THUMBNAIL_SIDE,
+    log_scale: bool = False,
 ) -> str:
     """Builds the report of a job's output folder and writes it.
 
@@ -33,6 +34,7 @@ def write_report(
         destination: where to write the page; ``OUTPUT/report.html`` by default.
         examples: rows shown per section.
         thumbnail_side: longest side of the thumbnails, in pixels.
+        log_scale: the score histogram's counts on a log scale.
 
     Returns:
         The path of the page.
@@ -43,7 +45,7 @@ def write_report(
     data = collect(output, examples=examples, thumbnail_side=thumbnail_side)
     path = destination or storage.join(data.output, REPORT_FILE)
     try:
-        storage.write_atomic(path, render(data).encode("utf-8"))
+        storage.write_atomic(path, render(data, log_scale=log_scale).encode("utf-8"))
     except OSError as exc:
         raise ReportError(f"cannot write the report to {path}: {exc}") from None
     return path
@@ -89,6 +91,11 @@ def build_parser(prog: str = "clipbeam report") -> argparse.ArgumentParser:
         metavar="PX",
         help=f"longest side of the thumbnails (default: {THUMBNAIL_SIDE})",
     )
+    parser.add_argument(
+        "--log-scale",
+        action="store_true",
+        help="the score histogram's counts on a log scale, so that a small rejected share shows",
+    )
     return parser
 
 
@@ -102,7 +109,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
         path = write_report(
-            args.dir, args.out, examples=args.examples, thumbnail_side=args.thumbnail_size
+            args.dir,
+            args.out,
+            examples=args.examples,
+            thumbnail_side=args.thumbnail_size,
+            log_scale=args.log_scale,
         )
     except ReportError as exc:
         print(f"clipbeam report: error: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ input (:mod:`.inputs`).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -94,6 +95,8 @@ def collect(
         file_rows=file_rows,
         notes=notes,
     )
+    if reader.below_cut.ranked():  # a score cut rejected rows: show both sides of it
+        data.above_cut, data.below_cut = reader.above_cut.ranked(), reader.below_cut.ranked()
     # A small output puts a row among both the highest and the lowest: show it once.
     shown = {(e.file, e.id) for e in data.best}
     data.worst = [e for e in reader.worst.ranked() if (e.file, e.id) not in shown]
@@ -157,6 +160,14 @@ class _Ranked:
         return [example for _, _, example in self._items]
 
 
+_SCORE_RULES = ("min_score", "top_fraction")
+
+
+def _score_rule(reason: str | None) -> bool:
+    """Whether a row's reject reason names a score cut (--min-score, --top-fraction)."""
+    return any(rule in _SCORE_RULES for rule in (reason or "").split(","))
+
+
 class _OutputReader:
     """Streams the unit files of a job's output folders, keeping only what the page shows."""
 
@@ -167,6 +178,9 @@ class _OutputReader:
         self.stats = ScoreStats()
         self.best = _Ranked(examples, 1)
         self.worst = _Ranked(examples, -1)
+        # Either side of a score cut: the lowest kept, the highest rejected by the score rule.
+        self.above_cut = _Ranked(examples, -1)
+        self.below_cut = _Ranked(examples, 1)
         self.samples: list[Example] = []
         self.reject_rules: Counter[str] = Counter()
         self._rejected_by_rule: dict[str, list[Example]] = {}
@@ -220,6 +234,12 @@ class _OutputReader:
 
             self.best.add(scores, first_seq, scored)
             self.worst.add(scores, first_seq, scored)
+            if folder == "kept":
+                self.above_cut.add(scores, first_seq, scored)
+            elif folder == "rejected" and "reject_reason" in table.column_names:
+                reasons = table.column("reject_reason").to_pylist()
+                by_score = np.array([_score_rule(r) for r in reasons], dtype=bool)
+                self.below_cut.add(np.where(by_score, scores, np.nan), first_seq, scored)
         elif len(self.samples) < self.examples:
             take = min(table.num_rows, self.examples - len(self.samples))
             self.samples += [make(i) for i in range(take)]
@@ -235,7 +255,8 @@ class _OutputReader:
                         picked.append(make(i))
 
     def pick_rejected(self) -> list[Example]:
-        """Up to ``examples`` rejected rows, taking rules in turn so each rule gets examples."""
+        """Up to ``examples`` rejected rows, taking rules in turn so each rule gets examples;
+        sorted by score, highest first."""
         queues = [list(self._rejected_by_rule[rule]) for rule, _ in self.reject_rules.most_common()]
         picked: list[Example] = []
         seen: set[tuple[str, Any]] = set()
@@ -250,6 +271,8 @@ class _OutputReader:
                 if len(picked) == self.examples:
                     break
             queues = [q for q in queues if q]
+        # Highest score first: the rows nearest a score cut, where its threshold is judged.
+        picked.sort(key=lambda e: -math.inf if e.score is None else e.score, reverse=True)
         return picked
 
 

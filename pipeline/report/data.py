@@ -104,6 +104,9 @@ class ReportData:
         error_examples: a few error rows (as dicts) per ``error_type``.
         file_rows: rows found in each output folder's files.
         notes: problems found while reading (shown at the top of the page).
+        above_cut: filter with a score rule: kept rows with the lowest scores, lowest first.
+        below_cut: filter with a score rule: rows the score rule rejected with the highest
+            scores, highest first (with :attr:`above_cut`, the rows either side of the cut).
     """
 
     output: str
@@ -121,6 +124,8 @@ class ReportData:
     error_examples: dict[str, list[dict[str, Any]]]
     file_rows: dict[str, int]
     notes: list[str]
+    above_cut: list[Example] = field(default_factory=list)
+    below_cut: list[Example] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -132,3 +137,5 @@ class ReportData:
         yield from self.worst
         yield from self.samples
         yield from self.rejected
+        yield from self.above_cut
+        yield from self.below_cut

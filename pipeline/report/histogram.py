@@ -76,6 +76,7 @@ class Histogram:
     y_ticks: list[Tick] = field(default_factory=list)
     x_ticks: list[Tick] = field(default_factory=list)
     thresholds: list[Threshold] = field(default_factory=list)
+    log: bool = False  # counts on a log scale (1, 10, 100...), so a small share stays visible
 
     @property
     def plot_width(self) -> int:
@@ -94,13 +95,18 @@ def nice_step(span: float, ticks: int) -> float:
 
 
 def histogram(
-    series: Sequence[tuple[str, np.ndarray, str]], lines: Sequence[tuple[str, float]]
+    series: Sequence[tuple[str, np.ndarray, str]],
+    lines: Sequence[tuple[str, float]],
+    *,
+    log: bool = False,
 ) -> Histogram:
     """Stacked bars of fine score histograms, over the range that holds scores.
 
     Args:
         series: ``(name, FINE_BINS bin counts, colour)`` per stacked series (not all empty).
         lines: ``(label, score)`` of vertical threshold lines.
+        log: heights on a log scale of ``1 + count`` (a bin of 3 rejected rows beside 3,000
+            kept ones is a visible bar).
     """
     total = sum(counts for _, counts, _ in series)
     nonzero = np.flatnonzero(total)
@@ -117,19 +123,25 @@ def histogram(
     bin_width = 2.0 / FINE_BINS * factor
     x0, x1 = -1 + lo * bin_width, -1 + hi * bin_width
     most = int(sum(b for _, b, _ in binned).max())
-    y_step = max(1, round(nice_step(most, 4)))
-    y_top = y_step * max(1, math.ceil(most / y_step))
+    if log:
+        y_top = 10 ** max(1, math.ceil(math.log10(most)))
+        counts_shown = [0, *(10**k for k in range(int(math.log10(y_top)) + 1))]
+    else:
+        y_step = max(1, round(nice_step(most, 4)))
+        y_top = y_step * max(1, math.ceil(most / y_step))
+        counts_shown = list(range(0, y_top + 1, y_step))
 
-    plot = Histogram()
+    plot = Histogram(log=log)
     bar_w = plot.plot_width / (hi - lo)
 
     def x_of(score: float) -> float:
         return plot.left + (score - x0) / (x1 - x0) * plot.plot_width
 
     def y_of(count: float) -> float:
-        return plot.top + plot.plot_height - plot.plot_height * count / y_top
+        share = math.log1p(count) / math.log1p(y_top) if log else count / y_top
+        return plot.top + plot.plot_height - plot.plot_height * share
 
-    plot.y_ticks = [Tick(y_of(count), count) for count in range(0, y_top + 1, y_step)]
+    plot.y_ticks = [Tick(y_of(count), count) for count in counts_shown]
     for i in range(hi - lo):
         start = x0 + i * bin_width
         tooltip = [f"{start:.3f} to {start + bin_width:.3f}"]

@@ -87,9 +87,14 @@ class CardSection:
     cards: list[Card]
 
 
-def render(data: ReportData) -> str:
-    """The report page for ``data``: one HTML document with everything inline."""
-    return _environment().get_template(TEMPLATE).render(_context(data))
+def render(data: ReportData, *, log_scale: bool = False) -> str:
+    """The report page for ``data``: one HTML document with everything inline.
+
+    Args:
+        data: what :func:`~clipbeam.pipeline.report.collect.collect` read.
+        log_scale: the score histogram's counts on a log scale.
+    """
+    return _environment().get_template(TEMPLATE).render(_context(data, log_scale))
 
 
 @functools.cache
@@ -112,7 +117,7 @@ def _thousands(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _context(data: ReportData) -> dict[str, Any]:
+def _context(data: ReportData, log_scale: bool = False) -> dict[str, Any]:
     """The template's names: what each section of the page says."""
     kind, summary, fine = data.kind, data.summary, data.scores.fine
     rejections = None
@@ -136,7 +141,7 @@ def _context(data: ReportData) -> dict[str, Any]:
         "files": ", ".join(f"{folder}/ {rows:,} rows" for folder, rows in data.file_rows.items()),
         "no_scores": _no_scores(data),
         "scores": data.scores,
-        "histogram": _histogram(data),
+        "histogram": _histogram(data, log_scale),
         "legend": [(f, _COLOURS.get(f, _ACCENT)) for f in fine] if len(fine) > 1 else [],
         "labels": _rows(data.label_counts) if kind == "classify" else [],
         "label_total": sum(data.label_counts.values()),
@@ -210,7 +215,7 @@ def _no_scores(data: ReportData) -> str | None:
     return "No row was scored (every row failed: see the errors below)."
 
 
-def _histogram(data: ReportData) -> Histogram | None:
+def _histogram(data: ReportData, log_scale: bool = False) -> Histogram | None:
     if _no_scores(data) is not None:
         return None
     lines = []
@@ -221,7 +226,7 @@ def _histogram(data: ReportData) -> Histogram | None:
     if isinstance(threshold, (int, float)):
         lines.append(("--top-fraction cut", float(threshold)))
     fine = data.scores.fine
-    return histogram([(f, fine[f], _COLOURS.get(f, _ACCENT)) for f in fine], lines)
+    return histogram([(f, fine[f], _COLOURS.get(f, _ACCENT)) for f in fine], lines, log=log_scale)
 
 
 def _rows(
@@ -265,6 +270,23 @@ def _card_sections(data: ReportData) -> list[CardSection]:
     sections = [CardSection("highest", titles[0], "", [_card(e) for e in data.best])]
     if data.worst:
         sections.append(CardSection("lowest", titles[1], "", [_card(e) for e in data.worst]))
+    if data.below_cut:
+        intro = "the rows a {} threshold would change first."
+        sections += [
+            CardSection(
+                "above-cut",
+                "Just above the cut",
+                "Kept rows with the lowest clip_score: " + intro.format("higher"),
+                [_card(e) for e in data.above_cut],
+            ),
+            CardSection(
+                "below-cut",
+                "Just below the cut",
+                "Rows the score rule rejected with the highest clip_score: "
+                + intro.format("lower"),
+                [_card(e) for e in data.below_cut],
+            ),
+        ]
     return sections
 
 

@@ -288,6 +288,26 @@ def test_top_fraction(clip_checkpoint, tmp_path):
     assert min(kept.column("clip_score").to_pylist()) >= cut
     assert max(rejected.column("clip_score").to_pylist()) < cut
     assert sum(run.summary["clip_score_histogram"]["counts"]) == scored
+    # The staged copy of every row is gone: the output folder holds each row once.
+    assert not (tmp_path / "out" / "_staging").exists()
+    every_file = pads.dataset(str(tmp_path / "out" / "kept"), format="parquet").count_rows()
+    assert every_file == kept.num_rows
+
+    # Resuming the finished job reads pass 1's scores from kept/ and rejected/: same result.
+    again = run_job(
+        "filter",
+        data.pattern,
+        str(tmp_path / "out"),
+        clip_checkpoint,
+        "--id-column",
+        "id",
+        "--top-fraction",
+        "0.3",
+        "--resume",
+    )
+    assert again.summary["resumed_units"] == data.num_row_groups()
+    assert again.summary["top_fraction_threshold"] == cut
+    assert again.table("kept").num_rows == kept.num_rows
 
 
 @pytest.mark.parametrize("modality", ["text", "image"])

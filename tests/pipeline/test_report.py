@@ -174,6 +174,8 @@ def test_filter_report_counts_rules_and_spreads_rejected_examples(jobs):
     # Rules are taken in turn, so the rarer rule has an example too.
     picked = {rule for e in report.rejected for rule in e.values["reject_reason"].split(",")}
     assert picked == set(rules)
+    shown = [e.score for e in report.rejected]
+    assert shown == sorted(shown, reverse=True)  # highest first: the rows nearest the cut
 
     assert report.error_counts == Counter(FAULTS)
     errors = job.run.table("errors").to_pylist()
@@ -184,6 +186,27 @@ def test_filter_report_counts_rules_and_spreads_rejected_examples(jobs):
     assert report.file_rows == {k: job.run.summary[v] for k, v in folders.items()}
     assert sum(report.scores.fine.values()).sum() == job.run.summary["output_rows"]
     assert report.notes == []
+
+
+def test_filter_report_shows_the_rows_either_side_of_the_score_cut(jobs):
+    job = jobs["filter"]
+    report = collect(job.run.output, examples=3)
+    kept = sorted(job.run.table("kept")["clip_score"].to_pylist())
+    by_score = [
+        r["clip_score"]
+        for r in job.run.table("rejected").to_pylist()
+        if "min_score" in r["reject_reason"].split(",")
+    ]
+    assert [e.score for e in report.above_cut] == pytest.approx(kept[:3])
+    assert [e.score for e in report.below_cut] == pytest.approx(sorted(by_score)[::-1][:3])
+    cut = job.run.summary["options"]["min_score"]
+    assert all(e.score >= cut for e in report.above_cut)
+    assert all(e.score < cut for e in report.below_cut)
+    html = render(report)
+    assert "Just above the cut" in html and "Just below the cut" in html
+
+    # A job without a score cut has no such sections.
+    assert collect(jobs["score"].run.output).below_cut == []
 
 
 def test_classify_report_counts_top_labels_and_ranks_by_confidence(jobs):
@@ -294,6 +317,36 @@ def test_cli_writes_the_page_and_refuses_a_folder_without_summary(jobs, tmp_path
     err = capsys.readouterr().err
     assert err.startswith(f"clipbeam report: error: {tmp_path} holds no summary.json")
     assert "--output folder of a finished clipbeam job" in err
+
+
+def test_log_scale_histogram_shows_a_small_rejected_share(jobs, tmp_path, capsys):
+    from clipbeam.pipeline.report.data import FINE_BINS
+    from clipbeam.pipeline.report.histogram import histogram
+
+    kept, rejected = np.zeros(FINE_BINS, int), np.zeros(FINE_BINS, int)
+    kept[FINE_BINS // 2], rejected[FINE_BINS // 2 - 1] = 5000, 3
+    series = [("kept", kept, "#00f"), ("rejected", rejected, "#f00")]
+
+    def heights(plot) -> dict[str, float]:
+        return {p.fill: p.height for bar in plot.bars for p in bar.parts}
+
+    linear, log = heights(histogram(series, [])), heights(histogram(series, [], log=True))
+    assert linear["#f00"] / linear["#00f"] < 0.001  # 3 of 5,000: under a pixel
+    assert log["#f00"] / log["#00f"] > 0.1
+    assert [t.value for t in histogram(series, [], log=True).y_ticks] == [
+        0,
+        1,
+        10,
+        100,
+        1000,
+        10000,
+    ]
+
+    out = tmp_path / "page.html"
+    assert main([jobs["filter"].run.output, "--out", str(out), "--log-scale"]) == 0
+    assert "rows per bin on a log scale" in out.read_text(encoding="utf-8")
+    assert main([jobs["filter"].run.output, "--out", str(out)]) == 0
+    assert "log scale" not in out.read_text(encoding="utf-8")
 
 
 # -- in a browser --------------------------------------------------------------------------------

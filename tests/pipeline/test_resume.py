@@ -11,6 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from tests.datasets import build_dataset
 from tests.pipeline.jobtools import DIRECT, check_accounting, check_errors, run_job
 
@@ -106,8 +109,10 @@ def test_resumed_top_fraction_keeps_the_first_runs_cut(clip_checkpoint, tmp_path
     other = (scores[2] + scores[3]) / 2  # keeps 8 of 11 rows instead of 5 or 6
     assert other < first.summary["top_fraction_threshold"]
     stored_path.write_text(json.dumps({**stored, "threshold": other}))
+    assert not (out / "_staging").exists()  # dropped when the first run finished
     for marker in (out / "_units").glob("select-*.json"):
         marker.unlink()
+        _restage(out, marker.name.removeprefix("select-").removesuffix(".json"))
 
     second = run_job("filter", data.pattern, str(out), clip_checkpoint, *args, "--resume")
     check_accounting(second, data, output_folders=["kept", "rejected"])
@@ -118,3 +123,16 @@ def test_resumed_top_fraction_keeps_the_first_runs_cut(clip_checkpoint, tmp_path
     rejected = second.table("rejected").column("clip_score").to_pylist()
     assert len(kept) == 8 and min(kept) >= other > max(rejected)
     assert second.summary["resumed_units"] == data.num_row_groups()  # pass 1 only
+
+
+def _restage(out: Path, unit: str) -> None:
+    """Writes back the staged rows of a unit (its kept and rejected rows), as pass 1 left them:
+    no reject reason yet, as --top-fraction is the only rule."""
+    rejected = pq.read_table(out / "rejected" / f"{unit}.parquet")
+    kept = pq.read_table(out / "kept" / f"{unit}.parquet")
+    reason = rejected.schema.field("reject_reason")
+    rows = pa.concat_tables([kept, rejected.drop_columns([reason.name])])
+    rows = rows.append_column(reason, pa.nulls(rows.num_rows, reason.type))
+    staged = rows.select(rejected.column_names).cast(rejected.schema)
+    (out / "_staging").mkdir(exist_ok=True)
+    pq.write_table(staged, out / "_staging" / f"{unit}.parquet")

@@ -217,6 +217,7 @@ FULL = {
     "max_image_bytes": ("8MiB", "max_image_bytes", 8 * 1024 * 1024),
     "max_text_chars": ("500", "max_text_chars", 500),
     "http_timeout": ("12.5", "http_timeout", 12.5),
+    "max_error_fraction": ("0.5", "max_error_fraction", 0.5),
     "allowed_url_schemes": ("gs,https", "allowed_url_schemes", ("gs", "https")),
     "min_score": ("0.15", "min_score", 0.15),
     "top_fraction": ("0.4", "top_fraction", 0.4),

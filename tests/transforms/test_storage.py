@@ -277,3 +277,15 @@ def test_remove_temporaries_keeps_a_concurrent_attempts_file(tmp_path):
     assert storage.remove_temporaries(str(target), before=started) == 1
     assert not old.exists() and live.exists()
     assert storage.remove_temporaries(str(target)) == 1 and not live.exists()
+
+
+def test_delete_folder_removes_every_file_below_it(tmp_path):
+    folder = tmp_path / "_staging"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.parquet").write_bytes(b"a")
+    (folder / "sub" / "b.parquet").write_bytes(b"b")
+    (tmp_path / "kept.parquet").write_bytes(b"k")
+    storage.delete_folder(str(folder))
+    assert not folder.exists()
+    assert (tmp_path / "kept.parquet").exists()
+    storage.delete_folder(str(folder))  # absent: nothing to do
