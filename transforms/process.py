@@ -139,6 +139,12 @@ class UnitDoFn(beam.DoFn):
             )
         }
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A worker may pickle this DoFn again after it loaded its model (Dask ships a side
+        # input's task graph, this DoFn in it, from inside a running task): the model and its
+        # locks stay behind, a copy loads its own.
+        return {**self.__dict__, "_encoder": None, "_prompts": None}
+
     # -- Beam entry points --------------------------------------------------------------------
 
     def process(

@@ -540,3 +540,20 @@ def test_retry_of_a_finished_job_overwrites_instead_of_duplicating(clip_checkpoi
         "part-00000-00001.parquet",
     ]
     assert len(read(spec.output, "scores")) == 3
+
+
+def test_a_dofn_that_loaded_its_model_pickles_without_it(checkpoint, tmp_path):
+    """A worker may ship a set-up DoFn again (Dask sends a side input's task graph from inside a
+    running task): the copy leaves the model and its locks behind and loads its own."""
+    import pickle
+
+    import cloudpickle
+
+    fn = UnitDoFn(spec_for("score", checkpoint, tmp_path / "out"))
+    fn._acquire()
+    with pytest.raises(TypeError):
+        pickle.dumps(fn._encoder)  # what made it unpicklable
+    for dumps in (pickle.dumps, cloudpickle.dumps):
+        copy = pickle.loads(dumps(fn))
+        assert copy._encoder is None and copy._prompts is None and copy.spec == fn.spec
+    assert fn._encoder is not None  # the original keeps its model
