@@ -71,7 +71,8 @@ def result_fields(spec: JobSpec, dim: int, *, rejected: bool = True) -> list[pa.
 
 
 def _reason_field(spec: JobSpec, rejected: bool) -> list[pa.Field]:
-    return [pa.field("reject_reason", pa.string())] if spec.kind == "filter" and rejected else []
+    reasons = pa.field("reject_reason", pa.list_(pa.string()))
+    return [reasons] if spec.kind == "filter" and rejected else []
 
 
 def _kind_fields(spec: JobSpec, dim: int) -> list[pa.Field]:
@@ -95,7 +96,7 @@ def _kind_fields(spec: JobSpec, dim: int) -> list[pa.Field]:
         ]
     fields = [score, pa.field("image_width", pa.int32()), pa.field("image_height", pa.int32())]
     if spec.reject_concepts:
-        fields.append(pa.field("concept_scores", pa.list_(pa.float32(), len(spec.reject_concepts))))
+        fields.append(pa.field("concept_scores", concept_scores_type(spec.reject_concepts)))
     return fields
 
 
@@ -169,9 +170,20 @@ def _kind_columns(spec: JobSpec, window: EncodedWindow, prompts: Prompts) -> lis
     ]
     if spec.reject_concepts:
         concept_scores = _concept_scores(window, prompts)
-        flat = pa.array(concept_scores.reshape(-1), type=pa.float32())
-        columns.append(pa.FixedSizeListArray.from_arrays(flat, len(spec.reject_concepts)))
+        columns.append(
+            pa.StructArray.from_arrays(
+                [pa.array(concept_scores[:, c]) for c in range(len(spec.reject_concepts))],
+                fields=list(concept_scores_type(spec.reject_concepts)),
+            )
+        )
     return columns
+
+
+def concept_scores_type(concepts: tuple[str, ...]) -> pa.StructType:
+    """``concept_scores``: one float32 field per ``--reject-concept``, named by the concept, so
+    that a query reads ``concept_scores.nsfw`` (DuckDB), ``pl.col("concept_scores")
+    .struct.field("nsfw")`` (Polars) or ``pc.struct_field(column, "nsfw")`` (pyarrow)."""
+    return pa.struct([pa.field(concept, pa.float32()) for concept in concepts])
 
 
 def _concept_scores(window: EncodedWindow, prompts: Prompts) -> np.ndarray:
@@ -180,12 +192,12 @@ def _concept_scores(window: EncodedWindow, prompts: Prompts) -> np.ndarray:
 
 
 def _reasons(spec: JobSpec, window: EncodedWindow, prompts: Prompts) -> pa.Array:
-    """``reject_reason`` of a filter window's good rows: every rule failed, comma-separated."""
+    """``reject_reason`` of a filter window's good rows: every rule failed, null where none."""
     concept_scores = _concept_scores(window, prompts) if spec.reject_concepts else None
     reasons = filter_reasons(
         spec, _scores(window), window.sizes, window.texts, concept_scores, window.head_outputs
     )
-    return pa.array([",".join(r) or None for r in reasons], type=pa.string())
+    return pa.array([r or None for r in reasons], type=pa.list_(pa.string()))
 
 
 def _classify(spec: JobSpec, images: np.ndarray, prompts: Prompts) -> list[pa.Array]:
@@ -249,20 +261,20 @@ def split_filtered(table: pa.Table, threshold: float | None = None) -> tuple[pa.
 
     Returns:
         ``(kept, rejected)``: kept rows without the ``reject_reason`` column; rejected rows with
-        every failed rule in ``reject_reason``, comma-separated.
+        every failed rule in ``reject_reason``, a list in :func:`filter_reasons`' order (then
+        ``top_fraction``).
     """
     reasons = table.column("reject_reason").to_pylist()
     if threshold is not None:
         scores = table.column("clip_score").to_numpy(zero_copy_only=False)
         reasons = [
-            ",".join(filter(None, [r, "top_fraction"])) if s < threshold else r
+            [*(r or []), "top_fraction"] if s < threshold else r
             for r, s in zip(reasons, scores, strict=True)
         ]
         index = table.schema.get_field_index("reject_reason")
-        table = table.set_column(
-            index, table.schema.field(index), pa.array(reasons, type=pa.string())
-        )
-    passed = pa.array([r is None for r in reasons], type=pa.bool_())
+        field = table.schema.field(index)
+        table = table.set_column(index, field, pa.array(reasons, type=field.type))
+    passed = pa.array([not r for r in reasons], type=pa.bool_())
     kept = table.filter(passed).drop_columns(["reject_reason"])
     rejected = table.filter(pc.invert(passed))
     return kept, rejected
@@ -272,5 +284,5 @@ def rule_counts(rejected: pa.Table) -> Counter[str]:
     """How many rows of a ``rejected/`` table failed each rule (a row may fail several)."""
     counts: Counter[str] = Counter()
     for reason in rejected.column("reject_reason").to_pylist():
-        counts.update(r for r in (reason or "").split(",") if r)
+        counts.update(reason or [])
     return counts

@@ -296,6 +296,9 @@ class JobSpec:
                 p.append("concept_threshold is set but reject_concepts is empty")
             if any(not c.strip() for c in self.reject_concepts):
                 p.append(f"reject_concepts holds an empty concept: {list(self.reject_concepts)}")
+            if len(set(self.reject_concepts)) < len(self.reject_concepts):
+                # Each names a field of concept_scores.
+                p.append(f"reject_concepts names a concept twice: {list(self.reject_concepts)}")
 
         if self.kind == "classify":
             if not self.labels:

@@ -21,7 +21,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from clipbeam.pipeline.report.data import Example, ReportData, ReportError, ScoreStats
+from clipbeam.pipeline.report.data import (
+    Example,
+    ReportData,
+    ReportError,
+    ScoreStats,
+    reject_rules,
+)
 from clipbeam.pipeline.report.inputs import THUMBNAIL_SIDE, attach_inputs
 from clipbeam.pipeline.summary import SUMMARY_FILE
 from clipbeam.pipeline.validate import JOB_FILE
@@ -163,9 +169,9 @@ class _Ranked:
 _SCORE_RULES = ("min_score", "top_fraction")
 
 
-def _score_rule(reason: str | None) -> bool:
+def _score_rule(reason: list[str] | str | None) -> bool:
     """Whether a row's reject reason names a score cut (--min-score, --top-fraction)."""
-    return any(rule in _SCORE_RULES for rule in (reason or "").split(","))
+    return any(rule in _SCORE_RULES for rule in reject_rules(reason))
 
 
 class _OutputReader:
@@ -246,9 +252,7 @@ class _OutputReader:
 
         if folder == "rejected" and "reject_reason" in table.column_names:
             for i, reason in enumerate(table.column("reject_reason").to_pylist()):
-                for rule in (reason or "").split(","):
-                    if not rule:
-                        continue
+                for rule in reject_rules(reason):
                     self.reject_rules[rule] += 1
                     picked = self._rejected_by_rule.setdefault(rule, [])
                     if len(picked) < self.examples:

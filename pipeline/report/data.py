@@ -139,3 +139,11 @@ class ReportData:
         yield from self.rejected
         yield from self.above_cut
         yield from self.below_cut
+
+
+def reject_rules(reason: list[str] | str | None) -> list[str]:
+    """The rules of a ``reject_reason`` cell: a list, or comma-joined text in outputs written
+    by earlier clipbeam versions."""
+    if isinstance(reason, str):
+        return [rule for rule in reason.split(",") if rule]
+    return list(reason or [])

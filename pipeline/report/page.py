@@ -20,7 +20,7 @@ from typing import Any
 
 import jinja2
 
-from clipbeam.pipeline.report.data import Example, ReportData
+from clipbeam.pipeline.report.data import Example, ReportData, reject_rules
 from clipbeam.pipeline.report.histogram import Histogram, histogram
 from clipbeam.pipeline.summary import counter_names
 from clipbeam.transforms.errors import ERROR_TYPES
@@ -309,7 +309,7 @@ def _card(example: Example) -> Card:
         note=example.note,
         score_name=score_name,
         score=example.score,
-        tags=reason.split(",") if reason else [],
+        tags=reject_rules(reason),
         labels=shown,
         size=f"{width}×{height} px" if width and height else None,
         caption=example.caption,

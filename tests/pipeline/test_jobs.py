@@ -191,10 +191,14 @@ def test_filter(family, references, tmp_path):
             for c, s in zip(concepts, concept_scores[row.id], strict=True)
             if s >= threshold
         ]
-        expected[row.id] = ",".join(reasons) or None
+        expected[row.id] = reasons or None
 
     kept, rejected = run.table("kept"), run.table("rejected")
     assert "reject_reason" not in kept.column_names
+    assert rejected.schema.field("reject_reason").type == pa.list_(pa.string())
+    assert rejected.schema.field("concept_scores").type == pa.struct(
+        [pa.field(c, pa.float32()) for c in concepts]
+    )
     got = dict.fromkeys(kept.column("id").to_pylist())
     reasons = rejected.column("reject_reason").to_pylist()
     got.update(zip(rejected.column("id").to_pylist(), reasons, strict=True))
@@ -204,9 +208,10 @@ def test_filter(family, references, tmp_path):
         for row in table.to_pylist():
             assert abs(row["clip_score"] - scores[row["id"]]) <= TOLERANCE
             assert (row["image_width"], row["image_height"]) == data.by_id()[row["id"]].size
-            assert np.abs(np.asarray(row["concept_scores"]) - concept_scores[row["id"]]).max() <= (
-                TOLERANCE
-            )
+            named = row["concept_scores"]
+            assert list(named) == list(concepts)  # each score named by its concept
+            got_scores = np.asarray([named[c] for c in concepts])
+            assert np.abs(got_scores - concept_scores[row["id"]]).max() <= TOLERANCE
 
 
 def test_classify(family, references, tmp_path):
@@ -283,7 +288,7 @@ def test_top_fraction(clip_checkpoint, tmp_path):
 
     bound = math.ceil(scored / TOP_FRACTION_QUANTILES) + 1  # + 1: rounding of the cut's rank
     assert abs(kept.num_rows - 0.3 * scored) <= bound, (kept.num_rows, scored)
-    assert set(rejected.column("reject_reason").to_pylist()) == {"top_fraction"}
+    assert {tuple(r) for r in rejected.column("reject_reason").to_pylist()} == {("top_fraction",)}
     cut = run.summary["top_fraction_threshold"]
     assert min(kept.column("clip_score").to_pylist()) >= cut
     assert max(rejected.column("clip_score").to_pylist()) < cut

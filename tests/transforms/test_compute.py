@@ -9,6 +9,7 @@ from clipbeam.transforms.compute import (
     filter_reasons,
     output_schema,
     result_columns,
+    result_fields,
     split_filtered,
 )
 from clipbeam.transforms.rows import EncodedWindow
@@ -119,21 +120,46 @@ def test_filter_reasons_name_every_failed_rule_in_order():
     ]
 
 
+def test_filter_columns_name_each_concept_and_list_each_rule():
+    """concept_scores is a struct of one field per concept; reject_reason lists the rules, so a
+    concept with a comma in it stays one rule."""
+    concepts = ["watermark", "text, logo"]
+    s = spec(kind="filter", min_score=0.9, reject_concepts=concepts, concept_threshold=0.0)
+    w = window(n=2)
+    prompts = Prompts(labels=None, concepts=unit_rows(2, 4, 3), logit_scale=100.0)
+    table = pa.Table.from_arrays(
+        result_columns(s, w, prompts), schema=pa.schema(result_fields(s, 4))
+    )
+    expected = w.image_embeddings @ prompts.concepts.T
+    named = table.column("concept_scores").to_pylist()
+    assert [list(row) for row in named] == [concepts, concepts]
+    for row, values in zip(named, expected, strict=True):
+        assert [row[c] for c in concepts] == pytest.approx(values, abs=1e-6)
+    scores = (w.image_embeddings * w.text_embeddings).sum(axis=1)
+    for reasons, score, values in zip(
+        table.column("reject_reason").to_pylist(), scores, expected, strict=True
+    ):
+        failed = [f"concept:{c}" for c, v in zip(concepts, values, strict=True) if v >= 0]
+        assert reasons == ["min_score"] * bool(score < 0.9) + failed
+
+
 def test_split_filtered_applies_the_top_fraction_cut_after_other_rules():
     table = pa.table(
         {
             "id": ["a", "b", "c", "d"],
             "clip_score": pa.array([0.9, 0.1, 0.5, 0.2], type=pa.float32()),
-            "reject_reason": [None, None, "min_image_side", "min_text_chars"],
+            "reject_reason": pa.array(
+                [None, None, ["min_image_side"], ["min_text_chars"]], type=pa.list_(pa.string())
+            ),
         }
     )
     kept, rejected = split_filtered(table, threshold=0.3)
     assert kept.column_names == ["id", "clip_score"]
     assert kept.column("id").to_pylist() == ["a"]
     assert rejected.to_pydict()["reject_reason"] == [
-        "top_fraction",
-        "min_image_side",
-        "min_text_chars,top_fraction",
+        ["top_fraction"],
+        ["min_image_side"],
+        ["min_text_chars", "top_fraction"],
     ]
     kept, rejected = split_filtered(table)
     assert kept.column("id").to_pylist() == ["a", "b"]

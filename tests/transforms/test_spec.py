@@ -37,6 +37,10 @@ def test_options_do_not_change_identity_but_are_kept():
         ({"kind": "filter", "min_score": 0.1, "top_fraction": 0.3}, "not both"),
         ({"kind": "filter", "top_fraction": 1.5}, "top_fraction must be in (0, 1]"),
         ({"kind": "filter", "reject_concepts": ["x"]}, "needs concept_threshold"),
+        (
+            {"kind": "filter", "reject_concepts": ["x", "x"], "concept_threshold": 0.2},
+            "names a concept twice",
+        ),
         ({"kind": "classify"}, "classify needs labels"),
         ({"kind": "classify", "labels": ["a", "a"]}, "duplicates"),
         ({"kind": "classify", "labels": ["a"], "templates": ["no slot"]}, "exactly one '{}'"),
