@@ -53,7 +53,7 @@ from benchmarks.workloads import (
 USER_BATCH = 32
 
 
-def write_dataset(path: Path, rows: int, seed: int = 0) -> None:
+def write_dataset(path: Path, rows: int, seed: int = 0, row_group_size: int = 256) -> None:
     """``rows`` rows of ``id``, ``image`` (JPEG bytes) and ``text``, in one Parquet file."""
     photos = list(camera_photos("both", seed).values())
     table = pa.table(
@@ -63,7 +63,7 @@ def write_dataset(path: Path, rows: int, seed: int = 0) -> None:
             "text": alt_text_captions(rows, seed),
         }
     )
-    pq.write_table(table, path, row_group_size=256)
+    pq.write_table(table, path, row_group_size=row_group_size)
 
 
 def user_loop(data: str, checkpoint: str, output: str) -> None:
@@ -107,10 +107,22 @@ def _timed(command: list[str]) -> float:
     return seconds
 
 
-def commands(data: Path, checkpoint: Path, out: Path, name: str) -> dict[str, list[str]]:
-    """The variants' command lines, reading ``data`` and writing under ``out/<variant>``."""
+def commands(
+    data: Path, checkpoint: Path, out: Path, name: str, units: Path | None = None
+) -> dict[str, list[str]]:
+    """The variants' command lines, reading ``data`` and writing under ``out/<variant>``; with
+    ``units`` (the same rows in many row groups), the runners compared on them."""
     python = sys.executable
-    job = [python, "-m", "pipeline", "score", "--input", str(data), "--model", str(checkpoint)]
+    job = [
+        python,
+        "-m",
+        "clipbeam.pipeline",
+        "score",
+        "--input",
+        str(data),
+        "--model",
+        str(checkpoint),
+    ]
     job += ["--id-column", "id", "--runner", "DirectRunner", "--direct_num_workers", "1"]
     return {
         "user loop (transformers, float32)": [
@@ -132,6 +144,34 @@ def commands(data: Path, checkpoint: Path, out: Path, name: str) -> dict[str, li
             "float32",
         ],
         "clipbeam exact, int8": [*job, "--output", str(out / f"exact8-{name}"), "--dtype", "int8"],
+        **(runner_commands(units, checkpoint, out, name) if units else {}),
+    }
+
+
+# The runners compared on the same rows split into units of UNIT_ROWS rows (one work unit each):
+# Beam's DirectRunner in one process, in two worker processes, and the DaskRunner on the
+# LocalCluster it starts (sized to the machine: two one-thread workers on two cores).
+UNIT_ROWS = 8
+RUNNERS = {
+    "DirectRunner, 1 process": ["--runner", "DirectRunner", "--direct_num_workers", "1"],
+    "DirectRunner, 2 processes": [
+        "--runner",
+        "DirectRunner",
+        "--direct_running_mode",
+        "multi_processing",
+        "--direct_num_workers",
+        "2",
+    ],
+    "DaskRunner, LocalCluster": ["--runner", "DaskRunner"],
+}
+
+
+def runner_commands(units: Path, checkpoint: Path, out: Path, name: str) -> dict[str, list[str]]:
+    job = [sys.executable, "-m", "clipbeam.pipeline", "score", "--input", str(units)]
+    job += ["--model", str(checkpoint), "--id-column", "id"]
+    return {
+        f"clipbeam runner: {label}": [*job, *args, "--output", str(out / f"{key}-{name}")]
+        for key, (label, args) in enumerate(RUNNERS.items())
     }
 
 
@@ -192,6 +232,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--skip-float32", action="store_true", help="skip clipbeam --dtype float32 and int8"
     )
     parser.add_argument(
+        "--runners",
+        action="store_true",
+        help=f"also compare the runners (DirectRunner, DaskRunner) on {UNIT_ROWS}-row units",
+    )
+    parser.add_argument(
         "--user-loop", nargs=3, metavar=("DATA", "MODEL", "OUT"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
@@ -215,12 +260,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         data, one_row = root / "data.parquet", root / "one-row.parquet"
         write_dataset(data, args.rows)
         write_dataset(one_row, 1)
+        units = None
+        if args.runners:
+            units = root / "units.parquet"
+            write_dataset(units, args.rows, row_group_size=UNIT_ROWS)
         print(f"input: {args.rows} rows, {data.stat().st_size / 1e6:.1f} MB of JPEG photos")
         full: dict[str, list[float]] = {}
         fixed: dict[str, list[float]] = {}
         for repeat in range(args.repeats):
-            variants = commands(data, checkpoint, root, f"r{repeat}")
-            singles = commands(one_row, checkpoint, root, f"one-r{repeat}")
+            variants = commands(data, checkpoint, root, f"r{repeat}", units)
+            singles = commands(one_row, checkpoint, root, f"one-r{repeat}", units and one_row)
             for label, command in variants.items():
                 if args.skip_float32 and label.startswith("clipbeam exact, "):
                     continue
@@ -233,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         print(f"\nrows/s over {args.rows} rows (whole run / steady state after start-up):")
         for label in seconds:
-            print(f"  {label:<36} {args.rows / seconds[label]:7.2f} / {steady[label]:7.2f}")
+            print(f"  {label:<44} {args.rows / seconds[label]:7.2f} / {steady[label]:7.2f}")
         base = "user loop (transformers, float32)"
         for label in seconds:
             if label != base:
@@ -241,6 +290,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(
                     f"  ratio {label} / user loop: {whole:.2f}x whole run, "
                     f"{steady[label] / steady[base]:.2f}x steady state"
+                )
+
+        if args.runners:
+            base_runner = f"clipbeam runner: {next(iter(RUNNERS))}"
+            for label in list(RUNNERS)[1:]:
+                run = f"clipbeam runner: {label}"
+                print(
+                    f"  ratio {label} / {next(iter(RUNNERS))} ({UNIT_ROWS}-row units): "
+                    f"{seconds[base_runner] / seconds[run]:.2f}x whole run, "
+                    f"{steady[run] / steady[base_runner]:.2f}x steady state"
                 )
 
         if "clipbeam exact, int8" in seconds:

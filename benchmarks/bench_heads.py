@@ -88,34 +88,55 @@ def bench_score(rows: int, repeats: int, model: str) -> None:
             median = statistics.median(values)
             print(f"  {name:9s}: {rows / median:7.1f} rows/s (median {median:.1f} s)")
         print(f"  3 heads / no heads time: {with_heads / base:.3f}")
+        bench_in_process(model, heads, max(5, repeats * 5))
 
-        # In one process: the tower alone against the tower with the heads, on the same pixels.
-        from clipbeam.model.image_processing import process_image
-        from clipbeam.pipeline.demo.scenes import render, sample_scene
 
-        rng = np.random.default_rng(0)
-        pixels = np.stack(
-            [
-                process_image(render(sample_scene(rng)), probe.image_settings)
-                for _ in range(probe.batch_size)
-            ]
-        )
-        encoder = Encoder.load(
-            model, device="cpu", dtype="float32", heads=[tuple(h.split("=", 1)) for h in heads]
-        )
-        plain, headed = [], []
-        for _ in range(max(5, repeats * 5)):
-            start = time.perf_counter()
-            encoder.encode_pixels(pixels)
-            plain.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            encoder.embed_pixels(pixels)
-            headed.append(time.perf_counter() - start)
-        p, h = statistics.median(plain), statistics.median(headed)
-        print(
-            f"  one batch of {len(pixels)} in process: tower {p * 1e3:.1f} ms, tower + 3 heads "
-            f"{h * 1e3:.1f} ms ({(h / p - 1) * 100:+.1f}%) ({_load()})"
-        )
+def bench_in_process(model: str, heads: list[str], repeats: int) -> None:
+    """In one process: the image tower alone against the tower with the heads, on the same
+    pixels (a batch of scenes), ``repeats`` times each in turn; prints the medians."""
+    from clipbeam.model.image_processing import process_image
+    from clipbeam.pipeline.demo.scenes import render, sample_scene
+    from clipbeam.transforms.encoder import Encoder
+
+    heads_arg = [tuple(h.split("=", 1)) for h in heads]
+    encoder = Encoder.load(model, device="cpu", dtype="float32", heads=heads_arg)
+    rng = np.random.default_rng(0)
+    pixels = np.stack(
+        [
+            process_image(render(sample_scene(rng)), encoder.image_settings)
+            for _ in range(encoder.batch_size)
+        ]
+    )
+    embeddings, _ = encoder.embed_pixels(pixels)  # warm-up
+    plain, headed, alone = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        encoder.encode_pixels(pixels)
+        plain.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        encoder.embed_pixels(pixels)
+        headed.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(10):
+            encoder.apply_heads(embeddings)
+        alone.append((time.perf_counter() - start) / 10)
+    p, h, a = statistics.median(plain), statistics.median(headed), statistics.median(alone)
+    print(
+        f"  one batch of {len(pixels)} in process ({Path(model).name}): tower {p * 1e3:.1f} ms, "
+        f"tower + {len(heads)} heads {h * 1e3:.1f} ms ({(h / p - 1) * 100:+.2f}%); the heads "
+        f"alone {a * 1e3:.2f} ms = {a / p * 100:.2f}% of the tower ({_load()})"
+    )
+
+
+def bench_vit_b16(repeats: int) -> None:
+    """The heads' cost next to a full-size tower: ViT-B/16 (random weights, 512-d projection)."""
+    from benchmarks.workloads import build_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        checkpoint = build_checkpoint(root / "vit-b16", "vit-b16")
+        print("ViT-B/16 image tower with and without 3 heads:")
+        bench_in_process(str(checkpoint), _make_heads(root, 512), repeats)
 
 
 def bench_train(rows: int, dim: int) -> None:
@@ -154,10 +175,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-rows", type=int, default=100_000)
     parser.add_argument("--train-dim", type=int, default=768)
     parser.add_argument("--skip-score", action="store_true")
+    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument(
+        "--vit-b16",
+        action="store_true",
+        help="also measure the heads next to a ViT-B/16 tower (random weights), in one process",
+    )
     args = parser.parse_args(argv)
     if not args.skip_score:
         bench_score(args.rows, args.repeats, args.model)
-    bench_train(args.train_rows, args.train_dim)
+    if args.vit_b16:
+        bench_vit_b16(max(5, args.repeats * 5))
+    if not args.skip_train:
+        bench_train(args.train_rows, args.train_dim)
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for rows in sorted(args.rows):
             data = root / f"data-{rows}"
             write_dataset(data, rows, args.image_side)
-            command = [sys.executable, "-m", "pipeline", "score", "--input", str(data)]
+            command = [sys.executable, "-m", "clipbeam.pipeline", "score", "--input", str(data)]
             command += ["--output", str(root / f"out-{rows}"), "--model", str(checkpoint)]
             command += ["--id-column", "id", "--preprocess", args.preprocess]
             command += ["--batch-size", str(args.batch_size)]

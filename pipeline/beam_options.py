@@ -11,6 +11,7 @@ options are parsed here with Beam's own parser, so a value Beam refuses
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import re
 import sys
@@ -26,6 +27,11 @@ __all__ = ["EXTRA_RUNNERS", "check_beam_args", "resolve_beam_args", "runner_name
 # lists only the runners of StandardOptions.KNOWN_RUNNER_NAMES): the class name, lower case,
 # to the dotted path Beam's create_runner imports.
 EXTRA_RUNNERS = {"daskrunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
+# Beam's DaskRunner puts up to 128 elements of a Create in one Dask partition, which one worker
+# runs as one task: a job of fewer than 129 work units would run on a single worker. A unit (a
+# row group through the model) is a large task, so clipbeam makes each its own partition unless
+# one of these is given.
+_DASK_PARTITIONING = ("--dask_partition_size", "--dask_npartitions")
 # clipbeam's short spelling of a Beam option, to Beam's own name.
 _OPTION_ALIASES = {"--dask_address": "--dask_client_address"}
 
@@ -36,7 +42,8 @@ def resolve_beam_args(extras: Sequence[str]) -> list[str]:
     ``--runner DaskRunner`` (or ``dask``, any case) becomes the DaskRunner's dotted path, and
     ``--dask_address`` Beam's ``--dask_client_address`` (the scheduler's address). The
     DaskRunner's module is imported where it is asked for, since its options (DaskOptions) are
-    Beam options only once it is.
+    Beam options only once it is. A Dask job gets ``--dask_partition_size=1`` (each work unit a
+    task of its own) unless it gives ``--dask_partition_size`` or ``--dask_npartitions``.
 
     Raises:
         LaunchError: the DaskRunner is asked for and dask.distributed is not installed.
@@ -55,6 +62,8 @@ def resolve_beam_args(extras: Sequence[str]) -> list[str]:
         out.append(arg)
     if any(a.startswith("--dask_") or a.endswith(EXTRA_RUNNERS["daskrunner"]) for a in out):
         _import_dask_runner()
+        if not any(a.split("=")[0] in _DASK_PARTITIONING for a in out):
+            out.append("--dask_partition_size=1")
     return out
 
 
@@ -71,6 +80,7 @@ def _import_dask_runner() -> None:
 def _extra_runner(runner: str) -> str:
     key = runner.strip().lower()
     return EXTRA_RUNNERS.get(key, EXTRA_RUNNERS.get(key + "runner", runner))
+
 
 # Beam's worker counts and their ranges: a negative DirectRunner worker count fails inside Beam
 # with an IndexError, a huge one starts that many threads (0 means one per CPU core).
@@ -155,10 +165,19 @@ def _snapshot_names() -> frozenset[str] | None:
     return beam_names.OPTION_STRINGS if installed == beam_names.BEAM_VERSION else None
 
 
+def register_runner_options() -> None:
+    """Registers the options of the runners Beam does not import itself (the DaskRunner's
+    DaskOptions), where their packages are installed, so that a parser sees them."""
+    with contextlib.suppress(LaunchError):  # dask is not installed: no DaskOptions here
+        _import_dask_runner()
+
+
 def write_snapshot(path: Path | None = None) -> Path:
-    """Writes :mod:`clipbeam.pipeline.beam_names` from the installed Beam (after upgrading it)."""
+    """Writes :mod:`clipbeam.pipeline.beam_names` from the installed Beam (after upgrading it),
+    the DaskRunner's options included (install ``clipbeam[dask]`` first)."""
     import apache_beam
 
+    register_runner_options()
     path = path or Path(__file__).with_name("beam_names.py")
     names = "".join(f'        "{name}",\n' for name in sorted(set(_option_strings(_beam_parser()))))
     path.write_text(

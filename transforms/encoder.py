@@ -28,6 +28,7 @@ __all__ = [
     "Encoder",
     "acquire_encoder",
     "clipbeam_version",
+    "model_loads",
     "resolve_device",
     "weights_fingerprint",
 ]
@@ -35,6 +36,10 @@ __all__ = [
 # One handle for the whole process: every DoFn of every pass shares the loaded model. The handle
 # holds only a key; the model is built on first acquire, on the worker.
 _SHARED = shared.Shared()
+# How many times this process loaded each model (tag of acquire_encoder): one per worker process
+# is the promise, which tests check on each worker of a cluster.
+_LOADS: dict[tuple, int] = {}
+_LOADS_LOCK = threading.Lock()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -449,6 +454,19 @@ def acquire_encoder(
             source, device=device, dtype=dtype, batch_size=batch_size, compile=compile, heads=heads
         )
         encoder.metadata()  # hash the weights once, here, not on the first write
+        with _LOADS_LOCK:
+            _LOADS[tag] = _LOADS.get(tag, 0) + 1
         return encoder
 
-    return _SHARED.acquire(build, tag=(source, device, dtype, batch_size, compile, tuple(heads)))
+    tag = (source, device, dtype, batch_size, compile, tuple(heads))
+    return _SHARED.acquire(build, tag=tag)
+
+
+def model_loads() -> dict[str, int]:
+    """How many times this process loaded each model so far, by model source (summed over
+    devices, dtypes and batch sizes)."""
+    counts: dict[str, int] = {}
+    with _LOADS_LOCK:
+        for tag, n in _LOADS.items():
+            counts[tag[0]] = counts.get(tag[0], 0) + n
+    return counts

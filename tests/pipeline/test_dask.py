@@ -84,9 +84,16 @@ def test_runner_name_resolves_to_beams_dask_runner():
         "apache_beam.runners.dask.dask_runner.DaskRunner",
         "--dask_client_address",
         "tcp://127.0.0.1:8786",
+        "--dask_partition_size=1",  # one work unit per Dask task
     )
     assert parse("embed", "--runner=DaskRunner").beam_args == (
         "--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
+        "--dask_partition_size=1",
+    )
+    given = parse("embed", "--runner=DaskRunner", "--dask_npartitions=4").beam_args
+    assert given == (
+        "--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
+        "--dask_npartitions=4",
     )
 
 
@@ -187,3 +194,26 @@ def test_a_killed_worker_loses_and_duplicates_nothing(clip_checkpoint, tmp_path)
     got = sorted_rows(read_folder(str(out / "scores")), "id")
     assert [r["id"] for r in got] == [r["id"] for r in expected]
     assert all(same(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_the_model_loads_once_per_worker_process(clip_checkpoint, tmp_path):
+    """Twelve units over two fresh worker processes: the units spread over both (Beam's Dask
+    default packs up to 128 elements in one partition, one worker's task) and each process
+    loaded the model once, however many tasks it ran."""
+    from clipbeam.transforms.encoder import model_loads
+
+    data = build_dataset(tmp_path / "in", num_files=4, rows_per_file=9, row_group_size=3, seed=21)
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    try:
+        address = cluster.scheduler_address
+        run_dask(
+            "score", data, str(tmp_path / "out"), clip_checkpoint, address, "--id-column", "id"
+        )
+        with distributed.Client(cluster.scheduler_address) as client:
+            loads = client.run(model_loads)
+    finally:
+        cluster.close()
+    counts = [per_worker.get(str(clip_checkpoint), 0) for per_worker in loads.values()]
+    assert counts == [1, 1], loads  # units spread over both workers, one load on each

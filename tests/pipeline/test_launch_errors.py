@@ -247,7 +247,10 @@ def test_bad_beam_option_value_from_the_shell(tmp_path):
 
     argv = job("embed", "x", tmp_path / "o", "m", "--direct_num_workers", "abc")
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline", *argv], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "clipbeam.pipeline", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 2, done.stderr
     assert "usage:" not in done.stderr and "Traceback" not in done.stderr
