@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from clipbeam.pipeline.beam_options import check_beam_args, resolve_beam_args
+from clipbeam.pipeline.beam_options import check_beam_args, check_misspelled, resolve_beam_args
 from clipbeam.pipeline.head_options import head_fields
 from clipbeam.pipeline.options import DEFAULT_TEMPLATE, LaunchError, build_parser
 from clipbeam.transforms.limits import DEFAULT_URL_SCHEMES
@@ -55,7 +55,11 @@ def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = 
         LaunchError: unknown or malformed arguments, or options that conflict.
     """
     parser = build_parser()
-    namespace, extras = parser.parse_known_args(list(argv))
+    try:
+        namespace, extras = parser.parse_known_args(list(argv))
+    except LaunchError:
+        check_misspelled(argv, parser)  # a typo explains a missing option better than argparse
+        raise
     command = namespace.command
     extras = resolve_beam_args(extras)
     check_beam_args(extras, parser, command)

@@ -21,7 +21,13 @@ from typing import NoReturn
 
 from clipbeam.pipeline.options import LaunchError
 
-__all__ = ["EXTRA_RUNNERS", "check_beam_args", "resolve_beam_args", "runner_name"]
+__all__ = [
+    "EXTRA_RUNNERS",
+    "check_beam_args",
+    "check_misspelled",
+    "resolve_beam_args",
+    "runner_name",
+]
 
 # Runners Beam ships but does not resolve by name (``apache_beam.runners.runner._RUNNER_MAP``
 # lists only the runners of StandardOptions.KNOWN_RUNNER_NAMES): the class name, lower case,
@@ -135,6 +141,26 @@ def check_beam_args(extras: list[str], parser: argparse.ArgumentParser, command:
                 f"--{option} {value}: expected a value in [{low}, {high}] (Beam takes any "
                 "integer here, then fails or hangs on the first bundle)"
             )
+
+
+def check_misspelled(argv: Sequence[str], parser: argparse.ArgumentParser) -> None:
+    """Fails on the first option of ``argv`` that is neither its job's nor Beam's, if any.
+
+    Called when argparse refused the command line (a required option missing): ``--inptu x``
+    then says "did you mean --input?" rather than that --input is missing.
+    """
+    jobs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    command = next((a for a in argv if a in jobs), None)
+    if command is None:
+        return
+    own = set(_option_strings(jobs[command])) | set(_OPTION_ALIASES)
+    beam_names = _snapshot_names()
+    if beam_names is None:
+        beam_names = frozenset(_option_strings(_beam_parser()))
+    for arg in argv:
+        name = arg.split("=", 1)[0]
+        if arg.startswith("--") and name not in own and name not in beam_names:
+            _unknown_argument_error([name], parser, beam_names, command)
 
 
 def _is_flag(arg: str) -> bool:

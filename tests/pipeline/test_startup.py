@@ -55,8 +55,10 @@ def test_help_loads_no_beam_or_torch(tmp_path, args):
         (["score", *JOB, "--tmp_location", "/tmp"], "did you mean --temp_location?"),
         (["score", *JOB, "stray"], "unexpected argument 'stray'"),
         (["embed", *JOB, "--min-score", "0.3"], "is an option of clipbeam filter, not embed"),
+        # A typo of a required option: the typo is named, not the option it left missing.
+        (["score", "--inptu", "x", "--output", "o", "--model", "m"], "did you mean --input?"),
     ],
-    ids=["missing", "clipbeam-typo", "beam-typo", "stray", "other-job"],
+    ids=["missing", "clipbeam-typo", "beam-typo", "stray", "other-job", "required-typo"],
 )
 def test_argument_errors_load_no_beam_or_torch(tmp_path, args, message):
     status, loaded, stderr = _clipbeam(tmp_path, *args)
