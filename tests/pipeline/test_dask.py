@@ -60,7 +60,9 @@ def check_same_as_direct(
     for run_summary in (summary, direct.summary):
         run_summary["options"].pop("output", None)
     strip = {k: v for k, v in direct.summary.items() if k not in VOLATILE}
-    assert same({k: v for k, v in summary.items() if k not in VOLATILE}, strip)
+    got = {k: v for k, v in summary.items() if k not in VOLATILE}
+    differ = sorted(k for k in got.keys() | strip.keys() if not same(got.get(k), strip.get(k)))
+    assert not differ, {k: (got.get(k), strip.get(k)) for k in differ}
     return summary
 
 
@@ -90,6 +92,8 @@ def test_runner_name_resolves_to_beams_dask_runner():
         "--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
         "--dask_partition_size=1",
     )
+    two_pass = parse("filter", "--top-fraction", "0.5", "--runner=DaskRunner").beam_args
+    assert two_pass == ("--runner=apache_beam.runners.dask.dask_runner.DaskRunner",)
     given = parse("embed", "--runner=DaskRunner", "--dask_npartitions=4").beam_args
     assert given == (
         "--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
