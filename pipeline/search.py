@@ -256,6 +256,13 @@ def parse(argv: Sequence[str]) -> tuple[SearchSpec, list[str], list[str], list[Q
             f"search needs queries: {where} no query; pass --queries 'a cat,a dog', "
             "--queries-file FILE (one per line) or --query-images PATTERN"
         )
+    # The id is in every result already; the result's own columns cannot be kept.
+    keep = [c for c in dict.fromkeys(values["keep_columns"]) if c and c != values["id_column"]]
+    clash = [c for c in keep if c in ("query", "rank", "similarity")]
+    if clash:
+        raise LaunchError(
+            f"--keep-columns {', '.join(clash)}: results have a column of that name already"
+        )
     top_k = values["top_k"]
     if top_k is None and values["min_similarity"] is None:
         top_k = 10
@@ -271,7 +278,7 @@ def parse(argv: Sequence[str]) -> tuple[SearchSpec, list[str], list[str], list[Q
             query_kind="image" if images else "text",
             embedding_column=values["embedding_column"],
             id_column=values["id_column"],
-            keep_columns=tuple(values["keep_columns"]),
+            keep_columns=tuple(keep),
             keep_from=tuple(values["keep_from"]),
             resume=values["resume"],
             options=dict(values),

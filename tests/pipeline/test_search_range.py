@@ -2,8 +2,12 @@
 DirectRunner, checked against a brute-force NumPy search over all rows."""
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
+from clipbeam.pipeline.cli import main
 from tests.pipeline.test_dedup import write
 from tests.pipeline.test_search import DIM, QUERIES, search
 
@@ -23,7 +27,8 @@ def dataset(tmp_path, files=3, rows=230, seed=4):
         # A shared direction, so queries have many rows above a moderate similarity.
         x[:, :8] += 1.5
         names = [f"f{f}-{i:04d}" for i in range(rows)]
-        write(tmp_path / f"in{f}.parquet", names, x, rows_per_group=40)
+        images = [n.encode() for n in names]
+        write(tmp_path / f"in{f}.parquet", names, x, images=images, rows_per_group=40)
         ids += names
         xs.append(x)
         inputs.append(tmp_path / f"in{f}.parquet")
@@ -72,9 +77,18 @@ def test_range_search_equals_brute_force_across_units(tmp_path, query_vectors, m
     want, counts, _ = brute_range(ids, x, query_vectors, floor, 10**6)
     assert min(counts.values()) > 0 and max(counts.values()) < 690  # a real cut for every query
     _, table, summary = search(
-        tmp_path, inputs, "--queries", ",".join(QUERIES), "--min-similarity", str(floor), *mode
+        tmp_path,
+        inputs,
+        "--queries",
+        ",".join(QUERIES),
+        "--min-similarity",
+        str(floor),
+        "--keep-columns",
+        "image",
+        *mode,
     )
     check(table, want)
+    assert table.column("image").to_pylist() == [i.encode() for i in table.column("id").to_pylist()]
     assert summary["results_per_query"] == {q: counts[i] for i, q in enumerate(QUERIES)}
     assert summary["matches_per_query"] == summary["results_per_query"]
     assert summary["capped_queries"] == [] and summary["max_results_per_query"] == 1000
@@ -126,3 +140,57 @@ def test_top_k_with_min_similarity_keeps_the_k_best_at_or_above_it(tmp_path, que
     check(table, want)
     assert "capped_queries" not in summary  # --top-k is the count asked for, not a cap
     assert summary["results_per_query"] == {q: min(6, counts[i]) for i, q in enumerate(QUERIES)}
+
+
+def test_resume_counts_every_row_once_and_rewrites_the_results(tmp_path, query_vectors):
+    inputs, _, _ = dataset(tmp_path, files=2, rows=120)
+    # Two unusable rows in the second file, so errors/ has rows to count once.
+    table = pq.read_table(inputs[1])
+    bad = table.column("image_embedding").to_pylist()
+    bad[5] = [0.0] * DIM
+    bad[90] = [float("nan")] * DIM
+    table = table.set_column(1, "image_embedding", pa.array(bad, table.schema.field(1).type))
+    pq.write_table(table, inputs[1], row_group_size=40)
+    args = ("--queries", ",".join(QUERIES), "--min-similarity", "0.3", "--keep-columns", "id,image")
+    out, first, summary = search(tmp_path, inputs, *args)
+    markers = sorted((out / "_units").glob("search-*.json"))
+    assert len(markers) == summary["units"] == 6
+    # An interrupted run: two units unfinished (no marker), one marker without its candidates,
+    # no results for some queries, no summary.
+    for m in markers[1:3]:
+        m.unlink()
+    markers[4].with_suffix(".parquet").unlink()
+    sorted((out / "results").iterdir())[0].unlink()
+    (out / "summary.json").unlink()
+    assert (
+        main(
+            [
+                "search",
+                "--input",
+                *map(str, inputs),
+                "--output",
+                str(out),
+                "--model",
+                "demo-clip",
+                *args,
+            ]
+        )
+        == 2
+    )  # not without --resume
+    _, again, resumed = search(tmp_path, inputs, *args, "--resume")
+    assert again.equals(first)
+    assert first.column("image").to_pylist() == [i.encode() for i in first.column("id").to_pylist()]
+    assert resumed["resumed_units"] == 3
+    for key in ("input_rows", "rows_searched", "error_rows", "results_per_query", "units"):
+        assert resumed[key] == summary[key], key
+    assert (resumed["input_rows"], resumed["error_rows"]) == (240, 2)
+    errors = ds.dataset(out / "errors").to_table()
+    assert sorted(errors.column("id").to_pylist()) == ["f1-0005", "f1-0090"]
+
+
+def test_resume_refuses_another_job(tmp_path, query_vectors, capsys):
+    inputs, _, _ = dataset(tmp_path, files=1, rows=50)
+    out, _, _ = search(tmp_path, inputs, "--queries", QUERIES[0])
+    argv = ["search", "--input", str(inputs[0]), "--output", str(out), "--model", "demo-clip"]
+    assert main([*argv, "--queries", QUERIES[1], "--resume"]) == 2
+    assert "changed: queries" in capsys.readouterr().err
