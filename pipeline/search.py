@@ -30,6 +30,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from clipbeam.pipeline.beam_options import check_beam_args, resolve_beam_args
 from clipbeam.pipeline.dedup import _check_schema, _iso
 from clipbeam.pipeline.options import (
     LaunchError,
@@ -230,7 +231,11 @@ def parse(argv: Sequence[str]) -> tuple[SearchSpec, list[str], list[str], list[Q
     """Command line -> ``(spec without dim, inputs, beam arguments, query images)``; with image
     queries, the spec's queries are every image's label (:func:`validate_search` drops those
     that do not decode)."""
-    args, beam_args = build_parser().parse_known_args(list(argv))
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(list(argv))
+    # DaskRunner spelled out; a typo of an option is an error, not an ignored Beam argument.
+    beam_args = resolve_beam_args(beam_args)
+    check_beam_args(beam_args, parser, "search")
     values = vars(args)
     inputs = values.pop("input")
     queries = [q for q in values["queries"] if q]

@@ -1,7 +1,6 @@
 """`clipbeam search` with image queries (Parquet or files), text-to-text search and kept columns
 joined from another dataset, on the real DirectRunner over generated scenes."""
 
-
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
