@@ -130,26 +130,43 @@ def top_k_rows(
     similarities: np.ndarray, ids: list, k: int, floor: np.ndarray | float = -np.inf
 ) -> list[list[int]]:
     """Per query (row of ``similarities``), the indices of its ``k`` best columns at or above
-    ``floor`` (a scalar or one value per query), in :func:`order_key` order.
+    ``floor`` (a scalar or one value per query), in :func:`order_key` order."""
+    chosen: list[list[int]] = [[] for _ in range(len(similarities))]
+    for q, picked in _picks(similarities, ids, k, floor):
+        chosen[q] = picked
+    return chosen
 
-    One ``np.partition`` over the whole tile finds each row's k-th value; every column tied with
-    it is considered, so the id decides ties exactly.
+
+def _picks(
+    similarities: np.ndarray, ids: list, k: int, floor: np.ndarray | float
+) -> Iterator[tuple[int, list[int]]]:
+    """``(row, its k best columns at or above floor, in order)`` for the rows that have any.
+
+    Vectorized over the tile: one comparison finds each row's columns at or above its floor;
+    only rows with more than ``k`` of them get an ``np.partition`` for their k-th value, and every
+    column tied with it stays a candidate, so the id decides ties exactly. Python sorts at most
+    ``k`` (plus ties) columns per row.
     """
     n = similarities.shape[1]
-    cut = np.broadcast_to(np.asarray(floor, dtype=np.float64), (len(similarities),))
-    if n > k:
-        kth = np.partition(similarities, n - k, axis=1)[:, n - k]
-        cut = np.maximum(cut, kth)
-    rows, cols = np.nonzero(similarities >= cut[:, None].astype(similarities.dtype))
-    bounds = np.searchsorted(rows, np.arange(len(similarities) + 1))
-    chosen = []
-    for q in range(len(similarities)):
-        candidates = cols[bounds[q] : bounds[q + 1]].tolist()
+    cut = np.array(np.broadcast_to(floor, (len(similarities),)), dtype=similarities.dtype)
+    mask = similarities >= cut[:, None]
+    over = np.flatnonzero(mask.sum(axis=1) > k)
+    if over.size:
+        masked = np.where(mask[over], similarities[over], -np.inf)
+        kth = np.partition(masked, n - k, axis=1)[:, n - k]
+        mask[over] = similarities[over] >= np.maximum(cut[over], kth)[:, None]
+    rows, cols = np.nonzero(mask)
+    if not rows.size:
+        return
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    ends = np.r_[starts[1:], len(rows)]
+    for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+        q = int(rows[lo])
         row = similarities[q]
+        candidates = cols[lo:hi].tolist()
         if len(candidates) > 1:
             candidates.sort(key=lambda j: (-float(row[j]), ids[j]))
-        chosen.append(candidates[:k])
-    return chosen
+        yield q, candidates[:k]
 
 
 class QueryHeaps:
@@ -167,26 +184,24 @@ class QueryHeaps:
         self.queries = np.ascontiguousarray(queries, dtype=np.float32)
         self.best: list[list[tuple]] = [[] for _ in range(len(self.queries))]
         self.matches = np.zeros(len(self.queries), dtype=np.int64)
+        # Per query, the similarity a row needs to be a candidate: its floor, then, once its heap
+        # is full, its worst kept row (a tie with it may still win by id).
+        self._cut = np.full(len(self.queries), spec.floor, dtype=np.float32)
 
     def add(self, ids: list, vectors: np.ndarray) -> None:
         """Scores rows ``ids`` (unit ``vectors``, ``(n, dim)``) against every query, in blocks."""
-        k, floor = self.spec.limit, self.spec.floor
+        k, floor = self.spec.limit, np.float32(self.spec.floor)
         for lo in range(0, len(self.queries), _QUERY_BLOCK):
             tile = self.queries[lo : lo + _QUERY_BLOCK] @ vectors.T
             if self.spec.min_similarity is not None:
-                self.matches[lo : lo + len(tile)] += (tile >= np.float32(floor)).sum(axis=1)
-            # A query whose heap is full only takes rows at least as good as its worst one.
-            cut = np.array(
-                [
-                    self.best[q][-1][0] if len(self.best[q]) >= k else floor
-                    for q in range(lo, lo + len(tile))
-                ]
-            )
-            for q, picked in enumerate(top_k_rows(tile, ids, k, cut), start=lo):
-                if not picked:
-                    continue
-                merged = self.best[q] + [(float(tile[q - lo, j]), ids[j]) for j in picked]
-                self.best[q] = sorted(merged, key=order_key)[:k]
+                self.matches[lo : lo + len(tile)] += (tile >= floor).sum(axis=1)
+            for q, picked in _picks(tile, ids, k, self._cut[lo : lo + len(tile)]):
+                row = tile[q]
+                q += lo
+                merged = self.best[q] + [(float(row[j]), ids[j]) for j in picked]
+                self.best[q] = best = sorted(merged, key=order_key)[:k]
+                if len(best) >= k:
+                    self._cut[q] = best[-1][0]
 
     def candidates(self) -> Iterator[tuple[int, tuple]]:
         """``(query index, (similarity, id))`` of every kept row."""
