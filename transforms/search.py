@@ -174,6 +174,13 @@ class QueryHeaps:
     batches added, and per query the count of all rows at or above the floor (to tell a capped
     range search).
 
+    The heaps are two arrays, ``(queries, limit)`` similarities and ids, merged with each tile
+    by ``np.argpartition`` for all queries at once; a query only takes part when some row of the
+    tile reaches its cut (its floor, or its worst kept row once full), so after the first
+    batches most tiles cost one comparison. Where equal similarities straddle the k-th place,
+    that query is merged exactly in Python, by :func:`order_key`: ties always go to the smaller
+    id.
+
     Args:
         spec: the job.
         queries: ``(len(spec.queries), dim)`` float32 unit query vectors.
@@ -182,26 +189,68 @@ class QueryHeaps:
     def __init__(self, spec: SearchSpec, queries: np.ndarray):
         self.spec = spec
         self.queries = np.ascontiguousarray(queries, dtype=np.float32)
-        self.best: list[list[tuple]] = [[] for _ in range(len(self.queries))]
-        self.matches = np.zeros(len(self.queries), dtype=np.int64)
-        # Per query, the similarity a row needs to be a candidate: its floor, then, once its heap
-        # is full, its worst kept row (a tie with it may still win by id).
-        self._cut = np.full(len(self.queries), spec.floor, dtype=np.float32)
+        n, k = len(self.queries), spec.limit
+        self.matches = np.zeros(n, dtype=np.int64)
+        self._sim = np.full((n, k), -np.inf, dtype=np.float32)  # -inf: an empty place
+        self._ids = np.full((n, k), None, dtype=object)
+
+    @property
+    def best(self) -> list[list[tuple]]:
+        """Per query, its kept ``(similarity, id)``, in :func:`order_key` order."""
+        out = []
+        for sims, ids in zip(self._sim, self._ids, strict=True):
+            kept = [(float(s), i) for s, i in zip(sims, ids, strict=True) if s > -np.inf]
+            out.append(sorted(kept, key=order_key))
+        return out
 
     def add(self, ids: list, vectors: np.ndarray) -> None:
         """Scores rows ``ids`` (unit ``vectors``, ``(n, dim)``) against every query, in blocks."""
-        k, floor = self.spec.limit, np.float32(self.spec.floor)
+        floor = np.float32(self.spec.floor)
+        id_array = np.empty(len(ids), dtype=object)
+        id_array[:] = ids
         for lo in range(0, len(self.queries), _QUERY_BLOCK):
             tile = self.queries[lo : lo + _QUERY_BLOCK] @ vectors.T
             if self.spec.min_similarity is not None:
                 self.matches[lo : lo + len(tile)] += (tile >= floor).sum(axis=1)
-            for q, picked in _picks(tile, ids, k, self._cut[lo : lo + len(tile)]):
-                row = tile[q]
-                q += lo
-                merged = self.best[q] + [(float(row[j]), ids[j]) for j in picked]
-                self.best[q] = best = sorted(merged, key=order_key)[:k]
-                if len(best) >= k:
-                    self._cut[q] = best[-1][0]
+            self._merge(lo, tile, id_array, floor)
+
+    def _merge(self, lo: int, tile: np.ndarray, id_array: np.ndarray, floor: np.float32) -> None:
+        k = self.spec.limit
+        heap_sim = self._sim[lo : lo + len(tile)]
+        heap_ids = self._ids[lo : lo + len(tile)]
+        cut = np.maximum(heap_sim.min(axis=1), floor)
+        active = np.flatnonzero((tile >= cut[:, None]).any(axis=1))
+        if not active.size:
+            return
+        t = np.where(tile[active] >= cut[active, None], tile[active], -np.inf)
+        n = t.shape[1]
+        if n > k:
+            picked = np.argpartition(-t, k - 1, axis=1)[:, :k]
+        else:
+            picked = np.broadcast_to(np.arange(n), (len(active), n))
+        all_sim = np.concatenate([heap_sim[active], np.take_along_axis(t, picked, 1)], axis=1)
+        all_ids = np.concatenate([heap_ids[active], id_array[picked]], axis=1)
+        keep = np.argpartition(-all_sim, k - 1, axis=1)[:, :k]
+        new_sim = np.take_along_axis(all_sim, keep, 1)
+        kth = new_sim.min(axis=1)
+        # Ambiguous: more rows than places at or above the k-th value (a tie straddles it).
+        ahead = (t >= kth[:, None]).sum(axis=1) + (heap_sim[active] >= kth[:, None]).sum(axis=1)
+        tied = (ahead > k) & (kth > -np.inf)
+        sure = np.flatnonzero(~tied)
+        heap_sim[active[sure]] = new_sim[sure]
+        heap_ids[active[sure]] = np.take_along_axis(all_ids, keep, 1)[sure]
+        for a in np.flatnonzero(tied).tolist():
+            q = int(active[a])
+            row = t[a]
+            cols = np.flatnonzero(row >= kth[a])
+            pool = [(float(row[j]), id_array[j]) for j in cols.tolist()]
+            pool += [
+                (float(s), i) for s, i in zip(heap_sim[q], heap_ids[q], strict=True) if s >= kth[a]
+            ]
+            best = sorted(pool, key=order_key)[:k]
+            best += [(-np.inf, None)] * (k - len(best))
+            heap_sim[q] = [b[0] for b in best]
+            heap_ids[q] = [b[1] for b in best]
 
     def candidates(self) -> Iterator[tuple[int, tuple]]:
         """``(query index, (similarity, id))`` of every kept row."""
