@@ -222,26 +222,23 @@ class QueryHeaps:
         active = np.flatnonzero((tile >= cut[:, None]).any(axis=1))
         if not active.size:
             return
-        t = np.where(tile[active] >= cut[active, None], tile[active], -np.inf)
-        n = t.shape[1]
-        if n > k:
-            picked = np.argpartition(-t, k - 1, axis=1)[:, :k]
-        else:
-            picked = np.broadcast_to(np.arange(n), (len(active), n))
-        all_sim = np.concatenate([heap_sim[active], np.take_along_axis(t, picked, 1)], axis=1)
-        all_ids = np.concatenate([heap_ids[active], id_array[picked]], axis=1)
+        sub = tile[active]
+        mask = sub >= cut[active, None]
+        cand_sim, cand_ids = _candidates(sub, mask, id_array, min(k, sub.shape[1]))
+        all_sim = np.concatenate([heap_sim[active], cand_sim], axis=1)
+        all_ids = np.concatenate([heap_ids[active], cand_ids], axis=1)
         keep = np.argpartition(-all_sim, k - 1, axis=1)[:, :k]
         new_sim = np.take_along_axis(all_sim, keep, 1)
         kth = new_sim.min(axis=1)
         # Ambiguous: more rows than places at or above the k-th value (a tie straddles it).
-        ahead = (t >= kth[:, None]).sum(axis=1) + (heap_sim[active] >= kth[:, None]).sum(axis=1)
+        ahead = (sub >= kth[:, None]).sum(axis=1) + (heap_sim[active] >= kth[:, None]).sum(axis=1)
         tied = (ahead > k) & (kth > -np.inf)
         sure = np.flatnonzero(~tied)
         heap_sim[active[sure]] = new_sim[sure]
         heap_ids[active[sure]] = np.take_along_axis(all_ids, keep, 1)[sure]
         for a in np.flatnonzero(tied).tolist():
             q = int(active[a])
-            row = t[a]
+            row = sub[a]
             cols = np.flatnonzero(row >= kth[a])
             pool = [(float(row[j]), id_array[j]) for j in cols.tolist()]
             pool += [
@@ -257,6 +254,36 @@ class QueryHeaps:
         for q, best in enumerate(self.best):
             for candidate in best:
                 yield q, candidate
+
+
+def _candidates(
+    sub: np.ndarray, mask: np.ndarray, id_array: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``sub``, at most ``width`` of its best entries where ``mask`` holds, as
+    ``(similarities, ids)`` arrays of ``width`` columns (``-inf`` / ``None`` where fewer).
+
+    Rows with few candidates (most, once the heaps are full) are gathered from ``np.nonzero``;
+    only rows with more than ``width`` pay an ``np.argpartition`` over the whole row.
+    """
+    rows = len(sub)
+    cand_sim = np.full((rows, width), -np.inf, dtype=np.float32)
+    cand_ids = np.full((rows, width), None, dtype=object)
+    counts = mask.sum(axis=1)
+    over = counts > width
+    if over.any():
+        o = np.flatnonzero(over)
+        masked = np.where(mask[o], sub[o], -np.inf)
+        picked = np.argpartition(-masked, width - 1, axis=1)[:, :width]
+        cand_sim[o] = np.take_along_axis(masked, picked, 1)
+        cand_ids[o] = id_array[picked]
+        mask = mask & ~over[:, None]
+        counts = np.where(over, 0, counts)
+    r, c = np.nonzero(mask)
+    if r.size:
+        pos = np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)
+        cand_sim[r, pos] = sub[r, c]
+        cand_ids[r, pos] = id_array[c]
+    return cand_sim, cand_ids
 
 
 class BundleTopK(beam.DoFn):
