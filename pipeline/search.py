@@ -168,6 +168,11 @@ def validate_search(
     spec = dataclasses.replace(spec, dim=next(iter(dims.values())))
     schema = schemas[units[0].path]
     keep_units, keep_schema = units, schema
+    if spec.keep_columns and spec.keep_from and spec.id_column is None:
+        raise LaunchError(
+            "--keep-from joins by --id-column; with --id-column none the ids are "
+            "'<file>:<row>' of the --input files, which another dataset does not share"
+        )
     if spec.keep_columns:
         if spec.keep_from:
             keep_units = plan(spec.keep_from)

@@ -1,15 +1,17 @@
-"""Top-k search of embedded rows by query vectors: the workers' side of ``clipbeam search``.
+"""Top-k and range search of embedded rows by query vectors: the workers' side of clipbeam search.
 
 Rows are read by dedup's reader (:class:`clipbeam.transforms.dedup.read.ReadUnit`: ids, unit
-vectors, kept columns; rows without a usable embedding go to ``errors/``). :class:`BundleTopK`
-multiplies each batch by the query matrix (``(queries, dim)``, a few MB for thousands of queries)
-in blocks of queries, and keeps, per query, the ``top_k`` best rows of its whole bundle;
-``beam.combiners.Top.SmallestPerKey`` then merges the bundles' candidates into the job's top-k per
-query.
+vectors; rows without a usable embedding go to ``errors/``). :class:`QueryHeaps` multiplies each
+batch by the query matrix (``(queries, dim)``, a few MB for thousands of queries) in blocks of
+queries, and keeps, per query, the ``spec.limit`` best rows at or above ``spec.min_similarity``
+(``top_k``, or ``max_results_per_query`` for a range search) and the count of rows at or above it;
+``beam.combiners.Top.SmallestPerKey`` then merges the work units' candidates into the job's
+results per query. Memory per worker: the query matrix, one ``(256, 4096)`` tile, and
+``queries x limit`` kept rows.
 
 Order: larger similarity first; equal similarities go to the smaller id (ids compared as the
 input column's values, ``"<file>:<row>"`` strings without an id column). The same order is used
-inside a bundle and in the combine, so the result does not depend on how rows are spread over
+inside a unit and in the combine, so the result does not depend on how rows are spread over
 units, bundles or workers.
 """
 
