@@ -2,6 +2,7 @@
 with thumbnails read back from the rows that hold the images."""
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -10,6 +11,7 @@ from clipbeam.pipeline.report.collect import collect
 from clipbeam.pipeline.report.inputs import thumbnail_uri
 from clipbeam.pipeline.report.page import render
 from clipbeam.transforms.images import decode_image
+from tests.pipeline.test_report import chromium  # noqa: F401 (a fixture)
 from tests.pipeline.test_search import search
 from tests.pipeline.test_search_queries import scenes  # noqa: F401 (a fixture)
 
@@ -90,3 +92,28 @@ def test_search_report_with_images_kept_and_without_any_images(scenes, tmp_path)
     assert all(e.thumbnail is None for q in plain.queries for e in (*q.best, *q.borderline))
     assert sum(len(q.best) for q in plain.queries) == 18 and plain.notes == []
     assert "<h3>a red circle</h3>" in render(plain)
+
+
+def test_search_page_renders_offline_without_errors(scenes, chromium, tmp_path):  # noqa: F811
+    from clipbeam.pipeline.report import write_report
+
+    root, data, _ = scenes
+    out, _, summary = search(
+        tmp_path,
+        [root / "emb" / "embeddings"],
+        "--queries",
+        QUERIES,
+        "--top-k",
+        "8",
+        "--keep-from",
+        data,
+        "--keep-columns",
+        "caption_en",
+    )
+    page = Path(write_report(str(out), str(tmp_path / "report.html")))
+    load = chromium.load(page)
+    assert load.errors == []
+    assert [u for u in load.requests if not u.startswith("data:")] == [page.resolve().as_uri()]
+    assert load.dom["counts"]["rows_searched"] == f"{summary['rows_searched']:,}"
+    assert load.dom["broken"] == 0 and load.dom["scripts"] == 0
+    assert load.dom["images"] == 3 * 8  # every result of every query, each shown once
