@@ -19,6 +19,7 @@ BENCHMARKS = (
     "bench_memory",
     "bench_heads",
     "bench_dedup",
+    "bench_search",
 )
 
 

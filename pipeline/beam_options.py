@@ -233,7 +233,9 @@ def _unknown_argument_error(
             f"unexpected argument {unknown[0]!r} (options take the form --name value; quote "
             "globs so the shell does not expand them)"
         )
-    jobs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    # A job's own parser (clipbeam search, dedup) has no subcommands: it is the only job known.
+    jobs = subcommands[0].choices if subcommands else {command: parser}
     name = flags[0].split("=", 1)[0]
     owners = [job for job, p in jobs.items() for a in p._actions if name in a.option_strings]
     if owners:

@@ -1,17 +1,20 @@
-"""``clipbeam search``: the rows that best match text queries, over the whole dataset, in one pass.
+"""``clipbeam search``: the rows that best match text or image queries, over the whole dataset.
 
-The queries are embedded once, on the launcher, with the model's text tower (``--template`` as
-classify has it; the default template is the query itself, ``{}``). Rows are read as ``clipbeam
-dedup`` reads them (any Parquet with an id and an embedding column)::
+The queries are embedded once, on the launcher (:mod:`.search_queries`): texts with the model's
+text tower (``--template`` as classify has it; default ``{}``, the query as written), images with
+its image tower. Rows are read as ``clipbeam dedup`` reads them (any Parquet with an id and an
+embedding column; ``--against-column text_embedding`` searches caption embeddings)::
 
-    units -> ReadUnit -> batches -> BundleTopK (queries x batch, top-k per query per bundle)
-          -> Top.SmallestPerKey(K) by (-similarity, id) -> results/query-NNNNN.parquet
-          -> summary.json
+    units -> SearchUnit (ReadUnit, queries x batch, per-query heaps; staged + marker per unit)
+          -> Top.SmallestPerKey(limit) by (-similarity, id)
+          -> [--keep-columns: CoGroupByKey on the id with ReadKept over --keep-from / --input]
+          -> results/query-NNNNN.parquet -> summary.json
 
-Output: ``results/`` (``query, rank, <id>, similarity`` and ``--keep-columns``, carried with the
-candidates from the rows they were read from), ``errors/`` (rows without a usable embedding),
-``summary.json`` (queries, rows searched, per-query result counts). Ties of similarity go to
-the smaller id. Still to come: ``--min-similarity``, image queries, raw images, the report view.
+``--top-k K`` keeps the K best rows per query; ``--min-similarity S`` every row at or above S, at
+most ``--max-results-per-query`` (1000) per query, the best ones, and ``summary.json`` names the
+queries that reached the cap; both together: the K best rows at or above S. Ties of similarity go
+to the smaller id. Output: ``results/`` (``query, rank, <id>, similarity`` and ``--keep-columns``),
+``errors/`` (rows without a usable embedding, query images that do not decode), ``summary.json``.
 """
 
 from __future__ import annotations
@@ -28,251 +31,182 @@ import numpy as np
 import pyarrow as pa
 
 from clipbeam.pipeline.dedup import _check_schema, _iso
-from clipbeam.pipeline.options import (
-    LaunchError,
-    _add,
-    _column,
-    _HelpFormatter,
-    _names,
-    _number,
-    _Parser,
+from clipbeam.pipeline.options import LaunchError
+from clipbeam.pipeline.search_options import build_parser, make_spec, parse, parse_values
+from clipbeam.pipeline.search_queries import (
+    QUERY_ERRORS_FILE,
+    QueryImage,
+    embed_images,
+    embed_texts,
+    query_error_table,
 )
 from clipbeam.pipeline.validate import JOB_FILE, plan
 from clipbeam.transforms import storage
-from clipbeam.transforms.dedup.read import STATS_TAG, ReadUnit, dedup_id_field, error_schema
+from clipbeam.transforms.dedup.read import STATS_TAG, dedup_id_field, error_schema
 from clipbeam.transforms.dedup.spec import DedupSpec, DedupStats
 from clipbeam.transforms.search import (
     RESULTS_DIR,
-    BundleTopK,
     SearchSpec,
     order_key,
     result_schema,
     write_results,
 )
+from clipbeam.transforms.search_units import (
+    CANDIDATES_TAG,
+    MARKER_DIR,
+    MATCHES_TAG,
+    RESUMED_TAG,
+    JoinKept,
+    SearchUnit,
+    tagged_values,
+)
 from clipbeam.transforms.units import WorkUnit
 
-__all__ = ["build_parser", "build_search", "main", "parse", "run", "validate_search"]
-
-
-def build_parser(prog: str = "clipbeam search") -> _Parser:
-    """The ``clipbeam search`` argument parser (unknown options are Beam's)."""
-    parser = _Parser(
-        prog=prog,
-        description="the rows that best match text queries -> OUTPUT/results/. Options are "
-        "also accepted with underscores.",
-        formatter_class=_HelpFormatter,
-        allow_abbrev=False,
-    )
-    io = parser.add_argument_group("input and output")
-    _add(
-        io,
-        "input",
-        action="extend",
-        nargs="+",
-        required=True,
-        metavar="PATTERN",
-        help="Parquet with an id and an embedding column (clipbeam embed's embeddings/)",
-    )
-    _add(io, "output", required=True, metavar="DIR", help="output folder, local or gs://")
-    _add(
-        io,
-        "model",
-        required=True,
-        metavar="SOURCE",
-        help="the checkpoint that made the embeddings; its text tower embeds the queries",
-    )
-    columns = parser.add_argument_group("columns")
-    _add(
-        columns,
-        "embedding-column",
-        default="image_embedding",
-        metavar="NAME",
-        help="fixed_size_list or list of float32/float16, one embedding per row",
-    )
-    _add(
-        columns,
-        "id-column",
-        type=_column,
-        default="id",
-        metavar="NAME",
-        help="column identifying rows; 'none' writes '<file>:<row>' ids",
-    )
-    _add(
-        columns,
-        "keep-columns",
-        type=_names,
-        action="extend",
-        default=[],
-        metavar="A,B",
-        help="input columns copied next to each result",
-    )
-    queries = parser.add_argument_group("queries")
-    _add(
-        queries,
-        "queries",
-        type=_names,
-        action="extend",
-        default=[],
-        metavar="A,B",
-        help="text queries, comma-separated",
-    )
-    _add(
-        queries,
-        "queries-file",
-        metavar="FILE",
-        help="a UTF-8 text file (local or gs://) with one query per line",
-    )
-    _add(
-        queries,
-        "template",
-        action="append",
-        default=None,
-        metavar="TEMPLATE",
-        help="prompt template with one {} for the query; repeat to average several "
-        "(default: '{}', the query as written)",
-    )
-    _add(
-        queries,
-        "top-k",
-        type=_number(int, 1),
-        default=10,
-        metavar="K",
-        help="rows kept per query; equal similarities go to the smaller id",
-    )
-    return parser
-
-
-def _read_queries(path: str) -> list[str]:
-    try:
-        data = storage.read_bytes(path)
-    except FileNotFoundError:
-        raise LaunchError(f"--queries-file {path} does not exist") from None
-    except OSError as exc:
-        raise LaunchError(f"cannot read --queries-file {path}: {exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise LaunchError(
-            f"--queries-file {path} is not UTF-8 text ({exc.reason} at byte {exc.start} of "
-            f"{len(data)})"
-        ) from None
-    if "\x00" in text:
-        raise LaunchError(
-            f"--queries-file {path} is not text: it holds NUL bytes ({len(data)} bytes); "
-            "expected one query per line"
-        )
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def parse(argv: Sequence[str]) -> tuple[SearchSpec, list[str], list[str]]:
-    """Command line -> ``(spec without dim, inputs, beam arguments)``."""
-    args, beam_args = build_parser().parse_known_args(list(argv))
-    values = vars(args)
-    inputs = values.pop("input")
-    queries = [q for q in values["queries"] if q]
-    if values["queries_file"]:
-        if queries:
-            raise LaunchError("pass --queries or --queries-file, not both")
-        queries = _read_queries(values["queries_file"])
-    if not queries:
-        where = (
-            f"--queries-file {values['queries_file']} holds"
-            if values["queries_file"]
-            else ("the query list is empty:")
-        )
-        raise LaunchError(
-            f"search needs queries: {where} no query; pass --queries 'a cat,a dog' or "
-            "--queries-file FILE (one per line)"
-        )
-    try:
-        spec = SearchSpec(
-            output=values["output"],
-            model=values["model"],
-            queries=tuple(queries),
-            templates=tuple(values["template"] or ["{}"]),
-            top_k=values["top_k"],
-            embedding_column=values["embedding_column"],
-            id_column=values["id_column"],
-            keep_columns=tuple(values["keep_columns"]),
-            options=dict(values),
-        )
-    except ValueError as exc:
-        raise LaunchError(str(exc)) from None
-    return spec, inputs, beam_args
+__all__ = [
+    "build_parser",
+    "build_search",
+    "main",
+    "make_spec",
+    "parse",
+    "parse_values",
+    "run",
+    "validate_search",
+]
 
 
 def reader_spec(spec: SearchSpec) -> DedupSpec:
-    """The dedup spec its :class:`ReadUnit` reads with: same columns, no image hashes, a fit
-    sample of one row per unit (unused)."""
+    """The dedup spec its reader reads with: same columns, no image hashes, no kept columns
+    (they are joined to the results afterwards), a fit sample of one row per unit (unused)."""
     return DedupSpec(
         output=spec.output,
         embedding_column=spec.embedding_column,
         dim=spec.dim,
         id_column=spec.id_column,
-        keep_columns=spec.keep_columns,
         fit_rows=1,
     )
 
 
-def embed_queries(spec: SearchSpec) -> np.ndarray:
-    """The queries' unit vectors from the model's text tower, ``(queries, projection_dim)``."""
-    from clipbeam.transforms.encoder import Encoder
-
-    try:
-        encoder = Encoder.load(spec.model, device="cpu")
-    except (OSError, ValueError) as exc:
-        raise LaunchError(f"--model {spec.model} cannot be loaded: {exc}") from None
-    return encoder.prompt_embeddings(list(spec.queries), list(spec.templates)).astype(np.float32)
+# Spec fields a resumed run may change: they do not change any output row.
+_RESUMABLE = frozenset({"resume", "options"})
 
 
-def validate_search(
-    spec: SearchSpec, inputs: Sequence[str]
-) -> tuple[SearchSpec, list[WorkUnit], pa.Schema, np.ndarray]:
-    """Launch checks: inputs, columns and dimension of every file, the model's text dimension,
-    the output folder.
+def _check_output(spec: SearchSpec, inputs: Sequence[str]) -> dict[str, Any]:
+    """Refuses an --output of an earlier run without --resume, and one of another job with it."""
+    record = json.loads(spec.to_json())
+    record["inputs"] = list(inputs)
+    path = storage.join(spec.output, JOB_FILE)
+    if not spec.resume:
+        found = [
+            d
+            for d in (RESULTS_DIR, "errors", MARKER_DIR)
+            if storage.list_files(storage.join(spec.output, d))
+        ]
+        found += [n for n in (JOB_FILE, "summary.json") if storage.exists(spec.output + "/" + n)]
+        if found:
+            raise LaunchError(
+                f"--output {spec.output} already holds results of an earlier run "
+                f"({', '.join(found)}). Pass --resume to finish that run, or choose an empty "
+                "--output folder."
+            )
+    elif storage.exists(path):
+        earlier = json.loads(storage.read_bytes(path))
+        changed = sorted(
+            k
+            for k in set(earlier) | set(record)
+            if k not in _RESUMABLE and earlier.get(k) != record.get(k)
+        )
+        if changed:
+            raise LaunchError(
+                f"--resume: {spec.output} holds a run of a different job (changed: "
+                f"{', '.join(changed)}). Rerun with the same options, or choose an empty --output."
+            )
+    return record
 
-    Returns:
-        ``(spec with dim, units, first file's schema, query vectors)``.
-    """
+
+def _schemas(
+    spec: SearchSpec, units: Sequence[WorkUnit], check: Any
+) -> tuple[dict[str, pa.Schema], dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    units = plan(inputs)
     schemas: dict[str, pa.Schema] = {}
-    dims: dict[str, int] = {}
-    reading = reader_spec(spec)
+    found: dict[str, Any] = {}
     for unit in units:
         if unit.path in schemas:
             continue
         with storage.open_input(unit.path) as f:
             schemas[unit.path] = pq.ParquetFile(f).schema_arrow
-        dims[unit.path] = _check_schema(reading, schemas[unit.path], unit.path, unit)
+        found[unit.path] = check(schemas[unit.path], unit)
+    return schemas, found
+
+
+def _check_kept(spec: SearchSpec, schema: pa.Schema, path: str) -> None:
+    wanted = [c for c in (spec.id_column, *spec.keep_columns) if c is not None]
+    missing = [c for c in wanted if c not in schema.names]
+    if missing:
+        raise LaunchError(
+            f"{path} has no column {', '.join(map(repr, missing))} for --keep-columns (columns: "
+            f"{', '.join(schema.names[:12])}); pass --keep-from the Parquet that holds them"
+        )
+
+
+def validate_search(
+    spec: SearchSpec, inputs: Sequence[str], images: Sequence[QueryImage] = ()
+) -> tuple[SearchSpec, list[WorkUnit], pa.Schema, np.ndarray, list[WorkUnit], pa.Schema]:
+    """Launch checks: inputs, columns and dimension of every file, the kept columns, the model's
+    query dimension, the output folder; embeds the queries and records the job.
+
+    Returns:
+        ``(spec with dim and the decoded queries, units, first file's schema, query vectors,
+        units the kept columns are joined from, their first file's schema)``.
+    """
+    units = plan(inputs)
+    reading = reader_spec(spec)
+    schemas, dims = _schemas(spec, units, lambda s, u: _check_schema(reading, s, u.path, u))
     if len(set(dims.values())) > 1:
         shown = ", ".join(f"{p}: {d}" for p, d in list(dims.items())[:4])
         raise LaunchError(f"the input files hold embeddings of different dimensions ({shown})")
     spec = dataclasses.replace(spec, dim=next(iter(dims.values())))
-    queries = embed_queries(spec)
+    schema = schemas[units[0].path]
+    keep_units, keep_schema = units, schema
+    if spec.keep_columns and spec.keep_from and spec.id_column is None:
+        raise LaunchError(
+            "--keep-from joins by --id-column; with --id-column none the ids are "
+            "'<file>:<row>' of the --input files, which another dataset does not share"
+        )
+    if spec.keep_columns:
+        if spec.keep_from:
+            keep_units = plan(spec.keep_from)
+        kept, _ = _schemas(spec, keep_units, lambda s, u: _check_kept(spec, s, u.path))
+        keep_schema = kept[keep_units[0].path]
+    failures: list = []
+    if spec.query_kind == "image":
+        labels, queries, failures = embed_images(spec.model, images)
+        spec = dataclasses.replace(spec, queries=tuple(labels))
+        tower = "images"
+    else:
+        queries = embed_texts(spec.model, spec.queries, spec.templates)
+        tower = "text"
     if queries.shape[1] != spec.dim:
         raise LaunchError(
-            f"--model {spec.model} embeds text in dimension {queries.shape[1]}, the --input "
+            f"--model {spec.model} embeds {tower} in dimension {queries.shape[1]}, the --input "
             f"embeddings have dimension {spec.dim}: both must come from one model"
         )
-    found = [d for d in (RESULTS_DIR, "errors") if storage.list_files(storage.join(spec.output, d))]
-    if found or storage.exists(storage.join(spec.output, "summary.json")):
-        raise LaunchError(
-            f"--output {spec.output} already holds results of an earlier run "
-            f"({', '.join(found or ['summary.json'])}); choose an empty --output folder"
-        )
+    record = _check_output(spec, inputs)
     try:
         storage.check_writable(spec.output)
     except OSError as exc:
         raise LaunchError(f"--output {spec.output} is not writable: {exc}") from None
-    record = json.loads(spec.to_json())
-    record["inputs"] = list(inputs)
+    if failures:
+        import pyarrow.parquet as pq
+
+        table = query_error_table(failures, error_schema(reading, schema))
+        with storage.atomic_writer(storage.join(spec.output, "errors", QUERY_ERRORS_FILE)) as f:
+            pq.write_table(table, f)
     storage.write_atomic(
         storage.join(spec.output, JOB_FILE),
         (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"),
     )
-    return spec, units, schemas[units[0].path], queries
+    return spec, units, schema, queries, keep_units, keep_schema
 
 
 def _metadata(spec: SearchSpec) -> dict[str, str]:
@@ -289,7 +223,9 @@ class _WriteSummary(beam.DoFn):
     def __init__(self, spec: SearchSpec, schema: pa.Schema, inputs: Sequence[str], started: float):
         self.spec, self.schema, self.inputs, self.started = spec, schema, list(inputs), started
 
-    def process(self, stats: DedupStats, counts: dict[int, int]) -> Any:
+    def process(
+        self, stats: DedupStats, counts: dict[int, int], matches: dict[int, int], resumed: int
+    ) -> Any:
         import pyarrow.parquet as pq
 
         from clipbeam.transforms.process import EMPTY_ERRORS_FILE
@@ -297,14 +233,22 @@ class _WriteSummary(beam.DoFn):
 
         spec = self.spec
         errors_path = storage.join(spec.output, "errors", EMPTY_ERRORS_FILE)
-        if not stats.error_rows:
+        query_errors = 0
+        path = storage.join(spec.output, "errors", QUERY_ERRORS_FILE)
+        if storage.exists(path):
+            with storage.open_input(path) as f:
+                query_errors = pq.ParquetFile(f).metadata.num_rows
+        if not stats.error_rows and not query_errors:
             with storage.atomic_writer(errors_path) as f:
                 pq.write_table(error_schema(reader_spec(spec), self.schema).empty_table(), f)
         finished = time.time()
         summary = {
             "job": "search",
+            "query_kind": spec.query_kind,
             "queries": len(spec.queries),
+            "query_errors": query_errors,
             "top_k": spec.top_k,
+            "min_similarity": spec.min_similarity,
             "input_rows": stats.input_rows,
             "rows_searched": stats.input_rows - stats.error_rows,
             "error_rows": stats.error_rows,
@@ -313,6 +257,7 @@ class _WriteSummary(beam.DoFn):
             "results_per_query": {q: counts.get(i, 0) for i, q in enumerate(spec.queries)},
             "ties": "equal similarities are ranked by id, smaller first",
             "units": stats.units,
+            "resumed_units": resumed,
             "timings": {
                 "started_at": _iso(self.started),
                 "finished_at": _iso(finished),
@@ -322,6 +267,17 @@ class _WriteSummary(beam.DoFn):
             "output": redact(spec.output),
             "options": dict(spec.options),
         }
+        if spec.min_similarity is not None:
+            summary["matches_per_query"] = {
+                q: matches.get(i, 0) for i, q in enumerate(spec.queries)
+            }
+            if spec.top_k is None:
+                summary["max_results_per_query"] = spec.max_results_per_query
+                summary["capped_queries"] = [
+                    q
+                    for i, q in enumerate(spec.queries)
+                    if matches.get(i, 0) > spec.max_results_per_query
+                ]
         path = storage.join(spec.output, "summary.json")
         storage.write_atomic(path, (json.dumps(summary, indent=2, default=str) + "\n").encode())
         yield path
@@ -336,50 +292,78 @@ def build_search(
     inputs: Sequence[str],
     *,
     started_at: float,
+    keep_units: Sequence[WorkUnit] = (),
+    keep_schema: pa.Schema | None = None,
 ) -> beam.PCollection:
     """Adds the search job to ``pipeline``; returns the one-element PCollection of the summary's
     path, written when every query's results are."""
     reading = reader_spec(spec)
-    read = (
+    # One output of (tag, value) pairs split by FlatMaps, not ParDo.with_outputs (DaskRunner).
+    tagged = (
         pipeline
         | "PlanUnits" >> beam.Create(list(units), reshuffle=False)
         | "SpreadUnits" >> beam.Reshuffle()
-        | "Read" >> beam.ParDo(ReadUnit(reading, schema)).with_outputs(STATS_TAG, main="batches")
+        | "Search" >> beam.ParDo(SearchUnit(spec, reading, schema, queries))
     )
-    out_schema = result_schema(spec, dedup_id_field(reading, schema), schema)
-    counts = (
-        read.batches
-        | "BundleTopK" >> beam.ParDo(BundleTopK(spec, queries))
-        | "TopPerQuery" >> beam.combiners.Top.SmallestPerKey(spec.top_k, key=order_key)
-        | "WriteResults" >> beam.FlatMap(write_results, spec, out_schema, _metadata(spec))
+    split = {
+        tag: tagged | f"Split{tag.title()}" >> beam.FlatMap(tagged_values, tag)
+        for tag in (CANDIDATES_TAG, MATCHES_TAG, STATS_TAG, RESUMED_TAG)
+    }
+    keep_schema = keep_schema or schema
+    out_schema = result_schema(spec, dedup_id_field(reading, schema), keep_schema)
+    ranked = split[CANDIDATES_TAG] | "TopPerQuery" >> beam.combiners.Top.SmallestPerKey(
+        spec.limit, key=order_key
     )
-    stats = read[STATS_TAG] | "Sum" >> beam.CombineGlobally(lambda s: sum(s, DedupStats()))
+    if spec.keep_columns:
+        ranked = ranked | "KeepColumns" >> JoinKept(spec, keep_units or units)
+    counts = ranked | "WriteResults" >> beam.FlatMap(
+        write_results, spec, out_schema, _metadata(spec)
+    )
+    matches = split[MATCHES_TAG] | "SumMatches" >> beam.CombinePerKey(sum)
+    resumed = split[RESUMED_TAG] | "Resumed" >> beam.CombineGlobally(sum)
+    stats = split[STATS_TAG] | "Sum" >> beam.CombineGlobally(lambda s: sum(s, DedupStats()))
     return stats | "Summary" >> beam.ParDo(
-        _WriteSummary(spec, schema, inputs, started_at), beam.pvalue.AsDict(counts)
+        _WriteSummary(spec, schema, inputs, started_at),
+        beam.pvalue.AsDict(counts),
+        beam.pvalue.AsDict(matches),
+        beam.pvalue.AsSingleton(resumed),
     )
 
 
-def run(argv: Sequence[str], test_pipeline: beam.Pipeline | None = None):
-    """Runs ``clipbeam search`` (``argv`` without the subcommand); returns the pipeline result."""
+def run(argv: Sequence[str], test_pipeline: beam.Pipeline | None = None, *, wait: bool = True):
+    """Runs ``clipbeam search`` (``argv`` without the subcommand); returns the pipeline result
+    (without waiting for it with ``wait=False``: a Flex Template launch only stages the job)."""
     import logging
 
     from apache_beam.options.pipeline_options import PipelineOptions
 
     started_at = time.time()
-    spec, inputs, beam_args = parse(argv)
-    spec, units, schema, queries = validate_search(spec, inputs)
+    spec, inputs, beam_args, images = parse(argv)
+    spec, units, schema, queries, keep_units, keep_schema = validate_search(spec, inputs, images)
     logging.getLogger("clipbeam").info(
-        "search: %d queries over %d rows in %d work units, dimension %d -> %s",
+        "search: %d %s queries over %d rows in %d work units, dimension %d -> %s",
         len(spec.queries),
+        spec.query_kind,
         sum(u.num_rows for u in units),
         len(units),
         spec.dim,
         spec.output,
     )
     pipeline = test_pipeline or beam.Pipeline(options=PipelineOptions(beam_args))
-    build_search(pipeline, spec, units, schema, queries, inputs, started_at=started_at)
+    build_search(
+        pipeline,
+        spec,
+        units,
+        schema,
+        queries,
+        inputs,
+        started_at=started_at,
+        keep_units=keep_units,
+        keep_schema=keep_schema,
+    )
     result = pipeline.run()
-    result.wait_until_finish()
+    if wait:
+        result.wait_until_finish()
     return result
 
 

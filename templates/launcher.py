@@ -6,7 +6,7 @@ every template parameter as ``--name=value``, after the pipeline options it sets
 ``--template_location``, ``--sdk_container_image``, ``--labels``...). :func:`translate` turns that
 into a ``clipbeam JOB ...`` command line:
 
-- the ``job`` parameter (embed, score, filter or classify) becomes the subcommand;
+- the ``job`` parameter (embed, score, filter, classify or search) becomes the subcommand;
 - ``class_labels`` becomes classify's ``--labels``. Dataflow passes the job's own labels as
   ``--labels={"key": "value"}``, so a template parameter cannot be called ``labels``: every
   ``--labels`` the launcher receives is a Dataflow job label and goes to Beam untouched;
@@ -16,7 +16,8 @@ into a ``clipbeam JOB ...`` command line:
   whatever clipbeam does not define is a Beam pipeline option.
 
 Workers are other machines than the launcher: :func:`check_remote` refuses local paths for the
-input, output, model and labels file, which no worker could read.
+input, output, model and labels file, which no worker could read (for search also the queries
+file, the query images and ``keep_from``: :func:`check_search`).
 
 ``templates/metadata.json`` describes the parameters to Dataflow. :func:`template_metadata`
 derives it from the clipbeam parser; regenerate the file after changing an option with::
@@ -39,8 +40,10 @@ __all__ = [
     "JOB",
     "TemplateCall",
     "check_remote",
+    "check_search",
     "launch",
     "main",
+    "template_jobs",
     "template_metadata",
     "translate",
 ]
@@ -77,15 +80,22 @@ class TemplateCall:
         return [f"--labels={label}" for label in self.job_labels]
 
 
+def template_jobs() -> tuple[str, ...]:
+    """The jobs the template runs: the per-row jobs, then search."""
+    from clipbeam.pipeline.options import JOB_KINDS
+
+    return (*JOB_KINDS, "search")
+
+
 def _template_parser() -> argparse.ArgumentParser:
-    from clipbeam.pipeline.options import JOB_KINDS, LaunchError
+    from clipbeam.pipeline.options import LaunchError
 
     class Parser(argparse.ArgumentParser):
         def error(self, message: str):  # type: ignore[override]
             raise LaunchError(f"template parameters: {message}")
 
     parser = Parser(prog="clipbeam template", add_help=False, allow_abbrev=False)
-    parser.add_argument(f"--{JOB}", choices=JOB_KINDS)
+    parser.add_argument(f"--{JOB}", choices=template_jobs())
     parser.add_argument(f"--{CLASS_LABELS}")
     # Dataflow's job labels: a JSON object per value, or key=value (see Beam's --labels).
     parser.add_argument("--labels", action="append", default=[])
@@ -122,12 +132,12 @@ def translate(argv: Sequence[str]) -> TemplateCall:
     Raises:
         LaunchError: no ``job`` parameter, or ``class_labels`` for a job other than classify.
     """
-    from clipbeam.pipeline.options import JOB_KINDS, LaunchError
+    from clipbeam.pipeline.options import LaunchError
 
     known, rest = _template_parser().parse_known_args(list(argv))
     if known.job is None:
         raise LaunchError(
-            f"the template needs the {JOB} parameter: one of {', '.join(JOB_KINDS)} "
+            f"the template needs the {JOB} parameter: one of {', '.join(template_jobs())} "
             f"(e.g. --parameters {JOB}=score)"
         )
     if known.class_labels is not None and known.job != "classify":
@@ -188,6 +198,55 @@ def check_remote(parsed: Any) -> None:
     )
 
 
+def check_search(command: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """A search's arguments checked as the template launcher can, before reading anything: the
+    options and their values, then every path a worker or the launcher reads as a gs:// URL.
+
+    Args:
+        command: the translated command line, ``["search", ...]``.
+
+    Returns:
+        The option values and Beam's arguments (:func:`clipbeam.pipeline.search.parse_values`).
+
+    Raises:
+        LaunchError: a bad option or value, or a local path (naming the parameter).
+    """
+    from types import SimpleNamespace
+
+    from clipbeam.pipeline.options import LaunchError
+    from clipbeam.pipeline.search import make_spec, parse_values
+    from clipbeam.pipeline.validate import check_remote as check
+
+    values, beam_args = parse_values(list(command[1:]))
+    # The queries are read later, on the launcher: the spec is checked with a stand-in.
+    spec = make_spec(values, [q for q in values["queries"] if q] or ["?"])
+    check(
+        SimpleNamespace(output=spec.output, model=spec.model, heads=()),
+        values["input"],
+        name=lambda option: option.replace("-", "_"),
+    )
+    paths = [("queries_file", values["queries_file"])] if values["queries_file"] else []
+    paths += [(option, p) for option in ("query_images", "keep_from") for p in values[option]]
+    for option, path in paths:
+        if not path.startswith("gs://"):
+            raise LaunchError(
+                f"{option} {path!r} is a local path, but on Dataflow every worker is a "
+                "different machine that cannot read the launcher's disk: pass a gs:// URL"
+            )
+    return values, beam_args
+
+
+def _launch_search(call: TemplateCall) -> Any:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from clipbeam.pipeline.search import run
+
+    _, beam_args = check_search(call.command)
+    options = PipelineOptions([*beam_args, *call.beam_label_args()])
+    return run(list(call.command[1:]), test_pipeline=beam.Pipeline(options=options), wait=False)
+
+
 def launch(argv: Sequence[str]) -> Any:
     """Validates and submits (or, under a template launcher, stages) one clipbeam job.
 
@@ -208,6 +267,8 @@ def launch(argv: Sequence[str]) -> Any:
     from clipbeam.pipeline.cli import run
 
     call = translate(argv)
+    if call.command[0] == "search":
+        return _launch_search(call)
     parsed = parse_args(call.command)
     check_remote(parsed)
     # The pipeline is built here so that the Dataflow job labels reach Beam's options without
@@ -251,19 +312,27 @@ _REGEX_BY_TYPE = {
     "_byte_count": r"^\s*[0-9]+\s*[A-Za-z]*\s*$",  # units are checked by the launcher
     "head_pairs": _HEADS,
     "head_thresholds": _THRESHOLDS,
+    "_column_name": r"^\S(?:.*\S)?$",
 }
 # Plain string options, by dest.
 _REGEX_BY_DEST = {
     "input": _GCS_URL,
     "output": _GCS_URL,
     "labels_file": _GCS_URL,
+    "queries_file": _GCS_URL,
+    "query_images": _GCS_URL,
+    "keep_from": _GCS_URL,
     "template": r"^.*\{\}.*$",
 }
 # Dataflow's input pickers, by dest (the rest are TEXT). Only types that never pre-fill a value:
 # a BOOLEAN or NUMBER picker would send false or 0 for a parameter the user left alone.
 # Value types that take several comma-separated values in one parameter.
 _LIST_TYPES = ("_names", "_schemes", "head_pairs", "head_thresholds")
-_PARAM_TYPE_BY_DEST = {"output": "GCS_WRITE_FOLDER", "labels_file": "GCS_READ_FILE"}
+_PARAM_TYPE_BY_DEST = {
+    "output": "GCS_WRITE_FOLDER",
+    "labels_file": "GCS_READ_FILE",
+    "queries_file": "GCS_READ_FILE",
+}
 _LABEL_WORDS = {"id": "ID", "http": "HTTP", "url": "URL", "k": "K"}
 # Help that differs from the command line's: on Dataflow, paths are gs:// URLs and a parameter
 # holds one value.
@@ -281,28 +350,42 @@ _TEMPLATE_HELP = {
     "comma-separated: a clipbeam head folder (head.json + head.safetensors), or LAION's aesthetic "
     "predictor or NeMo Curator's NSFW detector as .pth or .safetensors. Each writes a float32 "
     "column NAME.",
-    "template": "Prompt template with one {} where the label (classify) or the concept (filter) "
-    "goes. Default: 'a photo of a {}.'.",
+    "template": "Prompt template with one {} where the label (classify), the concept (filter) or "
+    "the query (search) goes. Default: 'a photo of a {}.'; for search '{}', the query as written.",
+    "queries_file": "A UTF-8 text file on Cloud Storage with one query per line; not with "
+    "queries or query_images.",
+    "query_images": "Image queries on Cloud Storage: Parquet with an image column, or image "
+    "files, e.g. gs://bucket/queries/*.jpg.",
+    "keep_from": "Parquet on Cloud Storage the keep_columns are joined from by id (default: "
+    "the input), e.g. the dataset embed read.",
 }
 
 _DESCRIPTION = (
     "CLIP and Chinese-CLIP over image-text Parquet datasets: embeddings (embed), image-text "
-    "similarity scores (score), filtering (filter) and zero-shot labels (classify), written back "
-    "as Parquet under the output folder with errors/ and summary.json."
+    "similarity scores (score), filtering (filter), zero-shot labels (classify) and the rows "
+    "best matching text or image queries (search), written back as Parquet under the output "
+    "folder with errors/ and summary.json."
 )
 
 
-def _job_parsers() -> dict[str, argparse.ArgumentParser]:
+def job_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Each template job's argument parser, by job."""
     from clipbeam.pipeline.options import build_parser
+    from clipbeam.pipeline.search import build_parser as search_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(sub.choices)
+    return {**sub.choices, "search": search_parser()}
 
 
 def _job_actions(job: str) -> Iterator[argparse.Action]:
-    for action in _job_parsers()[job]._actions:
+    seen = set()
+    for action in job_parsers()[job]._actions:
+        # An alias of another option (search's --against-column) is the same parameter.
+        if action.dest in seen:
+            continue
         if action.option_strings and not isinstance(action, argparse._HelpAction):
+            seen.add(action.dest)
             yield action
 
 
@@ -352,11 +435,10 @@ def _words(jobs: Sequence[str]) -> str:
 def _help_text(
     action: argparse.Action, jobs: list[str], defaults: dict[str, list[str]], names: dict[str, str]
 ) -> str:
-    from clipbeam.pipeline.options import JOB_KINDS
-
+    all_jobs = template_jobs()
     if action.dest in _TEMPLATE_HELP:
         text = _TEMPLATE_HELP[action.dest]
-        return text if len(jobs) == len(JOB_KINDS) else f"{text} Only for {_words(jobs)}."
+        return text if len(jobs) == len(all_jobs) else f"{text} Only for {_words(jobs)}."
     text = action.help or ""
     if "%" in text:
         text = text % {**vars(action), "prog": "clipbeam"}
@@ -379,7 +461,7 @@ def _help_text(
     elif defaults:
         parts = [f"{value} for {_words(on)}" for value, on in defaults.items()]
         text += f" Default: {'; '.join(parts)}."
-    if len(jobs) < len(JOB_KINDS):
+    if len(jobs) < len(all_jobs):
         text += f" Only for {_words(jobs)}."
     return text
 
@@ -404,13 +486,12 @@ def template_metadata() -> dict[str, Any]:
         ValueError: an option whose values no regex here describes, or one that two jobs define
             with different value types.
     """
-    from clipbeam.pipeline.options import JOB_KINDS
-
+    all_jobs = template_jobs()
     first: dict[str, argparse.Action] = {}
     jobs: dict[str, list[str]] = {}
     required: dict[str, bool] = {}
     defaults: dict[str, dict[str, list[str]]] = {}
-    for job in JOB_KINDS:
+    for job in all_jobs:
         for action in _job_actions(job):
             dest = action.dest
             seen = first.get(dest)
@@ -435,11 +516,12 @@ def template_metadata() -> dict[str, Any]:
             "name": JOB,
             "label": "Job",
             "helpText": "What to compute: embed (embeddings), score (image-text similarity), "
-            "filter (keep or reject pairs) or classify (zero-shot labels).",
+            "filter (keep or reject pairs), classify (zero-shot labels) or search (the rows best "
+            "matching queries).",
             "isOptional": False,
-            "regexes": ["^(?:" + "|".join(JOB_KINDS) + ")$"],
+            "regexes": ["^(?:" + "|".join(all_jobs) + ")$"],
             "paramType": "ENUM",
-            "enumOptions": [{"value": kind, "label": kind} for kind in JOB_KINDS],
+            "enumOptions": [{"value": kind, "label": kind} for kind in all_jobs],
         }
     ]
     for dest, action in first.items():
@@ -460,7 +542,7 @@ def template_metadata() -> dict[str, Any]:
                 parameter["enumOptions"] = [{"value": c, "label": c} for c in action.choices]
                 parameter["defaultValue"] = value
         parameter.setdefault("paramType", _PARAM_TYPE_BY_DEST.get(dest, "TEXT"))
-        if len(on) < len(JOB_KINDS):
+        if len(on) < len(all_jobs):
             parameter["parentName"] = JOB
             parameter["parentTriggerValues"] = on
         parameters.append(parameter)

@@ -69,10 +69,15 @@ def collect(
     output = output.rstrip("/") or output
     summary = _read_json(output, SUMMARY_FILE, required=True)
     kind = summary.get("job")
+    if kind == "search":
+        from clipbeam.pipeline.report.search import collect_search
+
+        job = _read_json(output, JOB_FILE, required=False)
+        return collect_search(output, summary, job, examples, thumbnail_side, _ErrorReader())
     if kind not in OUTPUT_DIRS:
         raise ReportError(
             f"{storage.join(output, SUMMARY_FILE)} names job {kind!r}, expected one of "
-            f"{', '.join(OUTPUT_DIRS)}; was it written by a different tool?"
+            f"{', '.join([*OUTPUT_DIRS, 'search'])}; was it written by a different tool?"
         )
     job = _read_json(output, JOB_FILE, required=False)
     notes: list[str] = []

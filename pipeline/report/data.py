@@ -107,6 +107,7 @@ class ReportData:
         above_cut: filter with a score rule: kept rows with the lowest scores, lowest first.
         below_cut: filter with a score rule: rows the score rule rejected with the highest
             scores, highest first (with :attr:`above_cut`, the rows either side of the cut).
+        queries: search: one :class:`~.search.QueryResults` per query, in the job's order.
     """
 
     output: str
@@ -126,6 +127,7 @@ class ReportData:
     notes: list[str]
     above_cut: list[Example] = field(default_factory=list)
     below_cut: list[Example] = field(default_factory=list)
+    queries: list[Any] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -139,6 +141,9 @@ class ReportData:
         yield from self.rejected
         yield from self.above_cut
         yield from self.below_cut
+        for query in self.queries:
+            yield from query.best
+            yield from query.borderline
 
 
 def reject_rules(reason: list[str] | str | None) -> list[str]:

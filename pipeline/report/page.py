@@ -37,7 +37,22 @@ _COUNT_NAMES = {
     "rejected": "rejected",
     "units": "work units",
     "resumed_units": "resumed units",
+    "queries": "queries",
+    "query_errors": "query errors",
+    "rows_searched": "rows searched",
+    "result_rows": "result rows",
 }
+# The counts a search page shows (its summary has no output_rows).
+_SEARCH_COUNTS = (
+    "queries",
+    "query_errors",
+    "input_rows",
+    "rows_searched",
+    "error_rows",
+    "result_rows",
+    "units",
+    "resumed_units",
+)
 
 _RULES = {
     "min_score": "clip_score below --min-score",
@@ -134,7 +149,7 @@ def _context(data: ReportData, log_scale: bool = False) -> dict[str, Any]:
         "notes": data.notes,
         "counts": [
             (key, summary[key], _COUNT_NAMES.get(key, key))
-            for key in counter_names(kind)
+            for key in (_SEARCH_COUNTS if kind == "search" else counter_names(kind))
             if key in summary
         ],
         "checks": _checks(data),
@@ -147,6 +162,7 @@ def _context(data: ReportData, log_scale: bool = False) -> dict[str, Any]:
         "label_total": sum(data.label_counts.values()),
         "sections": _card_sections(data),
         "rejections": rejections,
+        "queries": _query_sections(data),
         "errors": _rows(
             data.error_counts,
             lambda kind: ERROR_TYPES.get(kind, ""),
@@ -185,6 +201,9 @@ def _checks(data: ReportData) -> list[tuple[str, bool]]:
     n_in, n_out, n_err = (summary.get(k) for k in ("input_rows", "output_rows", "error_rows"))
     if all(isinstance(v, int) for v in (n_in, n_out, n_err)):
         checks.append(("input rows = output rows + error rows", n_in == n_out + n_err))
+    searched = summary.get("rows_searched")
+    if data.kind == "search" and all(isinstance(v, int) for v in (n_in, searched, n_err)):
+        checks.append(("input rows = rows searched + error rows", n_in == searched + n_err))
     if data.kind == "filter" and isinstance(summary.get("kept"), int):
         balanced = n_in == summary["kept"] + summary.get("rejected", 0) + (n_err or 0)
         checks.append(("input rows = kept + rejected + error rows", balanced))
@@ -206,6 +225,11 @@ def _no_scores(data: ReportData) -> str | None:
             f"{'images' if data.job.get('text_column') is None else 'texts'}, and "
             "a score needs both an image and a caption. There is no score histogram and no "
             "highest or lowest pairs; the first rows are shown instead."
+        )
+    if data.kind == "search":
+        return (
+            "A search computes no clip_score: each query's rows are ranked by their cosine "
+            "similarity to the query, shown with the query below."
         )
     if data.kind == "classify":
         return (
@@ -290,11 +314,39 @@ def _card_sections(data: ReportData) -> list[CardSection]:
     return sections
 
 
+@dataclass
+class QuerySection:
+    """One query of a search page: its text, counts and its best and borderline cards."""
+
+    query: str
+    facts: str
+    best: list[Card]
+    borderline: list[Card]
+
+
+def _query_sections(data: ReportData) -> list[QuerySection]:
+    sections = []
+    for q in data.queries:
+        facts = f"{q.count:,} results"
+        if q.matches is not None:
+            facts += f"; {q.matches:,} rows at or above --min-similarity"
+        if q.capped:
+            facts += (
+                f" (capped at --max-results-per-query {data.summary.get('max_results_per_query')})"
+            )
+        sections.append(
+            QuerySection(
+                q.query, facts, [_card(e) for e in q.best], [_card(e) for e in q.borderline]
+            )
+        )
+    return sections
+
+
 def _card(example: Example) -> Card:
     values = example.values
     score_name = None
     if example.score is not None:
-        score_name = "clip_score" if "clip_score" in values else "top-1 p"
+        score_name = next((n for n in ("clip_score", "similarity") if n in values), "top-1 p")
     reason = values.get("reject_reason")
     labels, probabilities = values.get("labels"), values.get("probabilities")
     shown = None

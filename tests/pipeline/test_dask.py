@@ -221,3 +221,45 @@ def test_the_model_loads_once_per_worker_process(clip_checkpoint, tmp_path):
         cluster.close()
     counts = [per_worker.get(str(clip_checkpoint), 0) for per_worker in loads.values()]
     assert counts == [1, 1], loads  # units spread over both workers, one load on each
+
+
+def test_search(cluster_address, tmp_path):
+    """Range search with kept columns joined by id: the tagged single output and the join give
+    on Dask exactly the rows of the DirectRunner."""
+    import numpy as np
+
+    from clipbeam.pipeline.search import run
+    from tests.pipeline.test_dedup import write
+
+    rng = np.random.default_rng(7)
+    for f in range(2):
+        x = rng.normal(size=(90, 64)).astype(np.float32)
+        x[:, :8] += 1.5
+        ids = [f"f{f}-{i:03d}" for i in range(90)]
+        write(
+            tmp_path / f"in{f}.parquet", ids, x, images=[i.encode() for i in ids], rows_per_group=30
+        )
+    args = [
+        "--input",
+        str(tmp_path / "in*.parquet"),
+        "--model",
+        "demo-clip",
+        "--queries",
+        "a red circle,a blue square",
+        "--min-similarity",
+        "0.2",
+        "--keep-columns",
+        "image",
+    ]
+    tables = {}
+    for name, runner in (
+        ("direct", []),
+        ("dask", ["--runner", "DaskRunner", "--dask_address", cluster_address]),
+    ):
+        out = str(tmp_path / name)
+        run(["--output", out, *args, *runner])
+        tables[name] = sorted_rows(read_folder(join(out, "results")), "id")
+        tables[name + "-summary"] = read_json(join(out, "summary.json"))
+    assert tables["dask"] == tables["direct"] and tables["direct"]
+    for key in ("input_rows", "results_per_query", "matches_per_query"):
+        assert tables["dask-summary"][key] == tables["direct-summary"][key]

@@ -182,6 +182,8 @@ def test_launch_errors(tmp_path, capsys):
         (["--queries-file", str(nul)], "is not text: it holds NUL bytes"),
         (["--queries-file", str(blank)], "holds no query"),
         (["--queries", "a cat"], "dimension 64, the --input embeddings have dimension 32"),
+        (["--queries", "a cat", "--min-similarty", "0.3"], "did you mean --min-similarity?"),
+        (["--queries", "a cat", "--keep-columns", "rank"], "results have a column of that name"),
     ]
     for n, (extra, message) in enumerate(cases):
         assert main([*base, "--output", str(tmp_path / f"out{n}"), *extra]) == 2

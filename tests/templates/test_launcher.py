@@ -246,6 +246,8 @@ def _rooted(value, root: str):
 def _listed(value):
     """``value`` as JSON reads it back: tuples as lists."""
     return [_listed(v) for v in value] if isinstance(value, tuple) else value
+
+
 # Parameters that exclude each other are set in different cases of the same job.
 FULL_CASES = {
     "embed": [],
@@ -349,3 +351,64 @@ def test_main_prints_a_launch_error_as_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("clipbeam template: error: model '/models/clip' is a local path")
     assert "\n" not in err
+
+
+# -- search --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        (["--input=data/*.parquet", "--queries=a cat"], "input"),
+        (["--queries_file=queries.txt"], "queries_file"),
+        (["--query_images=/tmp/queries/*.jpg"], "query_images"),
+        (["--queries=a cat", "--keep_columns=caption", "--keep_from=/data/*.parquet"], "keep_from"),
+    ],
+)
+def test_check_search_refuses_paths_only_the_launcher_has(args, name):
+    base = ["--job=search", *REMOTE, "--model=demo-clip"]
+    call = launcher.translate([*base, *args])
+    assert call.command[0] == "search"
+    with pytest.raises(LaunchError, match=rf"^{name} '.*' is a local path"):
+        launcher.check_search(call.command)
+
+
+def test_launch_builds_a_search_job_without_running_it(gcs_inputs, gcs_dir, tmp_path):
+    pytest.importorskip("google.cloud.dataflow", reason="the Dataflow runner (apache-beam[gcp])")
+    import numpy as np
+
+    from clipbeam.transforms.encoder import Encoder
+    from clipbeam.transforms.search_units import SearchUnit
+    from tests.pipeline.test_dedup import write
+
+    root, _ = gcs_inputs
+    dim = Encoder.load(f"{root}/model", device="cpu").prompt_embeddings(["x"], ["{}"]).shape[1]
+    x = np.random.default_rng(0).normal(size=(12, dim)).astype(np.float32)
+    write(tmp_path / "emb.parquet", [f"r{i}" for i in range(12)], x, rows_per_group=5)
+    storage.write_atomic(f"{root}/emb/part.parquet", (tmp_path / "emb.parquet").read_bytes())
+    storage.write_atomic(f"{root}/queries.txt", b"a cat\na dog\n")
+    output = f"{gcs_dir}/search-out"
+    parameters = [
+        f"--queries_file={root}/queries.txt",
+        "--min_similarity=-0.5",
+        "--max_results_per_query=4",
+        f"--keep_from={root}/emb/part.parquet",
+        "--keep_columns=image_embedding",
+        "--against_column=image_embedding",
+    ]
+    argv = _template_argv(root, "search", "search", f"{root}/emb/*.parquet", output, *parameters)
+    result = launcher.launch(argv)
+
+    assert result.state == "DONE"
+    proto = result.job.proto_pipeline
+    assert dict(result.job.proto.labels) == json.loads(JOB_LABELS)
+    names = {t.unique_name for t in proto.components.transforms.values()}
+    assert {"PlanUnits", "SpreadUnits", "Search", "TopPerQuery", "Summary"} <= names
+    (fn,) = [fn for fn in _do_fns(proto) if isinstance(fn, SearchUnit)]
+    spec = fn.spec
+    assert (spec.model, spec.output, spec.queries) == (f"{root}/model", output, ("a cat", "a dog"))
+    assert (spec.top_k, spec.min_similarity, spec.max_results_per_query) == (None, -0.5, 4)
+    assert spec.keep_from == (f"{root}/emb/part.parquet",) and fn.queries.shape == (2, dim)
+    record = json.loads(storage.read_bytes(f"{output}/_job.json"))
+    assert record["inputs"] == [f"{root}/emb/*.parquet"] and record["queries"] == ["a cat", "a dog"]
+    assert not storage.exists(f"{output}/summary.json")

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from clipbeam.pipeline.arguments import parse_args
-from clipbeam.pipeline.options import JOB_KINDS, LaunchError, build_parser
+from clipbeam.pipeline.options import LaunchError
 from templates import launcher
+
+JOB_KINDS = launcher.template_jobs()
 
 METADATA_PATH = Path(launcher.__file__).with_name("metadata.json")
 METADATA = json.loads(METADATA_PATH.read_text(encoding="utf-8"))
@@ -24,14 +26,13 @@ PARAMETERS = {p["name"]: p for p in METADATA["parameters"]}
 
 
 def _actions() -> dict[str, dict[str, argparse.Action]]:
-    """dest -> {job: action} for every option of every job, straight from the parser."""
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    """dest -> {job: action} for every option of every job, straight from the parsers (an alias,
+    search's --against-column, is its option's parameter)."""
     found: dict[str, dict[str, argparse.Action]] = {}
-    for job, job_parser in sub.choices.items():
+    for job, job_parser in launcher.job_parsers().items():
         for action in job_parser._actions:
             if action.option_strings and not isinstance(action, argparse._HelpAction):
-                found.setdefault(action.dest, {})[job] = action
+                found.setdefault(action.dest, {}).setdefault(job, action)
     return found
 
 
@@ -102,6 +103,7 @@ GOOD = {
     "template": ["a photo of a {}.", "{}"],
     "head_pairs": ["a=gs://bucket-a/heads/a", "a=gs://b/x.pth, nsfw=gs://b/n.safetensors"],
     "head_thresholds": ["a=5", "a=-0.5", "a=1e-3"],
+    "_column_name": ["image_embedding", "my column"],
 }
 BAD = {
     "int": ["abc", "1.5", ""],
@@ -117,6 +119,7 @@ BAD = {
     "choices": ["bogus", ""],
     "head_pairs": ["a", "=gs://b/x", "a=/tmp/h.pth", "9a=gs://b/x", "a=gs://b/x,", ""],
     "head_thresholds": ["a", "a=x", "a=nan", "a=1,,a=2", ""],
+    "_column_name": ["", " "],
 }
 
 # What a parameter needs beside it to make a valid job, by (job, dest).
@@ -128,6 +131,7 @@ BASE = [
 COMPANIONS = {
     "filter": ["--min_image_side=1"],
     "classify": ["--class_labels=cat,dog"],
+    "search": ["--queries=a cat"],
 }
 WITH = {
     "reject_concepts": ["--concept_threshold=0.3"],
@@ -150,13 +154,16 @@ def _kind(action: argparse.Action) -> str:
 def _launcher_accepts(job: str, dest: str, value: str) -> bool:
     name = PARAMETER_OF[dest]
     extra = [a for a in COMPANIONS.get(job, []) if not a.startswith(f"--{name}=")]
-    if dest == "labels_file":
+    if dest in ("labels_file", "queries_file", "query_images"):
         extra = []
     args = [a for a in BASE if not a.startswith(f"--{name}=")]
     argv = [f"--job={job}", *args, *extra, *WITH.get(dest, []), f"--{name}={value}"]
     try:
         call = launcher.translate(argv)
-        launcher.check_remote(parse_args(call.command, read_text=lambda path: "cat\ndog\n"))
+        if job == "search":
+            launcher.check_search(call.command)
+        else:
+            launcher.check_remote(parse_args(call.command, read_text=lambda path: "cat\ndog\n"))
     except LaunchError:
         return False
     return True
