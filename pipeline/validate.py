@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,6 +29,9 @@ from clipbeam.pipeline.options import NONE, LaunchError
 from clipbeam.transforms.limits import DEFAULT_URL_SCHEMES, LOCAL_SCHEME
 from clipbeam.transforms.spec import JobSpec, int8_problem
 from clipbeam.transforms.units import WorkUnit, plain_schema
+
+if TYPE_CHECKING:  # the encoder imports torch: not at import time of the launcher
+    from clipbeam.transforms.encoder import Encoder
 
 __all__ = [
     "DATAFLOW_RUNNERS",
@@ -409,9 +413,9 @@ def for_runner(spec: JobSpec, runner: str | None) -> JobSpec:
     return dataclasses.replace(spec, allowed_url_schemes=schemes)
 
 
-def check_model(spec: JobSpec) -> None:
+def check_model(spec: JobSpec) -> Encoder:
     """Loads the model, processor and heads once on CPU, so a bad ``--model`` or ``--head``
-    fails at launch.
+    fails at launch; returns that CPU encoder (for what the launcher needs to know of it).
 
     Raises:
         LaunchError: the checkpoint is not found or does not load; a head does not load or reads
@@ -422,7 +426,7 @@ def check_model(spec: JobSpec) -> None:
     from clipbeam.transforms.encoder import Encoder
 
     try:
-        Encoder.load(
+        return Encoder.load(
             spec.model,
             device="cpu",
             dtype="float32",

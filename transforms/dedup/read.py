@@ -1,6 +1,10 @@
-"""Reading one work unit for dedup: ids, normalized embeddings, image hashes, kept columns.
+"""Reading one work unit for dedup and search: ids, normalized embeddings, image hashes, kept
+columns.
 
-Rows without a usable embedding go to ``errors/<unit>.parquet``. Each unit also proposes its part
+The embeddings come from an embedding column, or, with a model in the spec, from raw images
+embedded here (:mod:`clipbeam.transforms.dedup.embed`: one model per worker process, the DoFn
+pickles without it). Rows without a usable embedding (or whose image fails) go to
+``errors/<unit>.parquet``. Each unit also proposes its part
 of the k-means fit sample: every row gets a priority from a hash of ``(seed, id)``; the rows of
 smallest priority over the whole dataset form the sample (``beam.combiners.Top``), so the sample is
 drawn across all units, does not depend on how units are spread over workers, and is the same on
@@ -13,6 +17,7 @@ import contextlib
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -85,8 +90,14 @@ def priorities(seed: int, ids: list) -> np.ndarray:
 
 
 def _image_bytes(column: pa.Array) -> list:
+    """Each row's encoded image bytes; ``None`` where there are none (a path or URL column:
+    such rows take no part in the exact step)."""
     if pa.types.is_struct(column.type):
+        if column.type.get_field_index("bytes") < 0:
+            return [None] * len(column)
         column = column.field("bytes")
+    if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+        return [None] * len(column)
     return column.to_pylist()
 
 
@@ -101,14 +112,33 @@ class ReadUnit(beam.DoFn):
     def __init__(self, spec: DedupSpec, schema: pa.Schema):
         self.spec = spec
         self.schema = schema
+        self._encoder = None
+        self._job = None
+        if spec.model is not None:  # torch is imported only by a job that embeds images
+            from clipbeam.transforms.dedup import embed
+
+            self._job = embed.image_job(spec)
         self._counters = {
             name: Metrics.counter("clipbeam", name)
             for name in ("input_rows", "error_rows", "units")
         }
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A worker may pickle this DoFn again after it loaded its model (Dask ships a side
+        # input's task graph from inside a running task): the model stays behind, a copy loads
+        # its own.
+        return {**self.__dict__, "_encoder": None}
+
+    def setup(self) -> None:
+        if self._job is not None and self._encoder is None:
+            from clipbeam.transforms.dedup import embed
+
+            self._encoder = embed.acquire(self.spec)
+
     def process(self, unit: WorkUnit) -> Iterator:
         spec = self.spec
-        columns = [spec.id_column, spec.embedding_column, spec.image_column, *spec.keep_columns]
+        vectors = None if spec.model is not None else spec.embedding_column
+        columns = [spec.id_column, vectors, spec.image_column, *spec.keep_columns]
         columns = list(dict.fromkeys(c for c in columns if c is not None))
         errors_path = storage.join(spec.output, "errors", f"{unit.name}.parquet")
         stats = DedupStats(units=1)
@@ -158,7 +188,13 @@ class ReadUnit(beam.DoFn):
         self, unit: WorkUnit, record: pa.RecordBatch, start: int
     ) -> tuple[Batch, list[Rejected], int]:
         spec = self.spec
-        matrix, rejected = embedding_matrix(record.column(spec.embedding_column), spec.dim)
+        if self._job is not None:
+            from clipbeam.transforms.dedup import embed
+
+            self.setup()
+            matrix, rejected = embed.embed_record(record, self._job, self._encoder, unit)
+        else:
+            matrix, rejected = embedding_matrix(record.column(spec.embedding_column), spec.dim)
         vectors, zero, renormalized = l2_normalize(matrix)
         bad = {r.index for r in rejected}
         rejected += [
