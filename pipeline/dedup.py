@@ -43,7 +43,13 @@ from clipbeam.pipeline.dedup_launch import build_parser, parse, validate_dedup
 from clipbeam.pipeline.options import LaunchError
 from clipbeam.transforms import storage
 from clipbeam.transforms.dedup import stages, tiles
-from clipbeam.transforms.dedup.read import SAMPLE_TAG, STATS_TAG, ReadUnit, error_schema
+from clipbeam.transforms.dedup.read import (
+    BATCHES_TAG,
+    SAMPLE_TAG,
+    STATS_TAG,
+    ReadUnits,
+    error_schema,
+)
 from clipbeam.transforms.dedup.reference import CombineReference, ReadReference
 from clipbeam.transforms.dedup.spec import DedupSpec, DedupStats, eps_column
 from clipbeam.transforms.units import WorkUnit
@@ -134,6 +140,11 @@ class _WriteSummary(beam.DoFn):
         yield path
 
 
+def _sample_order(candidate: tuple) -> tuple:
+    """A fit-sample candidate's rank: its priority, then its id as text."""
+    return candidate[0], candidate[1]
+
+
 def _sum(stats) -> DedupStats:
     return sum(stats, DedupStats())
 
@@ -154,11 +165,10 @@ def build_dedup(
         pipeline
         | "PlanUnits" >> beam.Create(list(units), reshuffle=False)
         | "SpreadUnits" >> beam.Reshuffle()
-        | "Read"
-        >> beam.ParDo(ReadUnit(spec, schema)).with_outputs(SAMPLE_TAG, STATS_TAG, main="batches")
+        | "Read" >> ReadUnits(spec, schema)
     )
     sample = read[SAMPLE_TAG] | "Sample" >> beam.combiners.Top.Smallest(
-        spec.fit_rows, key=lambda c: (c[0], c[1])
+        spec.fit_rows, key=_sample_order
     )
     model = sample | "Fit" >> beam.ParDo(stages.Fit(spec))
     sides = [beam.pvalue.AsSingleton(model)]
@@ -171,7 +181,7 @@ def build_dedup(
             | "WholeReference" >> beam.CombineGlobally(CombineReference())
         )
         sides.append(beam.pvalue.AsSingleton(reference))
-    assigned = read.batches | "Assign" >> beam.Map(stages.assign_batch, *sides)
+    assigned = read[BATCHES_TAG] | "Assign" >> beam.Map(stages.assign_batch, *sides)
     counts = stages.cluster_counts(assigned, beam.pvalue.AsSingleton(model))
     final = model | "FitSplits" >> beam.ParDo(
         stages.FitSplits(spec), beam.pvalue.AsSingleton(sample), beam.pvalue.AsSingleton(counts)

@@ -27,8 +27,10 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from clipbeam.pipeline.beam_options import resolve_beam_args
 from clipbeam.pipeline.dedup import _iso
 from clipbeam.pipeline.dedup_launch import check_schema as _check_schema
+from clipbeam.pipeline.dedup_launch import refuse_dask
 from clipbeam.pipeline.options import (
     LaunchError,
     _add,
@@ -40,7 +42,13 @@ from clipbeam.pipeline.options import (
 )
 from clipbeam.pipeline.validate import JOB_FILE, plan
 from clipbeam.transforms import storage
-from clipbeam.transforms.dedup.read import STATS_TAG, ReadUnit, dedup_id_field, error_schema
+from clipbeam.transforms.dedup.read import (
+    BATCHES_TAG,
+    STATS_TAG,
+    ReadUnits,
+    dedup_id_field,
+    error_schema,
+)
 from clipbeam.transforms.dedup.spec import DedupSpec, DedupStats
 from clipbeam.transforms.search import (
     RESULTS_DIR,
@@ -168,6 +176,9 @@ def _read_queries(path: str) -> list[str]:
 def parse(argv: Sequence[str]) -> tuple[SearchSpec, list[str], list[str]]:
     """Command line -> ``(spec without dim, inputs, beam arguments)``."""
     args, beam_args = build_parser().parse_known_args(list(argv))
+    # --runner dask / DaskRunner and --dask_address, as the other jobs take them
+    beam_args = resolve_beam_args(beam_args)
+    refuse_dask(beam_args, "search")
     values = vars(args)
     inputs = values.pop("input")
     queries = [q for q in values["queries"] if q]
@@ -203,8 +214,8 @@ def parse(argv: Sequence[str]) -> tuple[SearchSpec, list[str], list[str]]:
 
 
 def reader_spec(spec: SearchSpec) -> DedupSpec:
-    """The dedup spec its :class:`ReadUnit` reads with: same columns, no image hashes, a fit
-    sample of one row per unit (unused)."""
+    """The dedup spec its :class:`ReadUnit` reads with: same columns, no image hashes, and a
+    fit sample that is never drawn (``ReadUnits(sample=False)``)."""
     return DedupSpec(
         output=spec.output,
         embedding_column=spec.embedding_column,
@@ -345,11 +356,11 @@ def build_search(
         pipeline
         | "PlanUnits" >> beam.Create(list(units), reshuffle=False)
         | "SpreadUnits" >> beam.Reshuffle()
-        | "Read" >> beam.ParDo(ReadUnit(reading, schema)).with_outputs(STATS_TAG, main="batches")
+        | "Read" >> ReadUnits(reading, schema, sample=False)
     )
     out_schema = result_schema(spec, dedup_id_field(reading, schema), schema)
     counts = (
-        read.batches
+        read[BATCHES_TAG]
         | "BundleTopK" >> beam.ParDo(BundleTopK(spec, queries))
         | "TopPerQuery" >> beam.combiners.Top.SmallestPerKey(spec.top_k, key=order_key)
         | "WriteResults" >> beam.FlatMap(write_results, spec, out_schema, _metadata(spec))

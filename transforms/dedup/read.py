@@ -31,8 +31,18 @@ from clipbeam.transforms.rows import ERROR_FIELDS
 from clipbeam.transforms.units import WorkUnit, iter_batches
 from clipbeam.transforms.writer import ParquetSpool
 
-__all__ = ["SAMPLE_TAG", "STATS_TAG", "Batch", "ReadUnit", "dedup_id_field", "error_schema"]
+__all__ = [
+    "BATCHES_TAG",
+    "SAMPLE_TAG",
+    "STATS_TAG",
+    "Batch",
+    "ReadUnit",
+    "ReadUnits",
+    "dedup_id_field",
+    "error_schema",
+]
 
+BATCHES_TAG = "batches"
 SAMPLE_TAG = "sample"
 STATS_TAG = "stats"
 _BATCH_ROWS = 4096
@@ -102,16 +112,19 @@ def _image_bytes(column: pa.Array) -> list:
 
 
 class ReadUnit(beam.DoFn):
-    """Work unit -> :class:`Batch` es (main), sample candidates (``sample``), counts (``stats``).
+    """Work unit -> ``(tag, value)`` pairs: ``("batches", Batch)``, ``("sample", candidate)``
+    and one ``("stats", DedupStats)``; :class:`ReadUnits` splits them.
 
     Args:
         spec: the job.
         schema: the first input file's schema (types the id and error columns).
+        sample: whether to propose k-means fit candidates (search does not fit).
     """
 
-    def __init__(self, spec: DedupSpec, schema: pa.Schema):
+    def __init__(self, spec: DedupSpec, schema: pa.Schema, *, sample: bool = True):
         self.spec = spec
         self.schema = schema
+        self.sample = sample
         self._encoder = None
         self._job = None
         if spec.model is not None:  # torch is imported only by a job that embeds images
@@ -159,7 +172,9 @@ class ReadUnit(beam.DoFn):
                 start += record.num_rows
                 if not batch.ids:
                     continue
-                yield batch
+                yield BATCHES_TAG, batch
+                if not self.sample:
+                    continue
                 p = priorities(spec.seed, batch.ids)
                 sample_p = np.concatenate([sample_p, p])
                 sample_ids += batch.ids
@@ -179,10 +194,10 @@ class ReadUnit(beam.DoFn):
             sample_ids = [sample_ids[i] for i in keep]
         for p, i, x in zip(sample_p.tolist(), sample_ids, sample_x, strict=True):
             # (priority, id as text) orders the candidates; ties on the hash fall back to the id.
-            yield beam.pvalue.TaggedOutput(SAMPLE_TAG, (p, str(i), x))
+            yield SAMPLE_TAG, (p, str(i), x)
         for name, counter in self._counters.items():
             counter.inc(getattr(stats, name))
-        yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
+        yield STATS_TAG, stats
 
     def _read(
         self, unit: WorkUnit, record: pa.RecordBatch, start: int
@@ -242,3 +257,30 @@ class ReadUnit(beam.DoFn):
             pa.array([r.message for r in rejected], type=pa.string()),
         ]
         return pa.Table.from_arrays(columns, schema=schema)
+
+
+class ReadUnits(beam.PTransform):
+    """Work units -> ``{"batches", "sample", "stats"}`` PCollections (``sample`` only with
+    ``sample=True``), read by :class:`ReadUnit`.
+
+    One output of ``(tag, value)`` pairs split by FlatMaps, not ``ParDo.with_outputs``: Beam's
+    DaskRunner (2.77) keys a transform's Dask bag by the producing transform, not by the output
+    tag, so every consumer of a multi-output ParDo would get the elements of all its outputs.
+    """
+
+    def __init__(self, spec: DedupSpec, schema: pa.Schema, *, sample: bool = True):
+        super().__init__()
+        self.spec, self.schema, self.sample = spec, schema, sample
+
+    def expand(self, units: beam.PCollection[WorkUnit]) -> dict[str, beam.PCollection]:
+        tagged = units | "ReadUnit" >> beam.ParDo(
+            ReadUnit(self.spec, self.schema, sample=self.sample)
+        )
+        tags = (BATCHES_TAG, SAMPLE_TAG, STATS_TAG) if self.sample else (BATCHES_TAG, STATS_TAG)
+        return {tag: tagged | f"Split{tag.title()}" >> beam.FlatMap(_tagged, tag) for tag in tags}
+
+
+def _tagged(pair: tuple[str, Any], tag: str) -> Iterator[Any]:
+    """The value of a ``(tag, value)`` pair if its tag is ``tag``."""
+    if pair[0] == tag:
+        yield pair[1]
