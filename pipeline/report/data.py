@@ -11,11 +11,14 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from clipbeam.transforms.stats import score_bins, score_histogram
+
+if TYPE_CHECKING:
+    from clipbeam.pipeline.report.dedup import DedupView
 
 __all__ = ["FINE_BINS", "Example", "ReportData", "ReportError", "ScoreStats"]
 
@@ -107,6 +110,7 @@ class ReportData:
         above_cut: filter with a score rule: kept rows with the lowest scores, lowest first.
         below_cut: filter with a score rule: rows the score rule rejected with the highest
             scores, highest first (with :attr:`above_cut`, the rows either side of the cut).
+        dedup: a dedup output's duplicate groups and removed shares (``None`` for other jobs).
     """
 
     output: str
@@ -126,6 +130,7 @@ class ReportData:
     notes: list[str]
     above_cut: list[Example] = field(default_factory=list)
     below_cut: list[Example] = field(default_factory=list)
+    dedup: DedupView | None = None
 
     @property
     def kind(self) -> str:

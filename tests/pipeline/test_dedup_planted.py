@@ -42,11 +42,14 @@ def _variants(image: Image.Image) -> dict[str, bytes]:
     }
 
 
-def planted_scenes(seed: int = 11) -> tuple[pa.Table, dict[str, str]]:
-    """Scenes of distinct descriptions, planted copies of some; ``(table, id -> group)``."""
+def planted_scenes(
+    seed: int = 11, distinct: int = DISTINCT, planted: int = PLANTED, exact: int = EXACT
+) -> tuple[pa.Table, dict[str, str]]:
+    """``distinct`` scenes of distinct descriptions, four planted copies of the first
+    ``planted`` and a byte-identical copy of the next ``exact``; ``(table, id -> group)``."""
     rng = np.random.default_rng(seed)
     seen, scenes = set(), []
-    while len(scenes) < DISTINCT:
+    while len(scenes) < distinct:
         scene = sample_scene(rng)
         described = tuple((o.shape, o.color, o.size, o.position) for o in scene.objects)
         if described not in seen:
@@ -59,12 +62,12 @@ def planted_scenes(seed: int = 11) -> tuple[pa.Table, dict[str, str]]:
         ids.append(name)
         images.append(_jpeg(image, 90))
         group[name] = name
-        if k < PLANTED:
+        if k < planted:
             for kind, data in _variants(image).items():
                 ids.append(f"{name}-{kind}")
                 images.append(data)
                 group[ids[-1]] = name
-        elif k < PLANTED + EXACT:
+        elif k < planted + exact:
             ids.append(f"{name}-copy")
             images.append(images[-1])
             group[ids[-1]] = name
