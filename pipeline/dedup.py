@@ -222,12 +222,24 @@ def build_dedup(
     )
 
 
-def run(argv: Sequence[str], test_pipeline: beam.Pipeline | None = None):
-    """Runs ``clipbeam dedup`` (``argv`` without the subcommand); returns the pipeline result."""
-    from apache_beam.options.pipeline_options import PipelineOptions
+def run(argv: Sequence[str], test_pipeline: beam.Pipeline | None = None, *, wait: bool = True):
+    """Runs ``clipbeam dedup`` (``argv`` without the subcommand); returns the pipeline result.
+
+    Args:
+        argv: the command line after ``clipbeam dedup``.
+        test_pipeline: a pipeline to build the job on instead of one made from ``argv``.
+        wait: wait for the job to finish (a Dataflow template launcher submits and returns).
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    from clipbeam.pipeline.validate import check_remote, is_dataflow
 
     started_at = time.time()
     spec, inputs, beam_args = parse(argv)
+    options = test_pipeline.options if test_pipeline is not None else PipelineOptions(beam_args)
+    runner = options.view_as(StandardOptions).runner
+    if is_dataflow(runner if isinstance(runner, str) else None):
+        check_remote(spec, inputs)  # every worker is another machine: no launcher-local paths
     spec, units, schema, against_units = validate_dedup(spec, inputs)
     _log.info(
         "dedup: %d rows in %d work units, dimension %d -> %s",
@@ -236,12 +248,13 @@ def run(argv: Sequence[str], test_pipeline: beam.Pipeline | None = None):
         spec.dim,
         spec.output,
     )
-    pipeline = test_pipeline or beam.Pipeline(options=PipelineOptions(beam_args))
+    pipeline = test_pipeline or beam.Pipeline(options=options)
     build_dedup(
         pipeline, spec, units, schema, inputs, started_at=started_at, against_units=against_units
     )
     result = pipeline.run()
-    result.wait_until_finish()
+    if wait:
+        result.wait_until_finish()
     return result
 
 

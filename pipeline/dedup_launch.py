@@ -7,6 +7,7 @@ or the same job with ``--resume``) are checked here, so that a bad argument fail
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from collections.abc import Sequence
@@ -43,8 +44,19 @@ _RESUMABLE = frozenset({"resume", "block_rows", "options"})
 
 
 def _eps_list(text: str) -> list[float]:
+    """``0.03,0.01``: thresholds in [0, 1], comma-separated, none empty."""
     parse = _number(float, 0.0, 1.0)
-    return [parse(part.strip()) for part in text.split(",") if part.strip()]
+    parts = text.split(",")
+    if any(not part.strip() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated thresholds, got {text!r}")
+    return [parse(part.strip()) for part in parts]
+
+
+def _column_name(text: str) -> str:
+    """A column that must exist (no 'none'): the name, stripped, not empty."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a column name, got an empty one")
+    return text.strip()
 
 
 def build_parser(prog: str = "clipbeam dedup") -> _Parser:
@@ -82,6 +94,7 @@ def build_parser(prog: str = "clipbeam dedup") -> _Parser:
     _add(
         columns,
         "embedding-column",
+        type=_column_name,
         default="image_embedding",
         metavar="NAME",
         help="fixed_size_list or list of float32/float16, one embedding per row",
@@ -213,6 +226,7 @@ def build_parser(prog: str = "clipbeam dedup") -> _Parser:
     _add(
         against,
         "against-embedding-column",
+        type=_column_name,
         default="image_embedding",
         metavar="NAME",
         help="the reference set's embedding column",

@@ -365,7 +365,8 @@ def check_remote(
     the launcher and its labels travel in the job, so it is only checked when given here.
 
     Args:
-        spec: the job.
+        spec: the job (a :class:`JobSpec`, or a dedup job's ``DedupSpec``: its ``--against``
+            reference set is checked too).
         inputs: the ``--input`` patterns.
         labels_file: a labels file to check too (the template launcher has no user files).
         name: how messages name an option, from its dashed name (``labels-file``).
@@ -376,8 +377,11 @@ def check_remote(
     from clipbeam.model.hub import BUNDLED
 
     places = [("input", p) for p in inputs]
-    places += [("output", spec.output), ("model", spec.model)]
-    places += [("head", source) for _, source in spec.heads]
+    places += [("output", spec.output)]
+    # a dedup job (DedupSpec) may have no model, has no heads and may have a reference set
+    places += [("model", spec.model)] if spec.model is not None else []
+    places += [("head", source) for _, source in getattr(spec, "heads", ())]
+    places += [("against", p) for p in getattr(spec, "against", ())]
     if labels_file is not None:
         places.append(("labels-file", labels_file))
     for option, path in places:

@@ -6,7 +6,7 @@ every template parameter as ``--name=value``, after the pipeline options it sets
 ``--template_location``, ``--sdk_container_image``, ``--labels``...). :func:`translate` turns that
 into a ``clipbeam JOB ...`` command line:
 
-- the ``job`` parameter (embed, score, filter or classify) becomes the subcommand;
+- the ``job`` parameter (embed, score, filter, classify or dedup) becomes the subcommand;
 - ``class_labels`` becomes classify's ``--labels``. Dataflow passes the job's own labels as
   ``--labels={"key": "value"}``, so a template parameter cannot be called ``labels``: every
   ``--labels`` the launcher receives is a Dataflow job label and goes to Beam untouched;
@@ -38,6 +38,7 @@ __all__ = [
     "CLASS_LABELS",
     "JOB",
     "TemplateCall",
+    "check_call",
     "check_remote",
     "launch",
     "main",
@@ -53,6 +54,15 @@ _RENAMED = {"labels": CLASS_LABELS}
 
 # A gs:// URL: a bucket, then optionally an object path, folder or glob.
 _GCS_URL = r"^gs://[^/\s]+(?:/.*)?$"
+# The job that is not one of clipbeam.pipeline.options.JOB_KINDS (its own parser and run).
+DEDUP = "dedup"
+
+
+def _jobs() -> tuple[str, ...]:
+    """Every job the template runs: the per-row jobs, then dedup."""
+    from clipbeam.pipeline.options import JOB_KINDS
+
+    return (*JOB_KINDS, DEDUP)
 
 
 # -- from template parameters to a clipbeam command line --------------------------------------
@@ -78,14 +88,14 @@ class TemplateCall:
 
 
 def _template_parser() -> argparse.ArgumentParser:
-    from clipbeam.pipeline.options import JOB_KINDS, LaunchError
+    from clipbeam.pipeline.options import LaunchError
 
     class Parser(argparse.ArgumentParser):
         def error(self, message: str):  # type: ignore[override]
             raise LaunchError(f"template parameters: {message}")
 
     parser = Parser(prog="clipbeam template", add_help=False, allow_abbrev=False)
-    parser.add_argument(f"--{JOB}", choices=JOB_KINDS)
+    parser.add_argument(f"--{JOB}", choices=_jobs())
     parser.add_argument(f"--{CLASS_LABELS}")
     # Dataflow's job labels: a JSON object per value, or key=value (see Beam's --labels).
     parser.add_argument("--labels", action="append", default=[])
@@ -122,12 +132,12 @@ def translate(argv: Sequence[str]) -> TemplateCall:
     Raises:
         LaunchError: no ``job`` parameter, or ``class_labels`` for a job other than classify.
     """
-    from clipbeam.pipeline.options import JOB_KINDS, LaunchError
+    from clipbeam.pipeline.options import LaunchError
 
     known, rest = _template_parser().parse_known_args(list(argv))
     if known.job is None:
         raise LaunchError(
-            f"the template needs the {JOB} parameter: one of {', '.join(JOB_KINDS)} "
+            f"the template needs the {JOB} parameter: one of {', '.join(_jobs())} "
             f"(e.g. --parameters {JOB}=score)"
         )
     if known.class_labels is not None and known.job != "classify":
@@ -188,6 +198,32 @@ def check_remote(parsed: Any) -> None:
     )
 
 
+def check_call(call: TemplateCall, read_text: Any = None) -> tuple[list[str], Any]:
+    """Parses a translated call and refuses local paths (:func:`check_remote`).
+
+    Args:
+        call: what :func:`translate` returned.
+        read_text: reads a labels file (tests pass a stand-in); the default reads it.
+
+    Returns:
+        ``(Beam arguments, the parsed job)``: the per-row jobs' ``ParsedArgs``, or dedup's
+        ``(spec, inputs)``.
+    """
+    from clipbeam.pipeline.validate import check_remote as check
+
+    if call.command[0] == DEDUP:
+        from clipbeam.pipeline.dedup_launch import parse
+
+        spec, inputs, beam_args = parse(call.command[1:])
+        check(spec, inputs, name=lambda option: option.replace("-", "_"))
+        return beam_args, (spec, inputs)
+    from clipbeam.pipeline.arguments import parse_args
+
+    parsed = parse_args(call.command, **({} if read_text is None else {"read_text": read_text}))
+    check_remote(parsed)
+    return list(parsed.beam_args), parsed
+
+
 def launch(argv: Sequence[str]) -> Any:
     """Validates and submits (or, under a template launcher, stages) one clipbeam job.
 
@@ -204,16 +240,19 @@ def launch(argv: Sequence[str]) -> Any:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from clipbeam.pipeline.arguments import parse_args
     from clipbeam.pipeline.cli import run
 
     call = translate(argv)
-    parsed = parse_args(call.command)
-    check_remote(parsed)
+    beam_args, _ = check_call(call)
     # The pipeline is built here so that the Dataflow job labels reach Beam's options without
     # ever passing through clipbeam's parser, where classify's --labels would take them.
-    options = PipelineOptions([*parsed.beam_args, *call.beam_label_args()])
-    return run(call.command, test_pipeline=beam.Pipeline(options=options), wait=False)
+    options = PipelineOptions([*beam_args, *call.beam_label_args()])
+    pipeline = beam.Pipeline(options=options)
+    if call.command[0] == DEDUP:
+        from clipbeam.pipeline.dedup import run as run_dedup
+
+        return run_dedup(call.command[1:], test_pipeline=pipeline, wait=False)
+    return run(call.command, test_pipeline=pipeline, wait=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -246,7 +285,9 @@ _REGEX_BY_TYPE = {
     "float": _FLOAT,
     "_bool": _BOOL,
     "_column": r"^\S(?:.*\S)?$",
+    "_column_name": r"^\S(?:.*\S)?$",
     "_names": _LIST,
+    "_eps_list": rf"^\s*{_NUMBER}(?:\s*,\s*{_NUMBER})*\s*$",  # comma-separated numbers
     "_schemes": _LIST,
     "_byte_count": r"^\s*[0-9]+\s*[A-Za-z]*\s*$",  # units are checked by the launcher
     "head_pairs": _HEADS,
@@ -258,11 +299,12 @@ _REGEX_BY_DEST = {
     "output": _GCS_URL,
     "labels_file": _GCS_URL,
     "template": r"^.*\{\}.*$",
+    "against": _GCS_URL,
 }
 # Dataflow's input pickers, by dest (the rest are TEXT). Only types that never pre-fill a value:
 # a BOOLEAN or NUMBER picker would send false or 0 for a parameter the user left alone.
 # Value types that take several comma-separated values in one parameter.
-_LIST_TYPES = ("_names", "_schemes", "head_pairs", "head_thresholds")
+_LIST_TYPES = ("_names", "_schemes", "head_pairs", "head_thresholds", "_eps_list")
 _PARAM_TYPE_BY_DEST = {"output": "GCS_WRITE_FOLDER", "labels_file": "GCS_READ_FILE"}
 _LABEL_WORDS = {"id": "ID", "http": "HTTP", "url": "URL", "k": "K"}
 # Help that differs from the command line's: on Dataflow, paths are gs:// URLs and a parameter
@@ -274,7 +316,8 @@ _TEMPLATE_HELP = {
     "earlier results unless resume is true.",
     "model": "Checkpoint folder in the Hugging Face layout on Cloud Storage, e.g. "
     "gs://bucket/models/clip-vit-base-patch16 (each worker fetches it once and caches it), or a "
-    "bundled demo model: demo-clip, demo-chinese-clip.",
+    "bundled demo model: demo-clip, demo-chinese-clip. For dedup, only to embed raw images "
+    "(named by image_column) instead of reading embedding_column.",
     "labels_file": "A UTF-8 text file on Cloud Storage with one label per line; not with "
     "class_labels.",
     "head": "Learned heads on the image embedding, NAME=gs://bucket/heads/NAME, several "
@@ -283,21 +326,25 @@ _TEMPLATE_HELP = {
     "column NAME.",
     "template": "Prompt template with one {} where the label (classify) or the concept (filter) "
     "goes. Default: 'a photo of a {}.'.",
+    "against": "Embeddings of a reference set (an evaluation set) on Cloud Storage, e.g. "
+    "gs://bucket/eval/embeddings/*.parquet: rows near one of them are removed.",
 }
 
 _DESCRIPTION = (
     "CLIP and Chinese-CLIP over image-text Parquet datasets: embeddings (embed), image-text "
-    "similarity scores (score), filtering (filter) and zero-shot labels (classify), written back "
-    "as Parquet under the output folder with errors/ and summary.json."
+    "similarity scores (score), filtering (filter), zero-shot labels (classify) and exact and "
+    "semantic deduplication (dedup), written back as Parquet under the output folder with "
+    "errors/ and summary.json."
 )
 
 
 def _job_parsers() -> dict[str, argparse.ArgumentParser]:
+    from clipbeam.pipeline.dedup_launch import build_parser as dedup_parser
     from clipbeam.pipeline.options import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(sub.choices)
+    return {**sub.choices, DEDUP: dedup_parser()}
 
 
 def _job_actions(job: str) -> Iterator[argparse.Action]:
@@ -352,11 +399,10 @@ def _words(jobs: Sequence[str]) -> str:
 def _help_text(
     action: argparse.Action, jobs: list[str], defaults: dict[str, list[str]], names: dict[str, str]
 ) -> str:
-    from clipbeam.pipeline.options import JOB_KINDS
-
+    every = len(_jobs())
     if action.dest in _TEMPLATE_HELP:
         text = _TEMPLATE_HELP[action.dest]
-        return text if len(jobs) == len(JOB_KINDS) else f"{text} Only for {_words(jobs)}."
+        return text if len(jobs) == every else f"{text} Only for {_words(jobs)}."
     text = action.help or ""
     if "%" in text:
         text = text % {**vars(action), "prog": "clipbeam"}
@@ -379,7 +425,7 @@ def _help_text(
     elif defaults:
         parts = [f"{value} for {_words(on)}" for value, on in defaults.items()]
         text += f" Default: {'; '.join(parts)}."
-    if len(jobs) < len(JOB_KINDS):
+    if len(jobs) < every:
         text += f" Only for {_words(jobs)}."
     return text
 
@@ -404,13 +450,12 @@ def template_metadata() -> dict[str, Any]:
         ValueError: an option whose values no regex here describes, or one that two jobs define
             with different value types.
     """
-    from clipbeam.pipeline.options import JOB_KINDS
-
+    every = _jobs()
     first: dict[str, argparse.Action] = {}
     jobs: dict[str, list[str]] = {}
     required: dict[str, bool] = {}
     defaults: dict[str, dict[str, list[str]]] = {}
-    for job in JOB_KINDS:
+    for job in every:
         for action in _job_actions(job):
             dest = action.dest
             seen = first.get(dest)
@@ -435,11 +480,12 @@ def template_metadata() -> dict[str, Any]:
             "name": JOB,
             "label": "Job",
             "helpText": "What to compute: embed (embeddings), score (image-text similarity), "
-            "filter (keep or reject pairs) or classify (zero-shot labels).",
+            "filter (keep or reject pairs), classify (zero-shot labels) or dedup (exact and "
+            "semantic duplicates, of embeddings or of images embedded in the same job).",
             "isOptional": False,
-            "regexes": ["^(?:" + "|".join(JOB_KINDS) + ")$"],
+            "regexes": ["^(?:" + "|".join(every) + ")$"],
             "paramType": "ENUM",
-            "enumOptions": [{"value": kind, "label": kind} for kind in JOB_KINDS],
+            "enumOptions": [{"value": kind, "label": kind} for kind in every],
         }
     ]
     for dest, action in first.items():
@@ -460,7 +506,7 @@ def template_metadata() -> dict[str, Any]:
                 parameter["enumOptions"] = [{"value": c, "label": c} for c in action.choices]
                 parameter["defaultValue"] = value
         parameter.setdefault("paramType", _PARAM_TYPE_BY_DEST.get(dest, "TEXT"))
-        if len(on) < len(JOB_KINDS):
+        if len(on) < len(every):
             parameter["parentName"] = JOB
             parameter["parentTriggerValues"] = on
         parameters.append(parameter)

@@ -65,7 +65,10 @@ def test_translate_turns_on_off_values_into_flags(monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--input=gs://b/x"], "needs the job parameter: one of embed, score, filter, classify"),
+        (
+            ["--input=gs://b/x"],
+            "needs the job parameter: one of embed, score, filter, classify, dedup",
+        ),
         (["--job=rank"], "invalid choice: 'rank'"),
         (["--job=score", "--class_labels=cat"], "class_labels is a parameter of the classify job"),
     ],
@@ -100,6 +103,25 @@ def test_check_remote_accepts_urls_and_bundled_models():
     for model in ("gs://bucket-a/models/clip", "demo-chinese-clip"):
         parsed = parse_args(["score", *REMOTE, f"--model={model}"])
         launcher.check_remote(parsed)
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        (["--input=data/*.parquet", "--output=gs://bucket-a/out"], "input"),
+        (["--input=gs://bucket-a/in", "--output=out"], "output"),
+        ([*REMOTE, "--against=eval/*.parquet"], "against"),
+        ([*REMOTE, "--model=/models/clip", "--image_column=image"], "model"),
+    ],
+)
+def test_dedup_calls_translate_and_refuse_paths_only_the_launcher_has(args, name):
+    call = launcher.translate(["--job=dedup", *args, "--eps=0.03,0.05", "--resume=false"])
+    assert call.command[0] == "dedup" and "--eps=0.03,0.05" in call.command
+    with pytest.raises(LaunchError, match=rf"^{name} '.*' is a local path"):
+        launcher.check_call(call)
+    ok = launcher.translate(["--job=dedup", *REMOTE, "--against=gs://b/eval", "--clusters=8"])
+    _, (spec, inputs) = launcher.check_call(ok)
+    assert (spec.clusters, spec.against, inputs) == (8, ("gs://b/eval",), [REMOTE[0][8:]])
 
 
 # -- full launches, built for Dataflow without submitting -------------------------------------
@@ -193,6 +215,31 @@ def test_launch_builds_the_dataflow_job_without_running_it(case, gcs_inputs, gcs
     if job == "classify":
         assert record["labels"] == ["cat", "rocket"]
     # Nothing ran: no unit was processed.
+    assert not storage.exists(f"{output}/summary.json")
+
+
+def test_launch_builds_the_dedup_job_without_running_it(gcs_inputs, gcs_dir):
+    """Raw images embedded by the model on the bucket, one eps list: the whole dedup job is
+    built for Dataflow, its reader DoFn holding the gs:// URLs and no model."""
+    pytest.importorskip("google.cloud.dataflow", reason="the Dataflow runner (apache-beam[gcp])")
+    from clipbeam.transforms.dedup.read import ReadUnit
+
+    root, pattern = gcs_inputs
+    output = f"{gcs_dir}/dedup"
+    argv = _template_argv(root, "dedup", "dedup", pattern, output)
+    argv += ["--image_column=image", "--id_column=id", "--clusters=2", "--eps=0.03,0.1"]
+    result = launcher.launch(argv)
+
+    assert result.state == "DONE"
+    dataflow_job = result.job
+    assert dict(dataflow_job.proto.labels) == json.loads(JOB_LABELS)
+    names = {t.unique_name for t in dataflow_job.proto_pipeline.components.transforms.values()}
+    assert {"PlanUnits", "Read/ReadUnit", "Fit", "SemDeDup", "Summary"} <= names
+    (reader,) = [f for f in _do_fns(dataflow_job.proto_pipeline) if isinstance(f, ReadUnit)]
+    assert (reader.spec.model, reader.spec.output) == (f"{root}/model", output)
+    assert reader._encoder is None and reader.spec.eps == (0.03, 0.1)
+    record = json.loads(storage.read_bytes(f"{output}/_job.json"))
+    assert record["model"] == f"{root}/model" and record["clusters"] == 2
     assert not storage.exists(f"{output}/summary.json")
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from clipbeam.pipeline.arguments import parse_args
-from clipbeam.pipeline.options import JOB_KINDS, LaunchError, build_parser
+from clipbeam.pipeline.dedup_launch import build_parser as dedup_parser
+from clipbeam.pipeline.options import LaunchError, build_parser
 from templates import launcher
 
 METADATA_PATH = Path(launcher.__file__).with_name("metadata.json")
@@ -24,11 +24,11 @@ PARAMETERS = {p["name"]: p for p in METADATA["parameters"]}
 
 
 def _actions() -> dict[str, dict[str, argparse.Action]]:
-    """dest -> {job: action} for every option of every job, straight from the parser."""
+    """dest -> {job: action} for every option of every job, straight from the parsers."""
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     found: dict[str, dict[str, argparse.Action]] = {}
-    for job, job_parser in sub.choices.items():
+    for job, job_parser in [*sub.choices.items(), ("dedup", dedup_parser())]:
         for action in job_parser._actions:
             if action.option_strings and not isinstance(action, argparse._HelpAction):
                 found.setdefault(action.dest, {})[job] = action
@@ -36,6 +36,7 @@ def _actions() -> dict[str, dict[str, argparse.Action]]:
 
 
 ACTIONS = _actions()
+JOBS = launcher._jobs()
 PARAMETER_OF = {dest: ("class_labels" if dest == "labels" else dest) for dest in ACTIONS}
 
 
@@ -52,9 +53,9 @@ def test_every_option_is_a_parameter_and_no_parameter_is_stale():
     assert PARAMETERS["job"]["isOptional"] is False
     for dest, by_job in ACTIONS.items():
         parameter = PARAMETERS[PARAMETER_OF[dest]]
-        required = all(a.required for a in by_job.values()) and len(by_job) == len(JOB_KINDS)
+        required = all(a.required for a in by_job.values()) and len(by_job) == len(JOBS)
         assert parameter["isOptional"] is not required, dest
-        if len(by_job) < len(JOB_KINDS):
+        if len(by_job) < len(JOBS):
             assert parameter["parentName"] == "job"
             assert parameter["parentTriggerValues"] == list(by_job)
         else:
@@ -94,6 +95,8 @@ GOOD = {
     "float": ["1", "1.0", "1e0"],
     "_bool": ["true", "False", "1", "no"],
     "_column": ["caption", "none", "my column"],
+    "_column_name": ["caption", "my column"],
+    "_eps_list": ["0.03", "0.01,0.05", " 1e-2 , 0.1"],
     "_names": ["cat", "cat, dog", " a ,b"],
     "_schemes": ["gs", "gs, https"],
     "_byte_count": ["1048576", "64MiB", "50MB"],
@@ -108,6 +111,8 @@ BAD = {
     "float": ["abc", "1.2.3", "nan", ""],
     "_bool": ["maybe"],
     "_column": ["", " "],
+    "_column_name": ["", " "],
+    "_eps_list": ["abc", "0.1,,0.2", "0.1,", ""],
     "_names": ["a,,b", "a,", ""],
     "_schemes": ["gs,,https", ""],
     "_byte_count": ["lots", "-5"],
@@ -125,6 +130,8 @@ BASE = [
     "--output=gs://bucket-a/out",
     "--model=gs://bucket-a/models/clip",
 ]
+# Good values of options whose range leaves out some of GOOD's.
+GOOD_BY_DEST = {"max_cluster_rows": ["2", "50000"], "against_eps": ["0.05", "0", "1e-2"]}
 COMPANIONS = {
     "filter": ["--min_image_side=1"],
     "classify": ["--class_labels=cat,dog"],
@@ -152,11 +159,11 @@ def _launcher_accepts(job: str, dest: str, value: str) -> bool:
     extra = [a for a in COMPANIONS.get(job, []) if not a.startswith(f"--{name}=")]
     if dest == "labels_file":
         extra = []
-    args = [a for a in BASE if not a.startswith(f"--{name}=")]
+    base = BASE[:2] if job == "dedup" else BASE  # dedup's model is for raw images only
+    args = [a for a in base if not a.startswith(f"--{name}=")]
     argv = [f"--job={job}", *args, *extra, *WITH.get(dest, []), f"--{name}={value}"]
     try:
-        call = launcher.translate(argv)
-        launcher.check_remote(parse_args(call.command, read_text=lambda path: "cat\ndog\n"))
+        launcher.check_call(launcher.translate(argv), read_text=lambda path: "cat\ndog\n")
     except LaunchError:
         return False
     return True
@@ -180,7 +187,7 @@ def test_regexes_accept_defaults_and_good_values_and_reject_bad_ones(dest):
     defaults = {launcher._as_value(a.default, a) for a in by_job.values()} - {None}
     for value in defaults:
         assert matches(value), f"{dest}: the regex refuses the default {value!r}"
-    good = list(action.choices) if kind == "choices" else GOOD[kind]
+    good = list(action.choices) if kind == "choices" else GOOD_BY_DEST.get(dest, GOOD[kind])
     for value in good:
         assert matches(value), f"{dest}: the regex refuses {value!r}"
         assert _launcher_accepts(job, dest, value), f"{dest}: the launcher refuses {value!r}"
@@ -191,5 +198,5 @@ def test_regexes_accept_defaults_and_good_values_and_reject_bad_ones(dest):
 
 def test_job_regex():
     (regex,) = PARAMETERS["job"]["regexes"]
-    assert all(re.fullmatch(regex, job) for job in JOB_KINDS)
+    assert all(re.fullmatch(regex, job) for job in JOBS) and "dedup" in JOBS
     assert not re.fullmatch(regex, "rank")
