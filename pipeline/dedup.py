@@ -135,6 +135,8 @@ class _WriteSummary(beam.DoFn):
             "output": redact(spec.output),
             "options": dict(spec.options),
         }
+        if spec.model is not None:  # raw images, embedded by this model
+            summary["model"] = redact(spec.model)
         path = storage.join(spec.output, "summary.json")
         storage.write_atomic(path, (json.dumps(summary, indent=2, default=str) + "\n").encode())
         yield path

@@ -1,5 +1,6 @@
 """`clipbeam dedup --model`: raw images embedded in the same job, on the real DirectRunner."""
 
+import json
 import pickle
 
 import pyarrow.dataset as ds
@@ -53,6 +54,7 @@ def test_raw_images_equal_dedup_of_their_embed_output(images):
     )
     run(["--input", f"{embedded}/embeddings", "--output", str(root / "from-embed"), *common])
 
+    assert json.loads((root / "raw" / "summary.json").read_text())["model"] == "demo-clip"
     raw = ds.dataset(root / "raw" / "dedup").to_table().sort_by("id")
     want = ds.dataset(root / "from-embed" / "dedup").to_table().sort_by("id")
     assert raw.num_rows == len(data.good_rows) > 20
