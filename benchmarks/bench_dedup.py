@@ -1,18 +1,31 @@
-"""clipbeam dedup: the blocked per-cluster step against a NumPy all-pairs, and a skewed job.
+"""clipbeam dedup: the per-cluster step, the k-means fit, the whole job and its memory.
 
-1. One cluster of ``--cluster-rows`` unit vectors: :func:`semdedup.max_similarity` (tiles of
-   ``--block`` rows) against the whole ``n x n`` similarity matrix masked to earlier rows; the
-   ratio of medians, the largest difference, and each one's peak extra memory.
-2. ``clipbeam dedup`` on the DirectRunner over ``--rows`` embeddings of which 30% sit in one hot
-   cluster (near copies of one direction): rows/s, the largest cluster, how it was split, the
-   largest group written, the k-means fit time and inertia.
+1. ``cluster``: one cluster of ``--cluster-rows`` unit vectors: :func:`semdedup.max_similarity`
+   (tiles of ``--block`` rows) against the whole ``n x n`` similarity matrix masked to earlier
+   rows (NumPy brute force); the ratio of medians, the largest difference, each one's peak extra
+   memory.
+2. ``fit``: spherical k-means on ``--fit-rows`` x ``--dim`` embeddings drawn around
+   ``--fit-clusters`` centres: the job's faiss fit against a plain torch implementation (the
+   same algorithm: random rows as the start, ``--niter`` assign/mean/normalize steps), time and
+   inertia of each, on the same data in one run.
+3. ``job``: ``clipbeam dedup`` on the DirectRunner over ``--rows`` embeddings of which 30% sit in
+   one hot cluster (near copies of one direction): rows/s, the largest cluster, how it was
+   split, the largest group written, the k-means fit time and inertia.
+4. ``rss``: the same job in a fresh process for each of ``--rss-rows``: its peak RSS.
+
+``python -m benchmarks.bench_dedup --only cluster,fit`` runs some of them; each prints the
+machine first. The job's rows/s feed ``python -m templates.plan --dedup-rows-per-core``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -66,9 +79,46 @@ def bench_cluster(rows: int, dim: int, block: int, repeats: int) -> None:
     )
 
 
-def bench_job(rows: int, dim: int, clusters: int, bound: int) -> None:
-    from clipbeam.pipeline.dedup import run
+def _torch_kmeans(x: np.ndarray, k: int, seed: int, niter: int) -> tuple[np.ndarray, float]:
+    """Spherical k-means in torch: ``(centroids, inertia)`` (sum of squared L2 distances)."""
+    import torch
 
+    data = torch.from_numpy(x)
+    generator = torch.Generator().manual_seed(seed)
+    centroids = data[torch.randperm(len(data), generator=generator)[:k]].clone()
+    for _ in range(niter):
+        nearest = torch.cat([(b @ centroids.T).argmax(1) for b in data.split(16384)])
+        sums = torch.zeros_like(centroids).index_add_(0, nearest, data)
+        counts = torch.bincount(nearest, minlength=k)
+        moved = counts > 0  # an empty cluster keeps its centroid
+        centroids[moved] = torch.nn.functional.normalize(sums[moved], dim=1)
+    best = torch.cat([(b @ centroids.T).max(1).values for b in data.split(16384)])
+    return centroids.numpy(), float((2.0 - 2.0 * best.double()).sum())
+
+
+def bench_fit(rows: int, dim: int, k: int, niter: int) -> None:
+    from clipbeam.transforms.dedup import kmeans
+
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(k, dim))
+    x = _unit(centres[rng.integers(k, size=rows)] + 0.7 * rng.normal(size=(rows, dim)) / dim**0.5)
+    start = time.perf_counter()
+    _, faiss_inertia = kmeans._fit_centroids(x, k, seed=0, niter=niter)
+    faiss_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    _, torch_inertia = _torch_kmeans(x, k, seed=0, niter=niter)
+    torch_seconds = time.perf_counter() - start
+    print(
+        f"k-means fit, {rows} x {dim}, k {k}, {niter} iterations: faiss {faiss_seconds:.1f}s "
+        f"inertia {faiss_inertia:.1f}; torch {torch_seconds:.1f}s inertia {torch_inertia:.1f}; "
+        f"time ratio (torch / faiss) {torch_seconds / faiss_seconds:.2f}, inertia ratio "
+        f"{torch_inertia / faiss_inertia:.4f}; {rows * k * niter / faiss_seconds:.3g} "
+        "row-centroid products/s in faiss"
+    )
+
+
+def _write_input(folder: Path, rows: int, dim: int) -> None:
+    """``rows`` unit embeddings, 30% of them near copies of one direction, in 8 files."""
     rng = np.random.default_rng(1)
     hot = int(rows * 0.3)
     centre = rng.normal(size=(1, dim))
@@ -76,19 +126,25 @@ def bench_job(rows: int, dim: int, clusters: int, bound: int) -> None:
         [centre + 0.02 * rng.normal(size=(hot, dim)), rng.normal(size=(rows - hot, dim))]
     )
     x = _unit(x)
+    folder.mkdir()
+    per_file = max(1, rows // 8)
+    for f, start in enumerate(range(0, rows, per_file)):
+        part = x[start : start + per_file]
+        column = pa.FixedSizeListArray.from_arrays(pa.array(part.ravel()), dim)
+        ids = pa.array([f"r{i:08d}" for i in range(start, start + len(part))])
+        pq.write_table(
+            pa.table({"id": ids, "image_embedding": column}),
+            folder / f"part-{f:03d}.parquet",
+            row_group_size=10_000,
+        )
+
+
+def bench_job(rows: int, dim: int, clusters: int, bound: int) -> None:
+    from clipbeam.pipeline.dedup import run
+
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
-        folder.mkdir()
-        per_file = max(1, rows // 8)
-        for f, start in enumerate(range(0, rows, per_file)):
-            part = x[start : start + per_file]
-            column = pa.FixedSizeListArray.from_arrays(pa.array(part.ravel()), dim)
-            ids = pa.array([f"r{i:08d}" for i in range(start, start + len(part))])
-            pq.write_table(
-                pa.table({"id": ids, "image_embedding": column}),
-                folder / f"part-{f:03d}.parquet",
-                row_group_size=10_000,
-            )
+        _write_input(folder, rows, dim)
         out = Path(tmp) / "out"
         start = time.perf_counter()
         run(
@@ -109,19 +165,71 @@ def bench_job(rows: int, dim: int, clusters: int, bound: int) -> None:
     )
 
 
+def bench_rss(sizes: list[int], dim: int, clusters: int, bound: int) -> None:
+    """The job in a fresh process per size; each child's peak RSS (``ru_maxrss``)."""
+    peaks = []
+    for rows in sizes:
+        code = (
+            "import resource, sys; from benchmarks.bench_dedup import bench_job; "
+            f"bench_job({rows}, {dim}, {clusters}, {bound}); "
+            "print('peak-rss-kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        line = next(x for x in done.stdout.splitlines() if x.startswith("peak-rss-kib"))
+        peaks.append(int(line.split()[1]) / 2**10)
+        print(f"peak RSS, {rows} x {dim}: {peaks[-1]:.0f} MiB", flush=True)
+    print(
+        f"peak RSS from {sizes[0]} to {sizes[-1]} rows: {peaks[-1] / peaks[0]:.2f}x "
+        f"({'flat within 10%' if peaks[-1] <= 1.1 * peaks[0] else 'not flat'})"
+    )
+
+
+def _machine() -> str:
+    import faiss
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            cpu = next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"machine: {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, "
+        f"NumPy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"faiss {faiss.__version__}"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_dedup", description=__doc__)
+    parser.add_argument("--only", default="cluster,fit,job,rss", help="benchmarks to run")
     parser.add_argument("--cluster-rows", type=int, default=4000)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--block", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fit-rows", type=int, default=200_000)
+    parser.add_argument("--fit-clusters", type=int, default=256)
+    parser.add_argument("--niter", type=int, default=20)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--job-dim", type=int, default=64)
     parser.add_argument("--clusters", type=int, default=50)
     parser.add_argument("--max-cluster-rows", type=int, default=10_000)
+    parser.add_argument("--rss-rows", default="100000,250000", help="comma-separated sizes")
     args = parser.parse_args(argv)
-    bench_cluster(args.cluster_rows, args.dim, args.block, args.repeats)
-    bench_job(args.rows, args.job_dim, args.clusters, args.max_cluster_rows)
+    only = set(args.only.split(","))
+    print(_machine(), flush=True)
+    if "cluster" in only:
+        bench_cluster(args.cluster_rows, args.dim, args.block, args.repeats)
+    if "fit" in only:
+        bench_fit(args.fit_rows, args.dim, args.fit_clusters, args.niter)
+    if "job" in only:
+        bench_job(args.rows, args.job_dim, args.clusters, args.max_cluster_rows)
+    if "rss" in only:
+        sizes = [int(n) for n in args.rss_rows.split(",")]
+        bench_rss(sizes, args.job_dim, args.clusters, args.max_cluster_rows)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ tiles. A cluster over ``--max-cluster-rows`` is split by a second-level k-means,
 ordinary large clusters but not a cluster of near copies of one image; a part still over the
 bound is dealt into chunks whose pairs are tiles on workers of their own
 (:mod:`clipbeam.transforms.dedup.tiles`), counted in ``groups_over_bound``. ``--against``: the
-reference set is a side input (:mod:`clipbeam.transforms.dedup.reference`). Still to come: raw
-images with ``--model``, and the report's duplicate view.
+reference set is a side input (:mod:`clipbeam.transforms.dedup.reference`). ``--model``: the
+input is raw images, embedded in the reading step (:mod:`clipbeam.transforms.dedup.embed`).
+Arguments and launch checks: :mod:`clipbeam.pipeline.dedup_launch`.
 """
 
 from __future__ import annotations
@@ -38,358 +39,24 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 
-from clipbeam.pipeline.options import (
-    LaunchError,
-    _add,
-    _bool,
-    _column,
-    _HelpFormatter,
-    _names,
-    _number,
-    _Parser,
-)
-from clipbeam.pipeline.validate import JOB_FILE, plan
+from clipbeam.pipeline.dedup_launch import build_parser, parse, validate_dedup
+from clipbeam.pipeline.options import LaunchError
 from clipbeam.transforms import storage
 from clipbeam.transforms.dedup import stages, tiles
-from clipbeam.transforms.dedup.read import SAMPLE_TAG, STATS_TAG, ReadUnit, error_schema
+from clipbeam.transforms.dedup.read import (
+    BATCHES_TAG,
+    SAMPLE_TAG,
+    STATS_TAG,
+    ReadUnits,
+    error_schema,
+)
 from clipbeam.transforms.dedup.reference import CombineReference, ReadReference
-from clipbeam.transforms.dedup.spec import DEFAULT_EPS, DedupSpec, DedupStats, eps_column
-from clipbeam.transforms.embeddings import EmbeddingTypeError, embedding_dim, l2_normalize
-from clipbeam.transforms.units import WorkUnit, iter_batches
+from clipbeam.transforms.dedup.spec import DedupSpec, DedupStats, eps_column
+from clipbeam.transforms.units import WorkUnit
 
 __all__ = ["build_dedup", "build_parser", "main", "parse", "run", "validate_dedup"]
 
 _log = logging.getLogger("clipbeam")
-
-# Spec fields a resumed run may change: they do not change any output row.
-_RESUMABLE = frozenset({"resume", "block_rows", "options"})
-
-
-def _eps_list(text: str) -> list[float]:
-    parse = _number(float, 0.0, 1.0)
-    return [parse(part.strip()) for part in text.split(",") if part.strip()]
-
-
-def build_parser(prog: str = "clipbeam dedup") -> _Parser:
-    """The ``clipbeam dedup`` argument parser (unknown options are Beam's)."""
-    parser = _Parser(
-        prog=prog,
-        description="exact and semantic (SemDeDup) duplicates of embeddings -> OUTPUT/dedup/, "
-        "OUTPUT/duplicates/. Options are also accepted with underscores.",
-        formatter_class=_HelpFormatter,
-        allow_abbrev=False,
-    )
-    io = parser.add_argument_group("input and output")
-    _add(
-        io,
-        "input",
-        action="extend",
-        nargs="+",
-        required=True,
-        metavar="PATTERN",
-        help="Parquet with an id and an embedding column (clipbeam embed's embeddings/)",
-    )
-    _add(io, "output", required=True, metavar="DIR", help="output folder, local or gs://")
-    _add(
-        io,
-        "resume",
-        nargs="?",
-        const=True,
-        default=False,
-        type=_bool,
-        metavar="BOOL",
-        help="skip cluster groups an earlier run of the same job completed",
-    )
-    columns = parser.add_argument_group("columns")
-    _add(
-        columns,
-        "embedding-column",
-        default="image_embedding",
-        metavar="NAME",
-        help="fixed_size_list or list of float32/float16, one embedding per row",
-    )
-    _add(
-        columns,
-        "id-column",
-        type=_column,
-        default="id",
-        metavar="NAME",
-        help="column identifying rows; 'none' writes '<file>:<row>' ids",
-    )
-    _add(
-        columns,
-        "image-column",
-        type=_column,
-        default=None,
-        metavar="NAME",
-        help="image bytes (binary or {bytes, path} struct) hashed for exact duplicates",
-    )
-    _add(
-        columns,
-        "keep-columns",
-        type=_names,
-        action="extend",
-        default=[],
-        metavar="A,B",
-        help="input columns copied to OUTPUT/dedup/",
-    )
-    semantic = parser.add_argument_group("SemDeDup")
-    _add(
-        semantic,
-        "clusters",
-        type=_number(int, 1),
-        default=1000,
-        metavar="K",
-        help="k-means clusters",
-    )
-    _add(
-        semantic,
-        "fit-rows",
-        type=_number(int, 1),
-        default=1_000_000,
-        metavar="N",
-        help="most rows the k-means fit sees (sampled across all inputs)",
-    )
-    _add(
-        semantic,
-        "eps",
-        type=_eps_list,
-        default=list(DEFAULT_EPS),
-        metavar="E,F",
-        help="thresholds: a row is a duplicate when max_similarity >= 1 - eps; the first "
-        "one is listed in OUTPUT/duplicates/",
-    )
-    _add(
-        semantic,
-        "seed",
-        type=_number(int, 0),
-        default=0,
-        metavar="N",
-        help="seed of the fit sample and of k-means",
-    )
-    _add(
-        semantic, "niter", type=_number(int, 1), default=20, metavar="N", help="k-means iterations"
-    )
-    _add(
-        semantic,
-        "max-cluster-rows",
-        type=_number(int, 2),
-        default=50_000,
-        metavar="N",
-        help="a cluster with more rows is split by a second-level k-means",
-    )
-    _add(
-        semantic,
-        "block-rows",
-        type=_number(int, 1),
-        default=1024,
-        metavar="N",
-        help="rows per tile of the pairwise similarities",
-    )
-    against = parser.add_argument_group("decontamination")
-    _add(
-        against,
-        "against",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="PATTERN",
-        help="embeddings of a reference set (an evaluation set): rows near one are removed",
-    )
-    _add(
-        against,
-        "against-eps",
-        type=_number(float, 0.0, 1.0),
-        default=0.05,
-        metavar="E",
-        help="a row is removed when max_reference_similarity >= 1 - E",
-    )
-    _add(
-        against,
-        "against-id-column",
-        type=_column,
-        default="id",
-        metavar="NAME",
-        help="the reference set's id column ('none': '<file>:<row>')",
-    )
-    _add(
-        against,
-        "against-embedding-column",
-        default="image_embedding",
-        metavar="NAME",
-        help="the reference set's embedding column",
-    )
-    return parser
-
-
-def parse(argv: Sequence[str]) -> tuple[DedupSpec, list[str], list[str]]:
-    """Command line -> ``(spec without dim, inputs, beam arguments)``."""
-    args, beam_args = build_parser().parse_known_args(list(argv))
-    values = vars(args)
-    inputs = values.pop("input")
-    options = dict(values)
-    try:
-        spec = DedupSpec(
-            output=values["output"],
-            embedding_column=values["embedding_column"],
-            id_column=values["id_column"],
-            image_column=values["image_column"],
-            keep_columns=tuple(values["keep_columns"]),
-            clusters=values["clusters"],
-            fit_rows=values["fit_rows"],
-            eps=tuple(values["eps"]),
-            seed=values["seed"],
-            niter=values["niter"],
-            max_cluster_rows=values["max_cluster_rows"],
-            block_rows=values["block_rows"],
-            against=tuple(values["against"]),
-            against_eps=values["against_eps"],
-            against_id_column=values["against_id_column"],
-            against_embedding_column=values["against_embedding_column"],
-            resume=values["resume"],
-            options=options,
-        )
-    except ValueError as exc:
-        raise LaunchError(str(exc)) from None
-    return spec, inputs, beam_args
-
-
-def _check_schema(spec: DedupSpec, schema: pa.Schema, path: str, unit: WorkUnit) -> int:
-    """The embedding dimension of one file; every other column checked."""
-    for option, name in (
-        ("--id-column", spec.id_column),
-        ("--image-column", spec.image_column),
-        *(("--keep-columns", k) for k in spec.keep_columns),
-    ):
-        if name is not None and name not in schema.names:
-            raise LaunchError(
-                f"{option} {name!r} is not a column of {path} (its columns: "
-                f"{', '.join(schema.names)})"
-            )
-    if spec.image_column is not None:
-        t = schema.field(spec.image_column).type
-        is_struct = pa.types.is_struct(t) and t.get_field_index("bytes") >= 0
-        if not (pa.types.is_binary(t) or pa.types.is_large_binary(t) or is_struct):
-            raise LaunchError(
-                f"--image-column {spec.image_column!r} of {path} is {t}; exact duplicates need "
-                "image bytes (binary, or a struct with a bytes field)"
-            )
-    first = None
-    t = schema.field(spec.embedding_column).type if spec.embedding_column in schema.names else None
-    if t is not None and not pa.types.is_fixed_size_list(t):
-        first = next(iter_batches(unit, [spec.embedding_column], 64)).column(0)
-    try:
-        return embedding_dim(schema, spec.embedding_column, path, first)
-    except EmbeddingTypeError as exc:
-        raise LaunchError(str(exc)) from None
-
-
-def _check_output(spec: DedupSpec, inputs: Sequence[str]) -> dict[str, Any]:
-    record = json.loads(spec.to_json())
-    record["inputs"] = list(inputs)
-    path = storage.join(spec.output, JOB_FILE)
-    if not spec.resume:
-        found = [
-            d
-            for d in (stages.OUTPUT_DIR, "errors")
-            if storage.list_files(storage.join(spec.output, d))
-        ]
-        if storage.exists(path) or storage.exists(storage.join(spec.output, "summary.json")):
-            found.append(JOB_FILE)
-        if found:
-            raise LaunchError(
-                f"--output {spec.output} already holds results of an earlier run "
-                f"({', '.join(found)}). Pass --resume to finish that run, or choose an empty "
-                "--output folder."
-            )
-    elif storage.exists(path):
-        earlier = json.loads(storage.read_bytes(path))
-        changed = sorted(
-            k
-            for k in set(earlier) | set(record)
-            if k not in _RESUMABLE and earlier.get(k) != record.get(k)
-        )
-        if changed:
-            raise LaunchError(
-                f"--resume: {spec.output} holds a run of a different job (changed: "
-                f"{', '.join(changed)}). Rerun with the same options, or choose an empty --output."
-            )
-    return record
-
-
-def _check_against(spec: DedupSpec) -> list[WorkUnit]:
-    """The reference set's units; every file's columns and dimension checked."""
-    import dataclasses
-
-    import pyarrow.parquet as pq
-
-    units = plan(spec.against)
-    as_input = dataclasses.replace(
-        spec,
-        embedding_column=spec.against_embedding_column,
-        id_column=spec.against_id_column,
-        image_column=None,
-        keep_columns=(),
-    )
-    seen = set()
-    for unit in units:
-        if unit.path in seen:
-            continue
-        seen.add(unit.path)
-        with storage.open_input(unit.path) as f:
-            schema = pq.ParquetFile(f).schema_arrow
-        dim = _check_schema(as_input, schema, unit.path, unit)
-        if dim != spec.dim:
-            raise LaunchError(
-                f"--against {unit.path} holds embeddings of dimension {dim}, the --input "
-                f"embeddings have dimension {spec.dim}: both must come from one model"
-            )
-    return units
-
-
-def validate_dedup(
-    spec: DedupSpec, inputs: Sequence[str]
-) -> tuple[DedupSpec, list[WorkUnit], pa.Schema, list[WorkUnit]]:
-    """Launch checks: inputs, columns of every file, one dimension, the reference set, the
-    output folder.
-
-    Returns:
-        ``(spec with dim, units, first file's schema, reference set's units)``.
-    """
-    import dataclasses
-
-    import pyarrow.parquet as pq
-
-    from clipbeam.transforms.embeddings import embedding_matrix
-
-    units = plan(inputs)
-    schemas: dict[str, pa.Schema] = {}
-    dims: dict[str, int] = {}
-    for unit in units:
-        if unit.path in schemas:
-            continue
-        with storage.open_input(unit.path) as f:
-            schemas[unit.path] = pq.ParquetFile(f).schema_arrow
-        dims[unit.path] = _check_schema(spec, schemas[unit.path], unit.path, unit)
-    if len(set(dims.values())) > 1:
-        shown = ", ".join(f"{p}: {d}" for p, d in list(dims.items())[:4])
-        raise LaunchError(f"the input files hold embeddings of different dimensions ({shown})")
-    spec = dataclasses.replace(spec, dim=next(iter(dims.values())))
-    first = next(iter_batches(units[0], [spec.embedding_column], 1024)).column(0)
-    _, _, renormalized = l2_normalize(embedding_matrix(first, spec.dim)[0])
-    if renormalized.any():
-        _log.info("dedup: the input embeddings are not L2-normalized; the job normalizes them")
-    against_units = _check_against(spec) if spec.against else []
-    record = _check_output(spec, inputs)
-    try:
-        storage.check_writable(spec.output)
-    except OSError as exc:
-        raise LaunchError(f"--output {spec.output} is not writable: {exc}") from None
-    storage.write_atomic(
-        storage.join(spec.output, JOB_FILE),
-        (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"),
-    )
-    return spec, units, schemas[units[0].path], against_units
 
 
 def _metadata(spec: DedupSpec) -> dict[str, str]:
@@ -468,9 +135,16 @@ class _WriteSummary(beam.DoFn):
             "output": redact(spec.output),
             "options": dict(spec.options),
         }
+        if spec.model is not None:  # raw images, embedded by this model
+            summary["model"] = redact(spec.model)
         path = storage.join(spec.output, "summary.json")
         storage.write_atomic(path, (json.dumps(summary, indent=2, default=str) + "\n").encode())
         yield path
+
+
+def _sample_order(candidate: tuple) -> tuple:
+    """A fit-sample candidate's rank: its priority, then its id as text."""
+    return candidate[0], candidate[1]
 
 
 def _sum(stats) -> DedupStats:
@@ -493,11 +167,10 @@ def build_dedup(
         pipeline
         | "PlanUnits" >> beam.Create(list(units), reshuffle=False)
         | "SpreadUnits" >> beam.Reshuffle()
-        | "Read"
-        >> beam.ParDo(ReadUnit(spec, schema)).with_outputs(SAMPLE_TAG, STATS_TAG, main="batches")
+        | "Read" >> ReadUnits(spec, schema)
     )
     sample = read[SAMPLE_TAG] | "Sample" >> beam.combiners.Top.Smallest(
-        spec.fit_rows, key=lambda c: (c[0], c[1])
+        spec.fit_rows, key=_sample_order
     )
     model = sample | "Fit" >> beam.ParDo(stages.Fit(spec))
     sides = [beam.pvalue.AsSingleton(model)]
@@ -510,7 +183,7 @@ def build_dedup(
             | "WholeReference" >> beam.CombineGlobally(CombineReference())
         )
         sides.append(beam.pvalue.AsSingleton(reference))
-    assigned = read.batches | "Assign" >> beam.Map(stages.assign_batch, *sides)
+    assigned = read[BATCHES_TAG] | "Assign" >> beam.Map(stages.assign_batch, *sides)
     counts = stages.cluster_counts(assigned, beam.pvalue.AsSingleton(model))
     final = model | "FitSplits" >> beam.ParDo(
         stages.FitSplits(spec), beam.pvalue.AsSingleton(sample), beam.pvalue.AsSingleton(counts)
@@ -551,12 +224,24 @@ def build_dedup(
     )
 
 
-def run(argv: Sequence[str], test_pipeline: beam.Pipeline | None = None):
-    """Runs ``clipbeam dedup`` (``argv`` without the subcommand); returns the pipeline result."""
-    from apache_beam.options.pipeline_options import PipelineOptions
+def run(argv: Sequence[str], test_pipeline: beam.Pipeline | None = None, *, wait: bool = True):
+    """Runs ``clipbeam dedup`` (``argv`` without the subcommand); returns the pipeline result.
+
+    Args:
+        argv: the command line after ``clipbeam dedup``.
+        test_pipeline: a pipeline to build the job on instead of one made from ``argv``.
+        wait: wait for the job to finish (a Dataflow template launcher submits and returns).
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    from clipbeam.pipeline.validate import check_remote, is_dataflow
 
     started_at = time.time()
     spec, inputs, beam_args = parse(argv)
+    options = test_pipeline.options if test_pipeline is not None else PipelineOptions(beam_args)
+    runner = options.view_as(StandardOptions).runner
+    if is_dataflow(runner if isinstance(runner, str) else None):
+        check_remote(spec, inputs)  # every worker is another machine: no launcher-local paths
     spec, units, schema, against_units = validate_dedup(spec, inputs)
     _log.info(
         "dedup: %d rows in %d work units, dimension %d -> %s",
@@ -565,12 +250,13 @@ def run(argv: Sequence[str], test_pipeline: beam.Pipeline | None = None):
         spec.dim,
         spec.output,
     )
-    pipeline = test_pipeline or beam.Pipeline(options=PipelineOptions(beam_args))
+    pipeline = test_pipeline or beam.Pipeline(options=options)
     build_dedup(
         pipeline, spec, units, schema, inputs, started_at=started_at, against_units=against_units
     )
     result = pipeline.run()
-    result.wait_until_finish()
+    if wait:
+        result.wait_until_finish()
     return result
 
 

@@ -30,7 +30,8 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from clipbeam.pipeline.dedup import _check_schema, _iso
+from clipbeam.pipeline.dedup import _iso
+from clipbeam.pipeline.dedup_launch import check_schema as _check_schema
 from clipbeam.pipeline.options import LaunchError
 from clipbeam.pipeline.search_options import build_parser, make_spec, parse, parse_values
 from clipbeam.pipeline.search_queries import (

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,6 +29,9 @@ from clipbeam.pipeline.options import NONE, LaunchError
 from clipbeam.transforms.limits import DEFAULT_URL_SCHEMES, LOCAL_SCHEME
 from clipbeam.transforms.spec import JobSpec, int8_problem
 from clipbeam.transforms.units import WorkUnit, plain_schema
+
+if TYPE_CHECKING:  # the encoder imports torch: not at import time of the launcher
+    from clipbeam.transforms.encoder import Encoder
 
 __all__ = [
     "DATAFLOW_RUNNERS",
@@ -361,7 +365,8 @@ def check_remote(
     the launcher and its labels travel in the job, so it is only checked when given here.
 
     Args:
-        spec: the job.
+        spec: the job (a :class:`JobSpec`, or a dedup job's ``DedupSpec``: its ``--against``
+            reference set is checked too).
         inputs: the ``--input`` patterns.
         labels_file: a labels file to check too (the template launcher has no user files).
         name: how messages name an option, from its dashed name (``labels-file``).
@@ -372,8 +377,11 @@ def check_remote(
     from clipbeam.model.hub import BUNDLED
 
     places = [("input", p) for p in inputs]
-    places += [("output", spec.output), ("model", spec.model)]
-    places += [("head", source) for _, source in spec.heads]
+    places += [("output", spec.output)]
+    # a dedup job (DedupSpec) may have no model, has no heads and may have a reference set
+    places += [("model", spec.model)] if spec.model is not None else []
+    places += [("head", source) for _, source in getattr(spec, "heads", ())]
+    places += [("against", p) for p in getattr(spec, "against", ())]
     if labels_file is not None:
         places.append(("labels-file", labels_file))
     for option, path in places:
@@ -409,9 +417,9 @@ def for_runner(spec: JobSpec, runner: str | None) -> JobSpec:
     return dataclasses.replace(spec, allowed_url_schemes=schemes)
 
 
-def check_model(spec: JobSpec) -> None:
+def check_model(spec: JobSpec) -> Encoder:
     """Loads the model, processor and heads once on CPU, so a bad ``--model`` or ``--head``
-    fails at launch.
+    fails at launch; returns that CPU encoder (for what the launcher needs to know of it).
 
     Raises:
         LaunchError: the checkpoint is not found or does not load; a head does not load or reads
@@ -422,7 +430,7 @@ def check_model(spec: JobSpec) -> None:
     from clipbeam.transforms.encoder import Encoder
 
     try:
-        Encoder.load(
+        return Encoder.load(
             spec.model,
             device="cpu",
             dtype="float32",

@@ -6,7 +6,7 @@ every template parameter as ``--name=value``, after the pipeline options it sets
 ``--template_location``, ``--sdk_container_image``, ``--labels``...). :func:`translate` turns that
 into a ``clipbeam JOB ...`` command line:
 
-- the ``job`` parameter (embed, score, filter, classify or search) becomes the subcommand;
+- the ``job`` parameter (embed, score, filter, classify, search or dedup) becomes the subcommand;
 - ``class_labels`` becomes classify's ``--labels``. Dataflow passes the job's own labels as
   ``--labels={"key": "value"}``, so a template parameter cannot be called ``labels``: every
   ``--labels`` the launcher receives is a Dataflow job label and goes to Beam untouched;
@@ -39,6 +39,7 @@ __all__ = [
     "CLASS_LABELS",
     "JOB",
     "TemplateCall",
+    "check_call",
     "check_remote",
     "check_search",
     "launch",
@@ -56,6 +57,8 @@ _RENAMED = {"labels": CLASS_LABELS}
 
 # A gs:// URL: a bucket, then optionally an object path, folder or glob.
 _GCS_URL = r"^gs://[^/\s]+(?:/.*)?$"
+# The job that is not one of clipbeam.pipeline.options.JOB_KINDS (its own parser and run).
+DEDUP = "dedup"
 
 
 # -- from template parameters to a clipbeam command line --------------------------------------
@@ -81,10 +84,10 @@ class TemplateCall:
 
 
 def template_jobs() -> tuple[str, ...]:
-    """The jobs the template runs: the per-row jobs, then search."""
+    """The jobs the template runs: the per-row jobs, then search and dedup."""
     from clipbeam.pipeline.options import JOB_KINDS
 
-    return (*JOB_KINDS, "search")
+    return (*JOB_KINDS, "search", DEDUP)
 
 
 def _template_parser() -> argparse.ArgumentParser:
@@ -247,6 +250,35 @@ def _launch_search(call: TemplateCall) -> Any:
     return run(list(call.command[1:]), test_pipeline=beam.Pipeline(options=options), wait=False)
 
 
+def check_call(call: TemplateCall, read_text: Any = None) -> tuple[list[str], Any]:
+    """Parses a translated call and refuses local paths (:func:`check_remote`).
+
+    Args:
+        call: what :func:`translate` returned.
+        read_text: reads a labels file (tests pass a stand-in); the default reads it.
+
+    Returns:
+        ``(Beam arguments, the parsed job)``: the per-row jobs' ``ParsedArgs``, dedup's
+        ``(spec, inputs)``, or search's option values.
+    """
+    from clipbeam.pipeline.validate import check_remote as check
+
+    if call.command[0] == "search":
+        values, beam_args = check_search(call.command)
+        return beam_args, values
+    if call.command[0] == DEDUP:
+        from clipbeam.pipeline.dedup_launch import parse
+
+        spec, inputs, beam_args = parse(call.command[1:])
+        check(spec, inputs, name=lambda option: option.replace("-", "_"))
+        return beam_args, (spec, inputs)
+    from clipbeam.pipeline.arguments import parse_args
+
+    parsed = parse_args(call.command, **({} if read_text is None else {"read_text": read_text}))
+    check_remote(parsed)
+    return list(parsed.beam_args), parsed
+
+
 def launch(argv: Sequence[str]) -> Any:
     """Validates and submits (or, under a template launcher, stages) one clipbeam job.
 
@@ -263,18 +295,21 @@ def launch(argv: Sequence[str]) -> Any:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from clipbeam.pipeline.arguments import parse_args
     from clipbeam.pipeline.cli import run
 
     call = translate(argv)
     if call.command[0] == "search":
         return _launch_search(call)
-    parsed = parse_args(call.command)
-    check_remote(parsed)
+    beam_args, _ = check_call(call)
     # The pipeline is built here so that the Dataflow job labels reach Beam's options without
     # ever passing through clipbeam's parser, where classify's --labels would take them.
-    options = PipelineOptions([*parsed.beam_args, *call.beam_label_args()])
-    return run(call.command, test_pipeline=beam.Pipeline(options=options), wait=False)
+    options = PipelineOptions([*beam_args, *call.beam_label_args()])
+    pipeline = beam.Pipeline(options=options)
+    if call.command[0] == DEDUP:
+        from clipbeam.pipeline.dedup import run as run_dedup
+
+        return run_dedup(call.command[1:], test_pipeline=pipeline, wait=False)
+    return run(call.command, test_pipeline=pipeline, wait=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,12 +342,13 @@ _REGEX_BY_TYPE = {
     "float": _FLOAT,
     "_bool": _BOOL,
     "_column": r"^\S(?:.*\S)?$",
+    "_column_name": r"^\S(?:.*\S)?$",
     "_names": _LIST,
+    "_eps_list": rf"^\s*{_NUMBER}(?:\s*,\s*{_NUMBER})*\s*$",  # comma-separated numbers
     "_schemes": _LIST,
     "_byte_count": r"^\s*[0-9]+\s*[A-Za-z]*\s*$",  # units are checked by the launcher
     "head_pairs": _HEADS,
     "head_thresholds": _THRESHOLDS,
-    "_column_name": r"^\S(?:.*\S)?$",
 }
 # Plain string options, by dest.
 _REGEX_BY_DEST = {
@@ -323,11 +359,12 @@ _REGEX_BY_DEST = {
     "query_images": _GCS_URL,
     "keep_from": _GCS_URL,
     "template": r"^.*\{\}.*$",
+    "against": _GCS_URL,
 }
 # Dataflow's input pickers, by dest (the rest are TEXT). Only types that never pre-fill a value:
 # a BOOLEAN or NUMBER picker would send false or 0 for a parameter the user left alone.
 # Value types that take several comma-separated values in one parameter.
-_LIST_TYPES = ("_names", "_schemes", "head_pairs", "head_thresholds")
+_LIST_TYPES = ("_names", "_schemes", "head_pairs", "head_thresholds", "_eps_list")
 _PARAM_TYPE_BY_DEST = {
     "output": "GCS_WRITE_FOLDER",
     "labels_file": "GCS_READ_FILE",
@@ -343,7 +380,8 @@ _TEMPLATE_HELP = {
     "earlier results unless resume is true.",
     "model": "Checkpoint folder in the Hugging Face layout on Cloud Storage, e.g. "
     "gs://bucket/models/clip-vit-base-patch16 (each worker fetches it once and caches it), or a "
-    "bundled demo model: demo-clip, demo-chinese-clip.",
+    "bundled demo model: demo-clip, demo-chinese-clip. For dedup, only to embed raw images "
+    "(named by image_column) instead of reading embedding_column.",
     "labels_file": "A UTF-8 text file on Cloud Storage with one label per line; not with "
     "class_labels.",
     "head": "Learned heads on the image embedding, NAME=gs://bucket/heads/NAME, several "
@@ -358,24 +396,27 @@ _TEMPLATE_HELP = {
     "files, e.g. gs://bucket/queries/*.jpg.",
     "keep_from": "Parquet on Cloud Storage the keep_columns are joined from by id (default: "
     "the input), e.g. the dataset embed read.",
+    "against": "Embeddings of a reference set (an evaluation set) on Cloud Storage, e.g. "
+    "gs://bucket/eval/embeddings/*.parquet: rows near one of them are removed.",
 }
 
 _DESCRIPTION = (
     "CLIP and Chinese-CLIP over image-text Parquet datasets: embeddings (embed), image-text "
-    "similarity scores (score), filtering (filter), zero-shot labels (classify) and the rows "
-    "best matching text or image queries (search), written back as Parquet under the output "
-    "folder with errors/ and summary.json."
+    "similarity scores (score), filtering (filter), zero-shot labels (classify), the rows best "
+    "matching text or image queries (search) and exact and semantic deduplication (dedup), "
+    "written back as Parquet under the output folder with errors/ and summary.json."
 )
 
 
 def job_parsers() -> dict[str, argparse.ArgumentParser]:
     """Each template job's argument parser, by job."""
+    from clipbeam.pipeline.dedup_launch import build_parser as dedup_parser
     from clipbeam.pipeline.options import build_parser
     from clipbeam.pipeline.search import build_parser as search_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return {**sub.choices, "search": search_parser()}
+    return {**sub.choices, "search": search_parser(), DEDUP: dedup_parser()}
 
 
 def _job_actions(job: str) -> Iterator[argparse.Action]:

@@ -17,6 +17,14 @@ then prints the planning table of the README from those figures and from the GPU
 
 Figures per core are scaled to a worker linearly (one SDK process per vCPU on CPU workers): an
 assumption, as are the GPU anchor and the absence of startup and I/O time in the hours.
+
+``clipbeam dedup`` of precomputed embeddings is planned from two rates measured by
+``python -m benchmarks.bench_dedup`` (not here: the job takes minutes): the whole job's rows/s on
+the DirectRunner with its one worker thread (``--dedup-rows-per-core``), and the k-means fit's
+row-centroid products/s (``--fit-products-per-s``), the fit being one worker's step over at most
+``--fit-rows``::
+
+    python -m templates.plan --dedup-rows-per-core 1400 --fit-products-per-s 2e8
 """
 
 from __future__ import annotations
@@ -35,6 +43,13 @@ DATASETS = (10_000_000, 100_000_000, 1_000_000_000)
 GPU_WORKERS = {10_000_000: 4, 100_000_000: 16, 1_000_000_000: 64}
 CPU_WORKERS = {10_000_000: 50, 100_000_000: 200, 1_000_000_000: 1000}
 CPU_WORKER_VCPUS = 16  # e.g. n2-standard-16
+# Dedup of embeddings: CPU workers only (no model), clusters and fit sample as NeMo Curator sizes
+# them for LAION-scale data, one embedding of 512 float32 per row.
+DEDUP_ROWS = 1_000_000_000
+DEDUP_WORKERS = (50, 100, 200)
+DEDUP_CLUSTERS = 50_000
+DEDUP_FIT_ROWS = 1_000_000
+DEDUP_DIM = 512
 CAPTION = "a photo of a red double-decker bus parked next to a brick building on a sunny day"
 
 
@@ -179,6 +194,45 @@ def table(throughput: Throughput) -> str:
     return "\n".join(lines)
 
 
+def dedup_table(
+    rows_per_core: float,
+    fit_products_per_s: float,
+    *,
+    rows: int = DEDUP_ROWS,
+    clusters: int = DEDUP_CLUSTERS,
+    fit_rows: int = DEDUP_FIT_ROWS,
+    niter: int = 20,
+) -> str:
+    """The dedup planning table (Markdown): workers, hours and vCPU-hours for ``rows``.
+
+    The hours are the fit (one worker, ``fit_rows x clusters x niter`` row-centroid products)
+    plus the rest of the job spread over every vCPU at ``rows_per_core``; the bytes shuffled
+    (every row's embedding and id, grouped by cluster) are shown for the Shuffle service's bill.
+    """
+    fit_hours = fit_rows * clusters * niter / fit_products_per_s / 3600
+    vcpu_hours = _hours(rows, rows_per_core)
+    shuffled_tb = rows * (DEDUP_DIM * 4 + 64) / 1e12
+    lines = [
+        f"| embeddings | CPU workers ({CPU_WORKER_VCPUS} vCPUs each) | fit hours (one worker) "
+        "| hours | vCPU-hours |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for workers in DEDUP_WORKERS:
+        hours = fit_hours + vcpu_hours / (workers * CPU_WORKER_VCPUS)
+        lines.append(
+            f"| {_count(rows)} | {workers} | {fit_hours:.1f} | {hours:.1f} "
+            f"| {vcpu_hours + fit_hours * CPU_WORKER_VCPUS:,.0f} |"
+        )
+    lines += [
+        "",
+        f"From {rows_per_core:,.0f} rows/s per core (the whole job, DirectRunner) and a fit of "
+        f"{fit_rows:,} rows x {clusters:,} clusters x {niter} iterations at "
+        f"{fit_products_per_s:.3g} row-centroid products/s; about {shuffled_tb:.1f} TB of "
+        f"{DEDUP_DIM}-d float32 rows shuffled by cluster.",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Measures (unless both figures are given) and prints the planning table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -186,7 +240,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cpu-pairs-per-core", type=float, help="skip measuring: pairs/s")
     parser.add_argument("--int8-pairs-per-core", type=float, help="skip measuring: int8 pairs/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="time per measurement")
+    parser.add_argument(
+        "--dedup-rows-per-core", type=float, help="dedup table only: the job's rows/s per core"
+    )
+    parser.add_argument(
+        "--fit-products-per-s",
+        type=float,
+        default=2e8,
+        help="dedup: the k-means fit's row-centroid products/s (benchmarks/bench_dedup.py)",
+    )
     args = parser.parse_args(argv)
+    if args.dedup_rows_per_core:
+        print(dedup_table(args.dedup_rows_per_core, args.fit_products_per_s))
+        return 0
     if args.decode_per_core and args.cpu_pairs_per_core:
         throughput = Throughput(
             args.decode_per_core, args.cpu_pairs_per_core, args.int8_pairs_per_core

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from clipbeam.transforms import storage
-from clipbeam.transforms.dedup.read import STATS_TAG, Batch, ReadUnit
+from clipbeam.transforms.dedup.read import BATCHES_TAG, STATS_TAG, ReadUnit
 from clipbeam.transforms.dedup.spec import DedupSpec, DedupStats
 from clipbeam.transforms.search import QueryHeaps, SearchSpec
 from clipbeam.transforms.units import WorkUnit, iter_batches
@@ -77,7 +77,7 @@ class SearchUnit(beam.DoFn):
         self, spec: SearchSpec, reading: DedupSpec, schema: pa.Schema, queries: np.ndarray
     ):
         self.spec = spec
-        self.reader = ReadUnit(reading, schema)
+        self.reader = ReadUnit(reading, schema, sample=False)
         self.queries = np.ascontiguousarray(queries, dtype=np.float32)
 
     def setup(self) -> None:
@@ -96,11 +96,11 @@ class SearchUnit(beam.DoFn):
         else:
             heaps = QueryHeaps(self.spec, self.queries)
             stats = DedupStats()
-            for item in self.reader.process(unit):
-                if isinstance(item, Batch):
-                    heaps.add(item.ids, item.vectors)
-                elif item.tag == STATS_TAG:  # a TaggedOutput; the fit sample is not used
-                    stats += item.value
+            for tag, value in self.reader.process(unit):
+                if tag == BATCHES_TAG:
+                    heaps.add(value.ids, value.vectors)
+                elif tag == STATS_TAG:  # no fit sample: the reader was made with sample=False
+                    stats += value
             matches = heaps.matches.tolist()
             _stage(staged, heaps)
             # Written last: a marker promises that the unit's files are in place.

@@ -10,6 +10,7 @@ The package's parts, in the order the data flows:
 - :mod:`.data`: the records the page shows (:class:`ReportData`, :class:`Example`).
 - :mod:`.collect`: reading the output folder into a :class:`ReportData` (:func:`collect`).
 - :mod:`.inputs`: the example rows' captions and thumbnails, read back from the job's input.
+- :mod:`.dedup`: a dedup output's page content: borderline duplicate groups, removed share by eps.
 - :mod:`.histogram`: the geometry of the score histogram.
 - :mod:`.page`: the page (:func:`render`), from the Jinja2 template ``page.html.j2``.
 - :mod:`.cli`: ``clipbeam report`` (:func:`main`) and :func:`write_report`.

@@ -34,7 +34,7 @@ from clipbeam.pipeline.validate import JOB_FILE
 from clipbeam.transforms import storage
 from clipbeam.transforms.spec import OUTPUT_DIRS
 
-__all__ = ["DEFAULT_EXAMPLES", "ERROR_EXAMPLES", "collect"]
+__all__ = ["DEFAULT_EXAMPLES", "ERROR_EXAMPLES", "collect", "read_errors"]
 
 DEFAULT_EXAMPLES = 12
 # Error rows listed per error type (all of them are counted).
@@ -74,6 +74,11 @@ def collect(
 
         job = _read_json(output, JOB_FILE, required=False)
         return collect_search(output, summary, job, examples, thumbnail_side, _ErrorReader())
+    if kind == "dedup":  # rows written by cluster, not by input unit: a page of its own
+        from clipbeam.pipeline.report.dedup import dedup_report_data
+
+        job = _read_json(output, JOB_FILE, required=False)
+        return dedup_report_data(output, summary, job, examples, thumbnail_side)
     if kind not in OUTPUT_DIRS:
         raise ReportError(
             f"{storage.join(output, SUMMARY_FILE)} names job {kind!r}, expected one of "
@@ -309,6 +314,13 @@ class _ErrorReader:
                             listed.append({**row, "id": row[table.column_names[0]]})
                     rows += table.num_rows
         return rows
+
+
+def read_errors(output: str) -> tuple[Counter[str], dict[str, list[dict[str, Any]]], int]:
+    """``errors/`` of ``output``: rows per type, the first rows of each type, rows in all."""
+    errors = _ErrorReader()
+    rows = errors.read(output)
+    return errors.counts, errors.examples, rows
 
 
 def _consistency(data: ReportData) -> list[str]:

@@ -11,11 +11,14 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from clipbeam.transforms.stats import score_bins, score_histogram
+
+if TYPE_CHECKING:
+    from clipbeam.pipeline.report.dedup import DedupView
 
 __all__ = ["FINE_BINS", "Example", "ReportData", "ReportError", "ScoreStats"]
 
@@ -108,6 +111,7 @@ class ReportData:
         below_cut: filter with a score rule: rows the score rule rejected with the highest
             scores, highest first (with :attr:`above_cut`, the rows either side of the cut).
         queries: search: one :class:`~.search.QueryResults` per query, in the job's order.
+        dedup: a dedup output's duplicate groups and removed shares (``None`` for other jobs).
     """
 
     output: str
@@ -128,6 +132,7 @@ class ReportData:
     above_cut: list[Example] = field(default_factory=list)
     below_cut: list[Example] = field(default_factory=list)
     queries: list[Any] = field(default_factory=list)
+    dedup: DedupView | None = None
 
     @property
     def kind(self) -> str:

@@ -24,7 +24,7 @@ from clipbeam.transforms import storage
 from clipbeam.transforms.errors import RowError
 from clipbeam.transforms.units import WorkUnit, plan_units
 
-__all__ = ["THUMBNAIL_SIDE", "attach_inputs", "thumbnail_uri"]
+__all__ = ["THUMBNAIL_SIDE", "attach_inputs", "read_rows_by_id", "thumbnail_uri"]
 
 THUMBNAIL_SIDE = 160
 _ID_BATCH_ROWS = 4096
@@ -80,6 +80,45 @@ def attach_inputs(data: ReportData, thumbnail_side: int) -> list[str]:
             "(each says why): the inputs may have changed since the job ran"
         ]
     return []
+
+
+def read_rows_by_id(
+    units: list[WorkUnit], examples: list[Example], job: dict[str, Any], side: int
+) -> int:
+    """Fills in the thumbnails (and captions) of ``examples`` from whichever units hold their
+    ids, for outputs whose rows do not say their input unit (dedup writes rows by cluster).
+
+    Every unit's id column is read; the images of the found rows only.
+
+    Returns:
+        How many examples were found in no unit (each gets a note).
+    """
+    id_column = job.get("id_column")
+    remaining = list(examples)
+    for unit in units:
+        if not remaining:
+            break
+        if id_column is None:
+            here = [e for e in remaining if _default_id_row(e.id, unit) is not None]
+        else:
+            with storage.open_input(unit.path) as f:
+                parquet = pq.ParquetFile(f)
+                if id_column not in parquet.schema_arrow.names:
+                    continue
+                ids = {e.id for e in remaining}
+                present = _id_positions(parquet, unit.row_group, id_column, ids)
+            here = [e for e in remaining if e.id in present]
+        if here:
+            try:
+                _read_unit_rows(unit, here, job, side)
+            except (OSError, ValueError) as exc:  # unreadable file, changed schema
+                for example in here:
+                    example.note = f"cannot read {unit.path}: {exc}"
+            found = {id(e) for e in here}
+            remaining = [e for e in remaining if id(e) not in found]
+    for example in remaining:
+        example.note = "not found in the inputs"
+    return len(remaining)
 
 
 def _read_unit_rows(

@@ -41,6 +41,11 @@ _COUNT_NAMES = {
     "query_errors": "query errors",
     "rows_searched": "rows searched",
     "result_rows": "result rows",
+    "exact_duplicates": "exact copies removed",
+    "against_removed": "near a reference row",
+    "clusters": "k-means clusters",
+    "clusters_split": "clusters split",
+    "cluster_groups": "cluster groups",
 }
 # The counts a search page shows (its summary has no output_rows).
 _SEARCH_COUNTS = (
@@ -53,6 +58,22 @@ _SEARCH_COUNTS = (
     "units",
     "resumed_units",
 )
+_DEDUP_COUNTS = (
+    "input_rows",
+    "output_rows",
+    "error_rows",
+    "exact_duplicates",
+    "against_removed",
+    "clusters",
+    "clusters_split",
+    "cluster_groups",
+)
+
+
+def _page_counts(kind: str) -> tuple[str, ...] | list[str]:
+    """The summary counts a page shows: search and dedup summaries have their own."""
+    return {"search": _SEARCH_COUNTS, "dedup": _DEDUP_COUNTS}.get(kind) or counter_names(kind)
+
 
 _RULES = {
     "min_score": "clip_score below --min-score",
@@ -149,9 +170,10 @@ def _context(data: ReportData, log_scale: bool = False) -> dict[str, Any]:
         "notes": data.notes,
         "counts": [
             (key, summary[key], _COUNT_NAMES.get(key, key))
-            for key in (_SEARCH_COUNTS if kind == "search" else counter_names(kind))
+            for key in _page_counts(kind)
             if key in summary
         ],
+        "dedup": _dedup(data),
         "checks": _checks(data),
         "files": ", ".join(f"{folder}/ {rows:,} rows" for folder, rows in data.file_rows.items()),
         "no_scores": _no_scores(data),
@@ -173,6 +195,54 @@ def _context(data: ReportData, log_scale: bool = False) -> dict[str, Any]:
             for k, v in sorted((summary.get("options") or {}).items())
         ],
     }
+
+
+@dataclass
+class EpsRow:
+    """One eps of the removed-share table."""
+
+    eps: float
+    removed: int
+    percent: float
+    run: bool  # one of the run's --eps
+    first: bool  # the first --eps: the one duplicates/ lists
+
+
+def _dedup(data: ReportData) -> dict[str, Any] | None:
+    """A dedup output's section: the removed share by eps, the borderline duplicate groups."""
+    view = data.dedup
+    if view is None:
+        return None
+    run = {float(e) for e, _ in view.run_eps}
+    first = float(view.first_eps) if view.first_eps else None
+    rows = [
+        EpsRow(
+            eps, removed, 100 * removed / view.rows if view.rows else 0.0, eps in run, eps == first
+        )
+        for eps, removed in view.curve
+    ]
+    return {
+        "rows": view.rows,
+        "first_eps": view.first_eps,
+        "eps": rows,
+        "exact": view.exact,
+        "against_removed": view.against_removed,
+        "groups": [(_dedup_card(g.kept), [_dedup_card(e) for e in g.removed]) for g in view.groups],
+    }
+
+
+def _dedup_card(example: Example) -> Card:
+    return Card(
+        id=example.id,
+        thumbnail=example.thumbnail,
+        note=example.note,
+        score_name=None if example.score is None else "max_similarity",
+        score=example.score,
+        tags=[] if example.score is None else ["removed"],
+        labels=None,
+        size=None,
+        caption=example.caption,
+    )
 
 
 def _meta(data: ReportData) -> list[tuple[str, Any]]:

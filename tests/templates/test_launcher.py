@@ -65,7 +65,10 @@ def test_translate_turns_on_off_values_into_flags(monkeypatch):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--input=gs://b/x"], "needs the job parameter: one of embed, score, filter, classify"),
+        (
+            ["--input=gs://b/x"],
+            "needs the job parameter: one of embed, score, filter, classify, dedup",
+        ),
         (["--job=rank"], "invalid choice: 'rank'"),
         (["--job=score", "--class_labels=cat"], "class_labels is a parameter of the classify job"),
     ],
@@ -100,6 +103,25 @@ def test_check_remote_accepts_urls_and_bundled_models():
     for model in ("gs://bucket-a/models/clip", "demo-chinese-clip"):
         parsed = parse_args(["score", *REMOTE, f"--model={model}"])
         launcher.check_remote(parsed)
+
+
+@pytest.mark.parametrize(
+    ("args", "name"),
+    [
+        (["--input=data/*.parquet", "--output=gs://bucket-a/out"], "input"),
+        (["--input=gs://bucket-a/in", "--output=out"], "output"),
+        ([*REMOTE, "--against=eval/*.parquet"], "against"),
+        ([*REMOTE, "--model=/models/clip", "--image_column=image"], "model"),
+    ],
+)
+def test_dedup_calls_translate_and_refuse_paths_only_the_launcher_has(args, name):
+    call = launcher.translate(["--job=dedup", *args, "--eps=0.03,0.05", "--resume=false"])
+    assert call.command[0] == "dedup" and "--eps=0.03,0.05" in call.command
+    with pytest.raises(LaunchError, match=rf"^{name} '.*' is a local path"):
+        launcher.check_call(call)
+    ok = launcher.translate(["--job=dedup", *REMOTE, "--against=gs://b/eval", "--clusters=8"])
+    _, (spec, inputs) = launcher.check_call(ok)
+    assert (spec.clusters, spec.against, inputs) == (8, ("gs://b/eval",), [REMOTE[0][8:]])
 
 
 # -- full launches, built for Dataflow without submitting -------------------------------------
@@ -193,6 +215,31 @@ def test_launch_builds_the_dataflow_job_without_running_it(case, gcs_inputs, gcs
     if job == "classify":
         assert record["labels"] == ["cat", "rocket"]
     # Nothing ran: no unit was processed.
+    assert not storage.exists(f"{output}/summary.json")
+
+
+def test_launch_builds_the_dedup_job_without_running_it(gcs_inputs, gcs_dir):
+    """Raw images embedded by the model on the bucket, one eps list: the whole dedup job is
+    built for Dataflow, its reader DoFn holding the gs:// URLs and no model."""
+    pytest.importorskip("google.cloud.dataflow", reason="the Dataflow runner (apache-beam[gcp])")
+    from clipbeam.transforms.dedup.read import ReadUnit
+
+    root, pattern = gcs_inputs
+    output = f"{gcs_dir}/dedup"
+    argv = _template_argv(root, "dedup", "dedup", pattern, output)
+    argv += ["--image_column=image", "--id_column=id", "--clusters=2", "--eps=0.03,0.1"]
+    result = launcher.launch(argv)
+
+    assert result.state == "DONE"
+    dataflow_job = result.job
+    assert dict(dataflow_job.proto.labels) == json.loads(JOB_LABELS)
+    names = {t.unique_name for t in dataflow_job.proto_pipeline.components.transforms.values()}
+    assert {"PlanUnits", "Read/ReadUnit", "Fit", "SemDeDup", "Summary"} <= names
+    (reader,) = [f for f in _do_fns(dataflow_job.proto_pipeline) if isinstance(f, ReadUnit)]
+    assert (reader.spec.model, reader.spec.output) == (f"{root}/model", output)
+    assert reader._encoder is None and reader.spec.eps == (0.03, 0.1)
+    record = json.loads(storage.read_bytes(f"{output}/_job.json"))
+    assert record["model"] == f"{root}/model" and record["clusters"] == 2
     assert not storage.exists(f"{output}/summary.json")
 
 
@@ -411,4 +458,112 @@ def test_launch_builds_a_search_job_without_running_it(gcs_inputs, gcs_dir, tmp_
     assert spec.keep_from == (f"{root}/emb/part.parquet",) and fn.queries.shape == (2, dim)
     record = json.loads(storage.read_bytes(f"{output}/_job.json"))
     assert record["inputs"] == [f"{root}/emb/*.parquet"] and record["queries"] == ["a cat", "a dog"]
+
+
+# -- dedup: every parameter at once ------------------------------------------------------------
+
+# A value for every dedup parameter but job, input, output, and the DedupSpec field it becomes;
+# the raw-image ones (model and how it runs) in a case of their own.
+DEDUP_FULL = {
+    "resume": ("true", "resume", True),
+    "embedding_column": ("vec", "embedding_column", "vec"),
+    "id_column": ("key", "id_column", "key"),
+    "image_column": ("img", "image_column", "img"),
+    "keep_columns": ("source", "keep_columns", ("source",)),
+    "clusters": ("3", "clusters", 3),
+    "fit_rows": ("50", "fit_rows", 50),
+    "eps": ("0.02,0.04", "eps", (0.02, 0.04)),
+    "seed": ("4", "seed", 4),
+    "niter": ("5", "niter", 5),
+    "max_cluster_rows": ("100", "max_cluster_rows", 100),
+    "block_rows": ("64", "block_rows", 64),
+    "against": ("{root}/dedup-ref/r.parquet", "against", ("{root}/dedup-ref/r.parquet",)),
+    "against_eps": ("0.1", "against_eps", 0.1),
+    "against_id_column": ("rid", "against_id_column", "rid"),
+    "against_embedding_column": ("rvec", "against_embedding_column", "rvec"),
+}
+DEDUP_IMAGES = {
+    "image_column": ("image", "image_column", "image"),
+    "id_column": ("id", "id_column", "id"),
+    "batch_size": ("7", "batch_size", 7),
+    "device": ("cuda", "device", "cuda"),
+    "dtype": ("float16", "dtype", "float16"),
+}
+
+
+def _dedup_parameters() -> set[str]:
+    return {
+        p["name"]
+        for p in METADATA["parameters"]
+        if "dedup" in p.get("parentTriggerValues", ["dedup"])
+    } - {"job", "input", "output", "model"}
+
+
+def test_dedup_cases_set_every_dedup_parameter():
+    assert set(DEDUP_FULL) | set(DEDUP_IMAGES) == _dedup_parameters()
+
+
+@pytest.fixture(scope="module")
+def gcs_embeddings(gcs_inputs):
+    """Embeddings and a reference set with non-default column names, on the bucket."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root, _ = gcs_inputs
+    x = np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32)
+
+    def put(path: str, table: pa.Table) -> None:
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        storage.write_atomic(path, buffer.getvalue())
+
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 16)
+    put(
+        f"{root}/dedup-in/e.parquet",
+        pa.table(
+            {
+                "key": [f"k{i}" for i in range(40)],
+                "vec": vec,
+                "img": pa.array([b"x%d" % i for i in range(40)], pa.binary()),
+                "source": ["s"] * 40,
+            }
+        ),
+    )
+    ref = pa.FixedSizeListArray.from_arrays(pa.array(x[:3].ravel()), 16)
+    put(f"{root}/dedup-ref/r.parquet", pa.table({"rid": ["r0", "r1", "r2"], "rvec": ref}))
+    return root, f"{root}/dedup-in/*.parquet"
+
+
+@pytest.mark.parametrize("case", ["embeddings", "images"])
+def test_launch_takes_every_dedup_parameter_to_the_workers(
+    case, gcs_inputs, gcs_embeddings, gcs_dir
+):
+    pytest.importorskip("google.cloud.dataflow", reason="the Dataflow runner (apache-beam[gcp])")
+    from clipbeam.transforms.dedup.read import ReadUnit
+
+    root, pattern = gcs_embeddings if case == "embeddings" else gcs_inputs
+    full = DEDUP_FULL if case == "embeddings" else DEDUP_IMAGES
+    values = {p: v[0].replace("{root}", root) for p, v in full.items()}
+    regexes = {p["name"]: p["regexes"] for p in METADATA["parameters"]}
+    for p, value in values.items():
+        assert all(re.fullmatch(r, value) for r in regexes[p]), (p, value)
+    output = f"{gcs_dir}/dedup-{case}"
+    argv = _template_argv(root, "dedup-full", "dedup", pattern, output)
+    if case == "embeddings":  # no model: the embeddings are read
+        argv = [a for a in argv if not a.startswith("--model=")]
+    argv += [f"--{p}={value}" for p, value in values.items()]
+
+    result = launcher.launch(argv)
+
+    assert result.state == "DONE"
+    (reader,) = [f for f in _do_fns(result.job.proto_pipeline) if isinstance(f, ReadUnit)]
+    reached = {p: getattr(reader.spec, v[1]) for p, v in full.items()}
+    assert reached == {p: _rooted(v[2], root) for p, v in full.items()}
+    assert reader.spec.model == (None if case == "embeddings" else f"{root}/model")
+    record = json.loads(storage.read_bytes(f"{output}/_job.json"))
+    for p, v in full.items():
+        assert record[v[1]] == _listed(_rooted(v[2], root)), p
     assert not storage.exists(f"{output}/summary.json")

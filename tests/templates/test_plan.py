@@ -33,3 +33,15 @@ def test_int8_rows(capsys):
 def test_no_int8_rows_without_an_int8_rate(capsys):
     assert plan.main(["--decode-per-core", "100", "--cpu-pairs-per-core", "2"]) == 0
     assert "int8" not in capsys.readouterr().out
+
+
+def test_dedup_table(capsys):
+    argv = ["--dedup-rows-per-core", "2000", "--fit-products-per-s", "1e8"]
+    assert plan.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lines if line.startswith("| 1B")]
+    # 1B rows at 2,000 rows/s per vCPU: 138.9 vCPU-hours; the fit 1M x 50k x 20 / 1e8 per s =
+    # 2.78 hours on one worker (44.4 vCPU-hours); over 100 workers of 16 vCPUs 2.78 + 0.09 hours.
+    assert rows[1] == ["1B", "100", "2.8", "2.9", "183"]
+    assert [r[1] for r in rows] == ["50", "100", "200"]
+    assert "about 2.1 TB of 512-d float32 rows shuffled by cluster" in lines[-1]

@@ -1,6 +1,10 @@
-"""Reading one work unit for dedup: ids, normalized embeddings, image hashes, kept columns.
+"""Reading one work unit for dedup and search: ids, normalized embeddings, image hashes, kept
+columns.
 
-Rows without a usable embedding go to ``errors/<unit>.parquet``. Each unit also proposes its part
+The embeddings come from an embedding column, or, with a model in the spec, from raw images
+embedded here (:mod:`clipbeam.transforms.dedup.embed`: one model per worker process, the DoFn
+pickles without it). Rows without a usable embedding (or whose image fails) go to
+``errors/<unit>.parquet``. Each unit also proposes its part
 of the k-means fit sample: every row gets a priority from a hash of ``(seed, id)``; the rows of
 smallest priority over the whole dataset form the sample (``beam.combiners.Top``), so the sample is
 drawn across all units, does not depend on how units are spread over workers, and is the same on
@@ -13,6 +17,7 @@ import contextlib
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -26,8 +31,18 @@ from clipbeam.transforms.rows import ERROR_FIELDS
 from clipbeam.transforms.units import WorkUnit, iter_batches
 from clipbeam.transforms.writer import ParquetSpool
 
-__all__ = ["SAMPLE_TAG", "STATS_TAG", "Batch", "ReadUnit", "dedup_id_field", "error_schema"]
+__all__ = [
+    "BATCHES_TAG",
+    "SAMPLE_TAG",
+    "STATS_TAG",
+    "Batch",
+    "ReadUnit",
+    "ReadUnits",
+    "dedup_id_field",
+    "error_schema",
+]
 
+BATCHES_TAG = "batches"
 SAMPLE_TAG = "sample"
 STATS_TAG = "stats"
 _BATCH_ROWS = 4096
@@ -85,30 +100,58 @@ def priorities(seed: int, ids: list) -> np.ndarray:
 
 
 def _image_bytes(column: pa.Array) -> list:
+    """Each row's encoded image bytes; ``None`` where there are none (a path or URL column:
+    such rows take no part in the exact step)."""
     if pa.types.is_struct(column.type):
+        if column.type.get_field_index("bytes") < 0:
+            return [None] * len(column)
         column = column.field("bytes")
+    if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+        return [None] * len(column)
     return column.to_pylist()
 
 
 class ReadUnit(beam.DoFn):
-    """Work unit -> :class:`Batch` es (main), sample candidates (``sample``), counts (``stats``).
+    """Work unit -> ``(tag, value)`` pairs: ``("batches", Batch)``, ``("sample", candidate)``
+    and one ``("stats", DedupStats)``; :class:`ReadUnits` splits them.
 
     Args:
         spec: the job.
         schema: the first input file's schema (types the id and error columns).
+        sample: whether to propose k-means fit candidates (search does not fit).
     """
 
-    def __init__(self, spec: DedupSpec, schema: pa.Schema):
+    def __init__(self, spec: DedupSpec, schema: pa.Schema, *, sample: bool = True):
         self.spec = spec
         self.schema = schema
+        self.sample = sample
+        self._encoder = None
+        self._job = None
+        if spec.model is not None:  # torch is imported only by a job that embeds images
+            from clipbeam.transforms.dedup import embed
+
+            self._job = embed.image_job(spec)
         self._counters = {
             name: Metrics.counter("clipbeam", name)
             for name in ("input_rows", "error_rows", "units")
         }
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A worker may pickle this DoFn again after it loaded its model (Dask ships a side
+        # input's task graph from inside a running task): the model stays behind, a copy loads
+        # its own.
+        return {**self.__dict__, "_encoder": None}
+
+    def setup(self) -> None:
+        if self._job is not None and self._encoder is None:
+            from clipbeam.transforms.dedup import embed
+
+            self._encoder = embed.acquire(self.spec)
+
     def process(self, unit: WorkUnit) -> Iterator:
         spec = self.spec
-        columns = [spec.id_column, spec.embedding_column, spec.image_column, *spec.keep_columns]
+        vectors = None if spec.model is not None else spec.embedding_column
+        columns = [spec.id_column, vectors, spec.image_column, *spec.keep_columns]
         columns = list(dict.fromkeys(c for c in columns if c is not None))
         errors_path = storage.join(spec.output, "errors", f"{unit.name}.parquet")
         stats = DedupStats(units=1)
@@ -129,7 +172,9 @@ class ReadUnit(beam.DoFn):
                 start += record.num_rows
                 if not batch.ids:
                     continue
-                yield batch
+                yield BATCHES_TAG, batch
+                if not self.sample:
+                    continue
                 p = priorities(spec.seed, batch.ids)
                 sample_p = np.concatenate([sample_p, p])
                 sample_ids += batch.ids
@@ -149,16 +194,22 @@ class ReadUnit(beam.DoFn):
             sample_ids = [sample_ids[i] for i in keep]
         for p, i, x in zip(sample_p.tolist(), sample_ids, sample_x, strict=True):
             # (priority, id as text) orders the candidates; ties on the hash fall back to the id.
-            yield beam.pvalue.TaggedOutput(SAMPLE_TAG, (p, str(i), x))
+            yield SAMPLE_TAG, (p, str(i), x)
         for name, counter in self._counters.items():
             counter.inc(getattr(stats, name))
-        yield beam.pvalue.TaggedOutput(STATS_TAG, stats)
+        yield STATS_TAG, stats
 
     def _read(
         self, unit: WorkUnit, record: pa.RecordBatch, start: int
     ) -> tuple[Batch, list[Rejected], int]:
         spec = self.spec
-        matrix, rejected = embedding_matrix(record.column(spec.embedding_column), spec.dim)
+        if self._job is not None:
+            from clipbeam.transforms.dedup import embed
+
+            self.setup()
+            matrix, rejected = embed.embed_record(record, self._job, self._encoder, unit)
+        else:
+            matrix, rejected = embedding_matrix(record.column(spec.embedding_column), spec.dim)
         vectors, zero, renormalized = l2_normalize(matrix)
         bad = {r.index for r in rejected}
         rejected += [
@@ -206,3 +257,30 @@ class ReadUnit(beam.DoFn):
             pa.array([r.message for r in rejected], type=pa.string()),
         ]
         return pa.Table.from_arrays(columns, schema=schema)
+
+
+class ReadUnits(beam.PTransform):
+    """Work units -> ``{"batches", "sample", "stats"}`` PCollections (``sample`` only with
+    ``sample=True``), read by :class:`ReadUnit`.
+
+    One output of ``(tag, value)`` pairs split by FlatMaps, not ``ParDo.with_outputs``: Beam's
+    DaskRunner (2.77) keys a transform's Dask bag by the producing transform, not by the output
+    tag, so every consumer of a multi-output ParDo would get the elements of all its outputs.
+    """
+
+    def __init__(self, spec: DedupSpec, schema: pa.Schema, *, sample: bool = True):
+        super().__init__()
+        self.spec, self.schema, self.sample = spec, schema, sample
+
+    def expand(self, units: beam.PCollection[WorkUnit]) -> dict[str, beam.PCollection]:
+        tagged = units | "ReadUnit" >> beam.ParDo(
+            ReadUnit(self.spec, self.schema, sample=self.sample)
+        )
+        tags = (BATCHES_TAG, SAMPLE_TAG, STATS_TAG) if self.sample else (BATCHES_TAG, STATS_TAG)
+        return {tag: tagged | f"Split{tag.title()}" >> beam.FlatMap(_tagged, tag) for tag in tags}
+
+
+def _tagged(pair: tuple[str, Any], tag: str) -> Iterator[Any]:
+    """The value of a ``(tag, value)`` pair if its tag is ``tag``."""
+    if pair[0] == tag:
+        yield pair[1]

@@ -1,0 +1,454 @@
+"""The launcher side of ``clipbeam dedup``: its arguments and the checks made before submitting.
+
+Every input file's columns and embedding dimension (or, with ``--model``, the model itself and the
+image column), the reference set of ``--against`` (same dimension), and the output folder (empty,
+or the same job with ``--resume``) are checked here, so that a bad argument fails in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from clipbeam.pipeline.beam_options import resolve_beam_args
+from clipbeam.pipeline.options import (
+    DEVICES,
+    DTYPES,
+    MAX_BATCH_SIZE,
+    LaunchError,
+    _add,
+    _bool,
+    _column,
+    _HelpFormatter,
+    _names,
+    _number,
+    _Parser,
+)
+from clipbeam.pipeline.validate import JOB_FILE, plan
+from clipbeam.transforms import storage
+from clipbeam.transforms.dedup import stages
+from clipbeam.transforms.dedup.spec import DEFAULT_EPS, DedupSpec
+from clipbeam.transforms.embeddings import EmbeddingTypeError, embedding_dim, l2_normalize
+from clipbeam.transforms.units import WorkUnit, iter_batches
+
+__all__ = ["build_parser", "check_schema", "parse", "refuse_dask", "validate_dedup"]
+
+_log = logging.getLogger("clipbeam")
+# Spec fields a resumed run may change: they do not change any output row.
+_RESUMABLE = frozenset({"resume", "block_rows", "options"})
+
+
+def _eps_list(text: str) -> list[float]:
+    """``0.03,0.01``: thresholds in [0, 1], comma-separated, none empty."""
+    parse = _number(float, 0.0, 1.0)
+    parts = text.split(",")
+    if any(not part.strip() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated thresholds, got {text!r}")
+    return [parse(part.strip()) for part in parts]
+
+
+def _column_name(text: str) -> str:
+    """A column that must exist (no 'none'): the name, stripped, not empty."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a column name, got an empty one")
+    return text.strip()
+
+
+def build_parser(prog: str = "clipbeam dedup") -> _Parser:
+    """The ``clipbeam dedup`` argument parser (unknown options are Beam's)."""
+    parser = _Parser(
+        prog=prog,
+        description="exact and semantic (SemDeDup) duplicates of embeddings -> OUTPUT/dedup/, "
+        "OUTPUT/duplicates/. Options are also accepted with underscores.",
+        formatter_class=_HelpFormatter,
+        allow_abbrev=False,
+    )
+    io = parser.add_argument_group("input and output")
+    _add(
+        io,
+        "input",
+        action="extend",
+        nargs="+",
+        required=True,
+        metavar="PATTERN",
+        help="Parquet with an id and an embedding column (clipbeam embed's embeddings/), or "
+        "raw image Parquet with --model",
+    )
+    _add(io, "output", required=True, metavar="DIR", help="output folder, local or gs://")
+    _add(
+        io,
+        "resume",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_bool,
+        metavar="BOOL",
+        help="skip cluster groups an earlier run of the same job completed",
+    )
+    columns = parser.add_argument_group("columns")
+    _add(
+        columns,
+        "embedding-column",
+        type=_column_name,
+        default="image_embedding",
+        metavar="NAME",
+        help="fixed_size_list or list of float32/float16, one embedding per row",
+    )
+    _add(
+        columns,
+        "id-column",
+        type=_column,
+        default="id",
+        metavar="NAME",
+        help="column identifying rows; 'none' writes '<file>:<row>' ids",
+    )
+    _add(
+        columns,
+        "image-column",
+        type=_column,
+        default=None,
+        metavar="NAME",
+        help="image bytes (binary or {bytes, path} struct) hashed for exact duplicates; with "
+        "--model, the images embedded (bytes, struct, or paths/URLs: those are not hashed)",
+    )
+    _add(
+        columns,
+        "keep-columns",
+        type=_names,
+        action="extend",
+        default=[],
+        metavar="A,B",
+        help="input columns copied to OUTPUT/dedup/",
+    )
+    model = parser.add_argument_group("raw images (embedded in the same job)")
+    _add(
+        model,
+        "model",
+        default=None,
+        metavar="SOURCE",
+        help="embed --image-column with this checkpoint instead of reading --embedding-column "
+        "(as clipbeam embed's --model)",
+    )
+    _add(
+        model,
+        "batch-size",
+        type=_number(int, 1, MAX_BATCH_SIZE),
+        default=32,
+        metavar="N",
+        help="images per model call",
+    )
+    _add(model, "device", choices=DEVICES, default="auto", help="as clipbeam embed's --device")
+    _add(model, "dtype", choices=DTYPES, default="float32", help="as clipbeam embed's --dtype")
+    semantic = parser.add_argument_group("SemDeDup")
+    _add(
+        semantic,
+        "clusters",
+        type=_number(int, 1),
+        default=1000,
+        metavar="K",
+        help="k-means clusters",
+    )
+    _add(
+        semantic,
+        "fit-rows",
+        type=_number(int, 1),
+        default=1_000_000,
+        metavar="N",
+        help="most rows the k-means fit sees (sampled across all inputs)",
+    )
+    _add(
+        semantic,
+        "eps",
+        type=_eps_list,
+        default=list(DEFAULT_EPS),
+        metavar="E,F",
+        help="thresholds: a row is a duplicate when max_similarity >= 1 - eps; the first "
+        "one is listed in OUTPUT/duplicates/",
+    )
+    _add(
+        semantic,
+        "seed",
+        type=_number(int, 0),
+        default=0,
+        metavar="N",
+        help="seed of the fit sample and of k-means",
+    )
+    _add(
+        semantic, "niter", type=_number(int, 1), default=20, metavar="N", help="k-means iterations"
+    )
+    _add(
+        semantic,
+        "max-cluster-rows",
+        type=_number(int, 2),
+        default=50_000,
+        metavar="N",
+        help="a cluster with more rows is split by a second-level k-means",
+    )
+    _add(
+        semantic,
+        "block-rows",
+        type=_number(int, 1),
+        default=1024,
+        metavar="N",
+        help="rows per tile of the pairwise similarities",
+    )
+    against = parser.add_argument_group("decontamination")
+    _add(
+        against,
+        "against",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help="embeddings of a reference set (an evaluation set): rows near one are removed",
+    )
+    _add(
+        against,
+        "against-eps",
+        type=_number(float, 0.0, 1.0),
+        default=0.05,
+        metavar="E",
+        help="a row is removed when max_reference_similarity >= 1 - E",
+    )
+    _add(
+        against,
+        "against-id-column",
+        type=_column,
+        default="id",
+        metavar="NAME",
+        help="the reference set's id column ('none': '<file>:<row>')",
+    )
+    _add(
+        against,
+        "against-embedding-column",
+        type=_column_name,
+        default="image_embedding",
+        metavar="NAME",
+        help="the reference set's embedding column",
+    )
+    return parser
+
+
+def refuse_dask(beam_args: Sequence[str], job: str) -> None:
+    """A launch error for Beam's DaskRunner, on which dedup gives wrong rows.
+
+    Beam 2.77's DaskRunner drops what a DoFn emits from ``finish_bundle`` (``Top``'s per-bundle
+    heaps), groups ``None`` keys once per worker process (``CombineGlobally``: ``hash(None)``
+    differs between processes before Python 3.12), and emits a ParDo's earlier outputs again when
+    it reruns the task in one process, which it does when a side input computed from the same
+    data is read (rows then reach their cluster twice). The per-row jobs and search do not
+    depend on these (tests/pipeline/test_dask.py runs them there).
+    """
+    from clipbeam.pipeline.beam_options import EXTRA_RUNNERS
+
+    dask = EXTRA_RUNNERS["daskrunner"]
+    if any(arg == dask or arg == f"--runner={dask}" for arg in beam_args):
+        raise LaunchError(
+            f"clipbeam {job} does not run on Beam's DaskRunner: it gives wrong rows there "
+            "(Beam 2.77 drops finish_bundle outputs and repeats a ParDo's outputs when a side "
+            "input is recomputed). Run it on the DirectRunner (--direct_running_mode="
+            "multi_processing) or Dataflow; embed, score, filter, classify and search run on Dask."
+        )
+
+
+def parse(argv: Sequence[str]) -> tuple[DedupSpec, list[str], list[str]]:
+    """Command line -> ``(spec without dim, inputs, beam arguments)``."""
+    args, beam_args = build_parser().parse_known_args(list(argv))
+    # --runner dask / DaskRunner and --dask_address, as the other jobs take them
+    beam_args = resolve_beam_args(beam_args)
+    refuse_dask(beam_args, "dedup")
+    values = vars(args)
+    inputs = values.pop("input")
+    options = dict(values)
+    try:
+        spec = DedupSpec(
+            output=values["output"],
+            embedding_column=values["embedding_column"],
+            id_column=values["id_column"],
+            image_column=values["image_column"],
+            keep_columns=tuple(values["keep_columns"]),
+            clusters=values["clusters"],
+            fit_rows=values["fit_rows"],
+            eps=tuple(values["eps"]),
+            seed=values["seed"],
+            niter=values["niter"],
+            max_cluster_rows=values["max_cluster_rows"],
+            block_rows=values["block_rows"],
+            against=tuple(values["against"]),
+            against_eps=values["against_eps"],
+            against_id_column=values["against_id_column"],
+            against_embedding_column=values["against_embedding_column"],
+            model=values["model"],
+            device=values["device"],
+            dtype=values["dtype"],
+            batch_size=values["batch_size"],
+            resume=values["resume"],
+            options=options,
+        )
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
+    return spec, inputs, beam_args
+
+
+def check_schema(spec: DedupSpec, schema: pa.Schema, path: str, unit: WorkUnit) -> int:
+    """The embedding dimension of one file; every other column checked."""
+    for option, name in (
+        ("--id-column", spec.id_column),
+        ("--image-column", spec.image_column),
+        *(("--keep-columns", k) for k in spec.keep_columns),
+    ):
+        if name is not None and name not in schema.names:
+            raise LaunchError(
+                f"{option} {name!r} is not a column of {path} (its columns: "
+                f"{', '.join(schema.names)})"
+            )
+    if spec.model is not None:
+        from clipbeam.transforms.images import resolve_image_format
+
+        if spec.image_column is None:
+            raise LaunchError("--model embeds raw images: name their column with --image-column")
+        try:
+            resolve_image_format(spec.image_column, schema.field(spec.image_column).type)
+        except ValueError as exc:
+            raise LaunchError(f"--image-column of {path}: {exc}") from None
+        return spec.dim
+    if spec.image_column is not None:
+        t = schema.field(spec.image_column).type
+        is_struct = pa.types.is_struct(t) and t.get_field_index("bytes") >= 0
+        if not (pa.types.is_binary(t) or pa.types.is_large_binary(t) or is_struct):
+            raise LaunchError(
+                f"--image-column {spec.image_column!r} of {path} is {t}; exact duplicates need "
+                "image bytes (binary, or a struct with a bytes field)"
+            )
+    first = None
+    t = schema.field(spec.embedding_column).type if spec.embedding_column in schema.names else None
+    if t is not None and not pa.types.is_fixed_size_list(t):
+        first = next(iter_batches(unit, [spec.embedding_column], 64)).column(0)
+    try:
+        return embedding_dim(schema, spec.embedding_column, path, first)
+    except EmbeddingTypeError as exc:
+        raise LaunchError(str(exc)) from None
+
+
+def _check_output(spec: DedupSpec, inputs: Sequence[str]) -> dict[str, Any]:
+    record = json.loads(spec.to_json())
+    record["inputs"] = list(inputs)
+    path = storage.join(spec.output, JOB_FILE)
+    if not spec.resume:
+        found = [
+            d
+            for d in (stages.OUTPUT_DIR, "errors")
+            if storage.list_files(storage.join(spec.output, d))
+        ]
+        if storage.exists(path) or storage.exists(storage.join(spec.output, "summary.json")):
+            found.append(JOB_FILE)
+        if found:
+            raise LaunchError(
+                f"--output {spec.output} already holds results of an earlier run "
+                f"({', '.join(found)}). Pass --resume to finish that run, or choose an empty "
+                "--output folder."
+            )
+    elif storage.exists(path):
+        earlier = json.loads(storage.read_bytes(path))
+        changed = sorted(
+            k
+            for k in set(earlier) | set(record)
+            if k not in _RESUMABLE and earlier.get(k) != record.get(k)
+        )
+        if changed:
+            raise LaunchError(
+                f"--resume: {spec.output} holds a run of a different job (changed: "
+                f"{', '.join(changed)}). Rerun with the same options, or choose an empty --output."
+            )
+    return record
+
+
+def _check_against(spec: DedupSpec) -> list[WorkUnit]:
+    """The reference set's units; every file's columns and dimension checked."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    units = plan(spec.against)
+    as_input = dataclasses.replace(
+        spec,
+        embedding_column=spec.against_embedding_column,
+        id_column=spec.against_id_column,
+        image_column=None,
+        keep_columns=(),
+    )
+    seen = set()
+    for unit in units:
+        if unit.path in seen:
+            continue
+        seen.add(unit.path)
+        with storage.open_input(unit.path) as f:
+            schema = pq.ParquetFile(f).schema_arrow
+        dim = check_schema(as_input, schema, unit.path, unit)
+        if dim != spec.dim:
+            raise LaunchError(
+                f"--against {unit.path} holds embeddings of dimension {dim}, the --input "
+                f"embeddings have dimension {spec.dim}: both must come from one model"
+            )
+    return units
+
+
+def _model_dim(spec: DedupSpec) -> int:
+    """Loads ``--model`` once on CPU (a bad source fails at launch); its projection dimension."""
+    from clipbeam.pipeline.validate import check_model
+    from clipbeam.transforms.dedup.embed import image_job
+
+    return check_model(image_job(spec)).projection_dim
+
+
+def validate_dedup(
+    spec: DedupSpec, inputs: Sequence[str]
+) -> tuple[DedupSpec, list[WorkUnit], pa.Schema, list[WorkUnit]]:
+    """Launch checks: inputs, columns of every file, one dimension, the reference set, the
+    output folder.
+
+    Returns:
+        ``(spec with dim, units, first file's schema, reference set's units)``.
+    """
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    from clipbeam.transforms.embeddings import embedding_matrix
+
+    units = plan(inputs)
+    if spec.model is not None:
+        spec = dataclasses.replace(spec, dim=_model_dim(spec))
+    schemas: dict[str, pa.Schema] = {}
+    dims: dict[str, int] = {}
+    for unit in units:
+        if unit.path in schemas:
+            continue
+        with storage.open_input(unit.path) as f:
+            schemas[unit.path] = pq.ParquetFile(f).schema_arrow
+        dims[unit.path] = check_schema(spec, schemas[unit.path], unit.path, unit)
+    if len(set(dims.values())) > 1:
+        shown = ", ".join(f"{p}: {d}" for p, d in list(dims.items())[:4])
+        raise LaunchError(f"the input files hold embeddings of different dimensions ({shown})")
+    spec = dataclasses.replace(spec, dim=next(iter(dims.values())))
+    if spec.model is None:
+        first = next(iter_batches(units[0], [spec.embedding_column], 1024)).column(0)
+        _, _, renormalized = l2_normalize(embedding_matrix(first, spec.dim)[0])
+        if renormalized.any():
+            _log.info("dedup: the input embeddings are not L2-normalized; the job normalizes them")
+    against_units = _check_against(spec) if spec.against else []
+    record = _check_output(spec, inputs)
+    try:
+        storage.check_writable(spec.output)
+    except OSError as exc:
+        raise LaunchError(f"--output {spec.output} is not writable: {exc}") from None
+    storage.write_atomic(
+        storage.join(spec.output, JOB_FILE),
+        (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+    )
+    return spec, units, schemas[units[0].path], against_units
