@@ -67,7 +67,7 @@ def test_translate_turns_on_off_values_into_flags(monkeypatch):
     [
         (
             ["--input=gs://b/x"],
-            "needs the job parameter: one of embed, score, filter, classify, dedup",
+            "needs the job parameter: one of embed, score, filter, classify, search, dedup",
         ),
         (["--job=rank"], "invalid choice: 'rank'"),
         (["--job=score", "--class_labels=cat"], "class_labels is a parameter of the classify job"),

@@ -36,7 +36,7 @@ def _actions() -> dict[str, dict[str, argparse.Action]]:
 
 
 ACTIONS = _actions()
-JOBS = launcher._jobs()
+JOBS = JOB_KINDS
 PARAMETER_OF = {dest: ("class_labels" if dest == "labels" else dest) for dest in ACTIONS}
 
 
