@@ -17,9 +17,6 @@ import pyarrow as pa
 
 from clipbeam.pipeline.beam_options import resolve_beam_args
 from clipbeam.pipeline.options import (
-    DEVICES,
-    DTYPES,
-    MAX_BATCH_SIZE,
     LaunchError,
     _add,
     _bool,
@@ -28,6 +25,7 @@ from clipbeam.pipeline.options import (
     _names,
     _number,
     _Parser,
+    add_image_model_options,
 )
 from clipbeam.pipeline.validate import JOB_FILE, plan
 from clipbeam.transforms import storage
@@ -134,16 +132,7 @@ def build_parser(prog: str = "clipbeam dedup") -> _Parser:
         help="embed --image-column with this checkpoint instead of reading --embedding-column "
         "(as clipbeam embed's --model)",
     )
-    _add(
-        model,
-        "batch-size",
-        type=_number(int, 1, MAX_BATCH_SIZE),
-        default=32,
-        metavar="N",
-        help="images per model call",
-    )
-    _add(model, "device", choices=DEVICES, default="auto", help="as clipbeam embed's --device")
-    _add(model, "dtype", choices=DTYPES, default="float32", help="as clipbeam embed's --dtype")
+    add_image_model_options(model)
     semantic = parser.add_argument_group("SemDeDup")
     _add(
         semantic,

@@ -120,6 +120,21 @@ def _add(group: Any, name: str, **kwargs: Any) -> None:
 # -- value types (their messages name the expected value; argparse adds the option name) ---------
 
 
+def add_image_model_options(group: Any) -> None:
+    """How a job that embeds raw images with ``--model`` runs it (dedup, search): ``--batch-size``,
+    ``--device`` and ``--dtype``, as clipbeam embed takes them."""
+    _add(
+        group,
+        "batch-size",
+        type=_number(int, 1, MAX_BATCH_SIZE),
+        default=32,
+        metavar="N",
+        help="images per model call",
+    )
+    _add(group, "device", choices=DEVICES, default="auto", help="as clipbeam embed's --device")
+    _add(group, "dtype", choices=DTYPES, default="float32", help="as clipbeam embed's --dtype")
+
+
 def _number(kind: type, low: float | None = None, high: float | None = None, *, low_open=False):
     def parse(text: str) -> Any:
         try:

@@ -76,14 +76,20 @@ __all__ = [
 
 
 def reader_spec(spec: SearchSpec) -> DedupSpec:
-    """The dedup spec its reader reads with: same columns, no image hashes, no kept columns
-    (they are joined to the results afterwards), a fit sample of one row per unit (unused)."""
+    """The dedup spec its reader reads with: same columns, no kept columns (they are joined to
+    the results afterwards), a fit sample of one row per unit (unused); with raw images, the
+    model that embeds them."""
     return DedupSpec(
         output=spec.output,
         embedding_column=spec.embedding_column,
         dim=spec.dim,
         id_column=spec.id_column,
         fit_rows=1,
+        image_column=spec.image_column,
+        model=spec.model if spec.image_column is not None else None,
+        device=spec.device,
+        dtype=spec.dtype,
+        batch_size=spec.batch_size,
     )
 
 
@@ -161,6 +167,10 @@ def validate_search(
         units the kept columns are joined from, their first file's schema)``.
     """
     units = plan(inputs)
+    queries = failures = None
+    if spec.image_column is not None:  # raw images: the model gives the dimension
+        spec, queries, failures = _embed_queries(spec, images)
+        spec = dataclasses.replace(spec, dim=queries.shape[1])
     reading = reader_spec(spec)
     schemas, dims = _schemas(spec, units, lambda s, u: _check_schema(reading, s, u.path, u))
     if len(set(dims.values())) > 1:
@@ -179,14 +189,9 @@ def validate_search(
             keep_units = plan(spec.keep_from)
         kept, _ = _schemas(spec, keep_units, lambda s, u: _check_kept(spec, s, u.path))
         keep_schema = kept[keep_units[0].path]
-    failures: list = []
-    if spec.query_kind == "image":
-        labels, queries, failures = embed_images(spec.model, images)
-        spec = dataclasses.replace(spec, queries=tuple(labels))
-        tower = "images"
-    else:
-        queries = embed_texts(spec.model, spec.queries, spec.templates)
-        tower = "text"
+    if queries is None:
+        spec, queries, failures = _embed_queries(spec, images)
+    tower = "images" if spec.query_kind == "image" else "text"
     if queries.shape[1] != spec.dim:
         raise LaunchError(
             f"--model {spec.model} embeds {tower} in dimension {queries.shape[1]}, the --input "
@@ -208,6 +213,17 @@ def validate_search(
         (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8"),
     )
     return spec, units, schema, queries, keep_units, keep_schema
+
+
+def _embed_queries(
+    spec: SearchSpec, images: Sequence[QueryImage]
+) -> tuple[SearchSpec, np.ndarray, list]:
+    """The query vectors (and, for image queries, the spec's labels of those that decoded and
+    the failures)."""
+    if spec.query_kind == "image":
+        labels, queries, failures = embed_images(spec.model, images)
+        return dataclasses.replace(spec, queries=tuple(labels)), queries, failures
+    return spec, embed_texts(spec.model, spec.queries, spec.templates), []
 
 
 def _metadata(spec: SearchSpec) -> dict[str, str]:

@@ -19,6 +19,7 @@ from clipbeam.pipeline.options import (
     _names,
     _number,
     _Parser,
+    add_image_model_options,
 )
 from clipbeam.pipeline.search_queries import QueryImage, read_query_images, read_text_queries
 from clipbeam.transforms.search import DEFAULT_MAX_RESULTS, SearchSpec
@@ -55,7 +56,8 @@ def build_parser(prog: str = "clipbeam search") -> _Parser:
         nargs="+",
         required=True,
         metavar="PATTERN",
-        help="Parquet with an id and an embedding column (clipbeam embed's embeddings/)",
+        help="Parquet with an id and an embedding column (clipbeam embed's embeddings/), or "
+        "raw images with --image-column",
     )
     _add(io, "output", required=True, metavar="DIR", help="output folder, local or gs://")
     _add(
@@ -112,6 +114,17 @@ def build_parser(prog: str = "clipbeam search") -> _Parser:
         help="Parquet the --keep-columns are read from, by --id-column (default: --input), "
         "e.g. the dataset clipbeam embed read",
     )
+    raw = parser.add_argument_group("raw images (embedded with --model in the same job)")
+    _add(
+        raw,
+        "image-column",
+        type=_column,
+        default=None,
+        metavar="NAME",
+        help="search images instead of stored embeddings: embed this column (bytes, "
+        "{bytes, path} struct, or paths/URLs) with --model's image tower",
+    )
+    add_image_model_options(raw)
     queries = parser.add_argument_group("queries")
     _add(
         queries,
@@ -243,6 +256,10 @@ def make_spec(values: dict[str, Any], queries: Sequence[str], kind: str = "text"
             id_column=values["id_column"],
             keep_columns=tuple(keep),
             keep_from=tuple(values["keep_from"]),
+            image_column=values["image_column"],
+            device=values["device"],
+            dtype=values["dtype"],
+            batch_size=values["batch_size"],
             resume=values["resume"],
             options={k: v for k, v in values.items() if k != "input"},
         )

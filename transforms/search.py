@@ -62,6 +62,9 @@ class SearchSpec:
         embedding_column, id_column: as ``clipbeam dedup`` takes them.
         keep_columns: columns joined to the results by id, from ``keep_from`` (or the input).
         keep_from: Parquet patterns the kept columns are read from; empty: the input.
+        image_column: raw image input: the column whose images ``model`` embeds in the job
+            (``None``: the input holds embeddings, ``embedding_column``).
+        device, dtype, batch_size: how ``model`` embeds those images (as ``clipbeam embed``).
         resume: finish an earlier run of the same job in ``output``.
         dim: the embeddings' dimension (learned at launch).
         options: the options as given (recorded in metadata and the summary).
@@ -79,6 +82,10 @@ class SearchSpec:
     id_column: str | None = "id"
     keep_columns: tuple[str, ...] = ()
     keep_from: tuple[str, ...] = ()
+    image_column: str | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    batch_size: int = 32
     resume: bool = False
     dim: int = 0
     options: Mapping[str, Any] = field(default_factory=dict)
