@@ -51,7 +51,7 @@ def test_every_module_loads_under_one_name_only():
         m.CLIPModel, m.ChineseCLIPModel, m.CLIPProcessor  # lazy exports resolve
         import templates.launcher, templates.plan, templates.write_metadata
         by_file = collections.defaultdict(list)
-        root = {str(ROOT)!r}
+        root = {str(ROOT) + "/"!r}  # with the separator: a sibling folder /repo-venv is not in it
         for name, module in list(sys.modules.items()):
             file = getattr(module, "__file__", None)
             if file and file.startswith(root):
