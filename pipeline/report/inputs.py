@@ -22,7 +22,7 @@ from clipbeam.pipeline.report.data import Example, ReportData
 from clipbeam.pipeline.validate import JOB_FILE
 from clipbeam.transforms import storage
 from clipbeam.transforms.errors import RowError
-from clipbeam.transforms.units import WorkUnit, plan_units
+from clipbeam.transforms.units import WorkUnit, plain_batch, plain_schema, plan_units
 
 __all__ = ["THUMBNAIL_SIDE", "attach_inputs", "read_rows_by_id", "thumbnail_uri"]
 
@@ -131,7 +131,8 @@ def _read_unit_rows(
     id_column = job.get("id_column")
     with storage.open_input(unit.path) as f:
         parquet = pq.ParquetFile(f)
-        schema = parquet.schema_arrow
+        # As a job reads them: view, large and dictionary-encoded columns in their plain types.
+        schema = plain_schema(parquet.schema_arrow)
         needed = (image_column, text_column, id_column)
         if any(c is not None and c not in schema.names for c in needed):
             for example in examples:
@@ -166,6 +167,7 @@ def _read_unit_rows(
         for batch in parquet.iter_batches(
             batch_size=_IMAGE_BATCH_ROWS, row_groups=[unit.row_group], columns=columns
         ):
+            batch = plain_batch(batch)
             for row in range(start, start + batch.num_rows):
                 for example in rows.get(row, ()):
                     if text_column is not None:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from clipbeam.pipeline.report.data import Example, ReportData, ScoreStats
 from clipbeam.transforms import storage
+from clipbeam.transforms.units import plain_schema
 
 __all__ = ["QueryResults", "collect_search"]
 
@@ -182,7 +183,7 @@ def _thumbnails_from_inputs(
         except (FileNotFoundError, ValueError, OSError) as exc:
             return [f"no thumbnails: the job's inputs cannot be read any more ({exc})"]
         with storage.open_input(units[0].path) as f:
-            schema = pq.ParquetFile(f).schema_arrow
+            schema = plain_schema(pq.ParquetFile(f).schema_arrow)  # view/dictionary: plain
         named = [n for n in _IMAGE_NAMES if n in schema.names and _is_image(schema.field(n).type)]
         column = (named or [f.name for f in schema if _is_image(f.type)] or [None])[0]
         id_column = job.get("id_column")

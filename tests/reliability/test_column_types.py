@@ -75,3 +75,33 @@ def test_top_fraction_filter_over_view_columns(tmp_path, clip_checkpoint):
         "filter", data.pattern, out, clip_checkpoint, "--id-column", "id", "--top-fraction", "0.5"
     )
     check_accounting(run, data, output_folders=["kept", "rejected"])
+
+
+def test_the_report_and_train_head_read_view_large_and_dictionary_columns(
+    tmp_path, clip_checkpoint
+):
+    """The readers outside the jobs take the same types: the report finds every thumbnail in
+    view-typed inputs, train-head joins labels whose id and label columns are view or dictionary
+    typed."""
+    from clipbeam.pipeline.heads import train_main
+    from clipbeam.pipeline.report.collect import collect
+
+    data = build_dataset(tmp_path / "in", num_files=3, rows_per_file=6, row_group_size=3, seed=10)
+    _rewrite(data, "bytes")
+    out = str(tmp_path / "out")
+    run_job("embed", data.pattern, out, clip_checkpoint, "--id-column", "id")
+    report = collect(out, examples=4)
+    shown = [*report.best, *report.worst, *report.samples]
+    assert shown and all(example.thumbnail for example in shown)
+
+    ids = [row.id for row in data.good_rows]
+    for index, (id_type, label_type) in enumerate([(TEXTS[0], TEXTS[2]), (TEXTS[2], TEXTS[1])]):
+        labels = pa.table({"id": ids, "label": ["a" if i % 2 else "b" for i in range(len(ids))]})
+        labels = labels.set_column(0, "id", _cast(labels.column("id"), id_type))
+        labels = labels.set_column(1, "label", _cast(labels.column("label"), label_type))
+        path = tmp_path / f"labels-{index}.parquet"
+        pq.write_table(labels, path)
+        head = tmp_path / f"head-{index}"
+        argv = ["--embeddings", f"{out}/embeddings/*.parquet", "--labels", str(path)]
+        train_main([*argv, "--label-column", "label", "--out", str(head)])
+        assert (head / "head.safetensors").exists()
