@@ -61,7 +61,9 @@ def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = 
         check_misspelled(argv, parser)  # a typo explains a missing option better than argparse
         raise
     command = namespace.command
-    extras = resolve_beam_args(extras)
+    # A two-pass filter computes its cut from its own units: see resolve_beam_args.
+    two_pass = command == "filter" and getattr(namespace, "top_fraction", None) is not None
+    extras = resolve_beam_args(extras, unit_tasks=not two_pass)
     check_beam_args(extras, parser, command)
     args = vars(namespace)
 
