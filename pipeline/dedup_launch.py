@@ -21,6 +21,7 @@ from clipbeam.pipeline.options import (
     _add,
     _bool,
     _column,
+    _column_name,
     _HelpFormatter,
     _names,
     _number,
@@ -34,7 +35,14 @@ from clipbeam.transforms.dedup.spec import DEFAULT_EPS, DedupSpec
 from clipbeam.transforms.embeddings import EmbeddingTypeError, embedding_dim, l2_normalize
 from clipbeam.transforms.units import WorkUnit, iter_batches
 
-__all__ = ["build_parser", "check_schema", "parse", "refuse_dask", "validate_dedup"]
+__all__ = [
+    "build_parser",
+    "check_earlier_run",
+    "check_schema",
+    "parse",
+    "refuse_dask",
+    "validate_dedup",
+]
 
 _log = logging.getLogger("clipbeam")
 # Spec fields a resumed run may change: they do not change any output row.
@@ -48,13 +56,6 @@ def _eps_list(text: str) -> list[float]:
     if any(not part.strip() for part in parts):
         raise argparse.ArgumentTypeError(f"expected comma-separated thresholds, got {text!r}")
     return [parse(part.strip()) for part in parts]
-
-
-def _column_name(text: str) -> str:
-    """A column that must exist (no 'none'): the name, stripped, not empty."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("expected a column name, got an empty one")
-    return text.strip()
 
 
 def build_parser(prog: str = "clipbeam dedup") -> _Parser:
@@ -328,6 +329,7 @@ def _check_output(spec: DedupSpec, inputs: Sequence[str]) -> dict[str, Any]:
     record = json.loads(spec.to_json())
     record["inputs"] = list(inputs)
     path = storage.join(spec.output, JOB_FILE)
+    found = []
     if not spec.resume:
         found = [
             d
@@ -336,9 +338,21 @@ def _check_output(spec: DedupSpec, inputs: Sequence[str]) -> dict[str, Any]:
         ]
         if storage.exists(path) or storage.exists(storage.join(spec.output, "summary.json")):
             found.append(JOB_FILE)
+    check_earlier_run(spec.output, spec.resume, record, found, _RESUMABLE)
+    return record
+
+
+def check_earlier_run(
+    output: str, resume: bool, record: dict[str, Any], found: Sequence[str], resumable: Any
+) -> None:
+    """Refuses an ``output`` holding an earlier run (``found``: what of it) without ``resume``,
+    and, with it, one whose recorded job (``_job.json``) differs from ``record`` in a field not in
+    ``resumable``."""
+    path = storage.join(output, JOB_FILE)
+    if not resume:
         if found:
             raise LaunchError(
-                f"--output {spec.output} already holds results of an earlier run "
+                f"--output {output} already holds results of an earlier run "
                 f"({', '.join(found)}). Pass --resume to finish that run, or choose an empty "
                 "--output folder."
             )
@@ -347,14 +361,13 @@ def _check_output(spec: DedupSpec, inputs: Sequence[str]) -> dict[str, Any]:
         changed = sorted(
             k
             for k in set(earlier) | set(record)
-            if k not in _RESUMABLE and earlier.get(k) != record.get(k)
+            if k not in resumable and earlier.get(k) != record.get(k)
         )
         if changed:
             raise LaunchError(
-                f"--resume: {spec.output} holds a run of a different job (changed: "
+                f"--resume: {output} holds a run of a different job (changed: "
                 f"{', '.join(changed)}). Rerun with the same options, or choose an empty --output."
             )
-    return record
 
 
 def _check_against(spec: DedupSpec) -> list[WorkUnit]:

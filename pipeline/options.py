@@ -228,6 +228,13 @@ def _column(text: str) -> str | None:
     return None if text.lower() == NONE else text
 
 
+def _column_name(text: str) -> str:
+    """A column that must exist (no 'none'): the name, stripped, not empty."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a column name, got an empty one")
+    return text.strip()
+
+
 # -- the parser ----------------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from clipbeam.pipeline.dedup import _iso
+from clipbeam.pipeline.dedup_launch import check_earlier_run
 from clipbeam.pipeline.dedup_launch import check_schema as _check_schema
 from clipbeam.pipeline.options import LaunchError
 from clipbeam.pipeline.search_options import build_parser, make_spec, parse, parse_values
@@ -101,7 +102,7 @@ def _check_output(spec: SearchSpec, inputs: Sequence[str]) -> dict[str, Any]:
     """Refuses an --output of an earlier run without --resume, and one of another job with it."""
     record = json.loads(spec.to_json())
     record["inputs"] = list(inputs)
-    path = storage.join(spec.output, JOB_FILE)
+    found = []
     if not spec.resume:
         found = [
             d
@@ -109,24 +110,7 @@ def _check_output(spec: SearchSpec, inputs: Sequence[str]) -> dict[str, Any]:
             if storage.list_files(storage.join(spec.output, d))
         ]
         found += [n for n in (JOB_FILE, "summary.json") if storage.exists(spec.output + "/" + n)]
-        if found:
-            raise LaunchError(
-                f"--output {spec.output} already holds results of an earlier run "
-                f"({', '.join(found)}). Pass --resume to finish that run, or choose an empty "
-                "--output folder."
-            )
-    elif storage.exists(path):
-        earlier = json.loads(storage.read_bytes(path))
-        changed = sorted(
-            k
-            for k in set(earlier) | set(record)
-            if k not in _RESUMABLE and earlier.get(k) != record.get(k)
-        )
-        if changed:
-            raise LaunchError(
-                f"--resume: {spec.output} holds a run of a different job (changed: "
-                f"{', '.join(changed)}). Rerun with the same options, or choose an empty --output."
-            )
+    check_earlier_run(spec.output, spec.resume, record, found, _RESUMABLE)
     return record
 
 

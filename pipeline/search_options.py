@@ -6,7 +6,6 @@ uses it); :func:`parse` also reads the queries (a ``--queries-file``, the ``--qu
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ from clipbeam.pipeline.options import (
     LaunchError,
     _add,
     _column,
+    _column_name,
     _HelpFormatter,
     _names,
     _number,
@@ -30,13 +30,6 @@ _NO_QUERY = (
     "search needs queries: {where} no query; pass --queries 'a cat,a dog', --queries-file FILE "
     "(one per line) or --query-images PATTERN"
 )
-
-
-def _column_name(text: str) -> str:
-    """A column name (not blank)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("expected a column name")
-    return text.strip()
 
 
 def build_parser(prog: str = "clipbeam search") -> _Parser:
