@@ -193,15 +193,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         (the outputs are written; the most common reason is printed), 2 for a launch error
         (printed as one line, no traceback), 130 when interrupted.
     """
-    if not _log.handlers:
-        # Beam configures the root logger itself; clipbeam's progress lines get their own handler.
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("clipbeam: %(message)s"))
-        _log.addHandler(handler)
-        _log.setLevel(logging.INFO)
-        _log.propagate = False
+    with _progress_lines():
+        return _main(sys.argv[1:] if argv is None else list(argv))
+
+
+class _progress_lines:
+    """Gives the clipbeam logger a handler on this call's stderr while ``main`` runs (Beam
+    configures the root logger itself), and takes it away again: a caller that runs ``main``
+    in its own process (a notebook, a test) keeps its logging as it was, and no handler is
+    left writing to a stream that was since closed."""
+
+    def __enter__(self) -> None:
+        self._saved = (list(_log.handlers), _log.level, _log.propagate)
+        if not _log.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("clipbeam: %(message)s"))
+            _log.addHandler(handler)
+            _log.setLevel(logging.INFO)
+            _log.propagate = False
+
+    def __exit__(self, *exc: object) -> None:
+        _log.handlers[:], saved_level, _log.propagate = self._saved
+        _log.setLevel(saved_level)
+
+
+def _main(args: list[str]) -> int:
     _quiet_beam_import()
-    args = sys.argv[1:] if argv is None else list(argv)
     if args and args[0] in _TOOLS:
         import importlib
 

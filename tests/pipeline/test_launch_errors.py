@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -355,3 +357,22 @@ def test_local_image_paths_are_refused_on_dataflow_unless_allowed(runner, given,
 
     parsed = parse_args(job("score", "gs://b/in", "gs://b/out", "demo-clip", *given))
     assert for_runner(parsed.spec, runner).allowed_url_schemes == schemes
+
+
+def test_the_console_script_leaves_the_callers_logging_as_it_was(capsys, monkeypatch, dataset):
+    """``main`` run in a caller's process (a notebook, a test) prints its progress lines on that
+    call's stderr and takes its handler away again: none is left writing to a closed stream."""
+    log = logging.getLogger("clipbeam")
+    before = (list(log.handlers), log.level, log.propagate)
+    launch_error(capsys, "score", "--input", dataset.pattern, "--output", "/x")
+    assert (list(log.handlers), log.level, log.propagate) == before
+    seen = []
+
+    def capture(spec, *args, **kwargs):
+        seen.append([h.stream for h in log.handlers if isinstance(h, logging.StreamHandler)])
+        raise LaunchError("stop here")
+
+    monkeypatch.setattr(cli, "_launch", capture)
+    assert cli.main(["score"]) == 2
+    assert seen == [[sys.stderr]]
+    assert (list(log.handlers), log.level, log.propagate) == before

@@ -8,7 +8,6 @@ A work unit is its file (path, size + modification time, or generation on gs://)
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import uuid
@@ -26,16 +25,6 @@ ARGS = ("--id-column", "id", "--batch-size", "4")
 
 def _argv(pattern: str, out, model, *more: str) -> list[str]:
     return ["score", "--input", pattern, "--output", str(out), "--model", str(model), *more]
-
-
-@pytest.fixture(autouse=True)
-def _log_handlers():
-    """cli.main gives the clipbeam logger a handler on the stderr of the test that ran it."""
-    log = logging.getLogger("clipbeam")
-    saved = (list(log.handlers), log.propagate)
-    log.handlers[:] = []  # one left by an earlier test's cli.main writes to a closed stream
-    yield
-    log.handlers[:], log.propagate = saved
 
 
 def launch_error(capsys, argv: list[str]) -> str:
