@@ -61,9 +61,7 @@ def parse_args(argv: Sequence[str], *, read_text: Callable[[str], str] | None = 
         check_misspelled(argv, parser)  # a typo explains a missing option better than argparse
         raise
     command = namespace.command
-    # A two-pass filter computes its cut from its own units: see resolve_beam_args.
-    two_pass = command == "filter" and getattr(namespace, "top_fraction", None) is not None
-    extras = resolve_beam_args(extras, unit_tasks=not two_pass)
+    extras = resolve_beam_args(extras)
     check_beam_args(extras, parser, command)
     args = vars(namespace)
 

@@ -42,18 +42,16 @@ _DASK_PARTITIONING = ("--dask_partition_size", "--dask_npartitions")
 _OPTION_ALIASES = {"--dask_address": "--dask_client_address"}
 
 
-def resolve_beam_args(extras: Sequence[str], *, unit_tasks: bool = True) -> list[str]:
+def resolve_beam_args(extras: Sequence[str]) -> list[str]:
     """Beam's arguments with the names Beam itself does not resolve spelled out.
 
     ``--runner DaskRunner`` (or ``dask``, any case) becomes the DaskRunner's dotted path, and
     ``--dask_address`` Beam's ``--dask_client_address`` (the scheduler's address). The
     DaskRunner's module is imported where it is asked for, since its options (DaskOptions) are
-    Beam options only once it is. With ``unit_tasks``, a Dask job gets
-    ``--dask_partition_size=1`` (each work unit a task of its own) unless it gives
-    ``--dask_partition_size`` or ``--dask_npartitions``. Jobs with side inputs computed from
-    their own units (``filter --top-fraction``) pass ``unit_tasks=False``: the DaskRunner
-    evaluates a side input again inside each consuming task, upstream steps included, and over
-    several partitions those evaluations disagreed (README, "Running on a Dask cluster").
+    Beam options only once it is, and clipbeam's override of its ParDo is installed then
+    (:mod:`clipbeam.pipeline.dask_fixes`). A Dask job gets ``--dask_partition_size=1`` (each
+    work unit a task of its own) unless it gives ``--dask_partition_size`` or
+    ``--dask_npartitions``.
 
     Raises:
         LaunchError: the DaskRunner is asked for and dask.distributed is not installed.
@@ -72,7 +70,7 @@ def resolve_beam_args(extras: Sequence[str], *, unit_tasks: bool = True) -> list
         out.append(arg)
     if any(a.startswith("--dask_") or a.endswith(EXTRA_RUNNERS["daskrunner"]) for a in out):
         _import_dask_runner()
-        if unit_tasks and not any(a.split("=")[0] in _DASK_PARTITIONING for a in out):
+        if not any(a.split("=")[0] in _DASK_PARTITIONING for a in out):
             out.append("--dask_partition_size=1")
     return out
 
@@ -80,6 +78,10 @@ def resolve_beam_args(extras: Sequence[str], *, unit_tasks: bool = True) -> list
 def _import_dask_runner() -> None:
     try:
         import apache_beam.runners.dask.dask_runner  # noqa: F401 (registers DaskOptions)
+
+        from clipbeam.pipeline import dask_fixes
+
+        dask_fixes.install()
     except ImportError as exc:
         raise LaunchError(
             "the DaskRunner needs dask and dask.distributed, which are not installed "

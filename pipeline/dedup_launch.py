@@ -40,7 +40,6 @@ __all__ = [
     "check_earlier_run",
     "check_schema",
     "parse",
-    "refuse_dask",
     "validate_dedup",
 ]
 
@@ -224,34 +223,11 @@ def build_parser(prog: str = "clipbeam dedup") -> _Parser:
     return parser
 
 
-def refuse_dask(beam_args: Sequence[str], job: str) -> None:
-    """A launch error for Beam's DaskRunner, on which dedup gives wrong rows.
-
-    Beam 2.77's DaskRunner drops what a DoFn emits from ``finish_bundle`` (``Top``'s per-bundle
-    heaps), groups ``None`` keys once per worker process (``CombineGlobally``: ``hash(None)``
-    differs between processes before Python 3.12), and emits a ParDo's earlier outputs again when
-    it reruns the task in one process, which it does when a side input computed from the same
-    data is read (rows then reach their cluster twice). The per-row jobs and search do not
-    depend on these (tests/pipeline/test_dask.py runs them there).
-    """
-    from clipbeam.pipeline.beam_options import EXTRA_RUNNERS
-
-    dask = EXTRA_RUNNERS["daskrunner"]
-    if any(arg == dask or arg == f"--runner={dask}" for arg in beam_args):
-        raise LaunchError(
-            f"clipbeam {job} does not run on Beam's DaskRunner: it gives wrong rows there "
-            "(Beam 2.77 drops finish_bundle outputs and repeats a ParDo's outputs when a side "
-            "input is recomputed). Run it on the DirectRunner (--direct_running_mode="
-            "multi_processing) or Dataflow; embed, score, filter, classify and search run on Dask."
-        )
-
-
 def parse(argv: Sequence[str]) -> tuple[DedupSpec, list[str], list[str]]:
     """Command line -> ``(spec without dim, inputs, beam arguments)``."""
     args, beam_args = build_parser().parse_known_args(list(argv))
     # --runner dask / DaskRunner and --dask_address, as the other jobs take them
     beam_args = resolve_beam_args(beam_args)
-    refuse_dask(beam_args, "dedup")
     values = vars(args)
     inputs = values.pop("input")
     options = dict(values)

@@ -93,12 +93,54 @@ def test_runner_name_resolves_to_beams_dask_runner():
         "--dask_partition_size=1",
     )
     two_pass = parse("filter", "--top-fraction", "0.5", "--runner=DaskRunner").beam_args
-    assert two_pass == ("--runner=apache_beam.runners.dask.dask_runner.DaskRunner",)
+    assert two_pass[-1] == "--dask_partition_size=1"  # its side inputs are right over partitions
     given = parse("embed", "--runner=DaskRunner", "--dask_npartitions=4").beam_args
     assert given == (
         "--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
         "--dask_npartitions=4",
     )
+
+
+def _noted(value: int, folder: str) -> int:
+    """Passes ``value`` on and leaves a file behind for each call (the side effect a stage has)."""
+    import os
+    import uuid
+
+    with open(os.path.join(folder, f"{value}-{uuid.uuid4().hex}"), "w"):
+        pass
+    return value
+
+
+def _with_total(value: int, total: int, folder: str) -> None:
+    import os
+
+    with open(os.path.join(folder, f"{value}-of-{total}"), "w"):
+        pass
+
+
+def test_a_side_input_is_computed_once_in_the_graph(cluster_address, tmp_path):
+    """A side input is one more consumer of what it is computed from: the steps before it run
+    once per element, whatever the number of partitions that read it. (Beam 2.77's DaskRunner
+    computed a side input inside each consuming task, running every step before it again there:
+    a stage that writes files ran twice at once, and once more per partition.)"""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from clipbeam.pipeline.beam_options import resolve_beam_args
+
+    calls, results = tmp_path / "calls", tmp_path / "results"
+    calls.mkdir()
+    results.mkdir()
+    beam_args = resolve_beam_args(["--runner", "DaskRunner", "--dask_address", cluster_address])
+    with beam.Pipeline(options=PipelineOptions(list(beam_args))) as pipeline:
+        staged = pipeline | beam.Create(list(range(12))) | "Stage" >> beam.Map(_noted, str(calls))
+        total = staged | beam.CombineGlobally(sum)
+        _ = staged | "Use" >> beam.Map(
+            _with_total, total=beam.pvalue.AsSingleton(total), folder=str(results)
+        )
+    stage_calls = sorted(int(name.name.split("-")[0]) for name in calls.iterdir())
+    assert stage_calls == list(range(12))
+    assert sorted(p.name for p in results.iterdir()) == sorted(f"{v}-of-66" for v in range(12))
 
 
 def test_score(clip_checkpoint, cluster_address, tmp_path):
@@ -263,3 +305,38 @@ def test_search(cluster_address, tmp_path):
     assert tables["dask"] == tables["direct"] and tables["direct"]
     for key in ("input_rows", "results_per_query", "matches_per_query"):
         assert tables["dask-summary"][key] == tables["direct-summary"][key]
+
+
+def test_dedup(cluster_address, tmp_path):
+    """SemDeDup with exact copies, several eps and --against, over 6 units: every dedup/ and
+    duplicates/ row as on the DirectRunner (ParDos with finish_bundle outputs, CombineGlobally,
+    GroupByKey by cluster and side inputs computed from the job's own rows)."""
+    from clipbeam.pipeline.dedup import run
+    from tests.pipeline.test_dedup import planted, write
+
+    ids, x, images, _ = planted(n_distinct=150, d=16, seed=3)
+    write(tmp_path / "in" / "a.parquet", ids[:80], x[:80], images[:80], rows_per_group=30)
+    write(tmp_path / "in" / "b.parquet", ids[80:], x[80:], images[80:], rows_per_group=30)
+    write(tmp_path / "ref.parquet", [f"ref{i}" for i in range(5)], x[40:45])
+    args = ["--input", str(tmp_path / "in"), "--image-column", "image", "--clusters", "4"]
+    args += ["--fit-rows", "120", "--eps", "0.05,0.2", "--seed", "2"]
+    args += ["--against", str(tmp_path / "ref.parquet"), "--against-eps", "0.01"]
+    got = {}
+    for name, runner in (
+        ("direct", []),
+        ("dask", ["--runner", "DaskRunner", "--dask_address", cluster_address]),
+    ):
+        out = str(tmp_path / name)
+        run(["--output", out, *args, *runner])
+        got[name] = {
+            folder: sorted_rows(read_folder(join(out, folder)), "id")
+            for folder in ("dedup", "duplicates")
+        }
+        got[name + "-summary"] = read_json(join(out, "summary.json"))
+    assert len(got["direct"]["dedup"]) == len(ids) and got["direct"]["duplicates"]
+    for folder in ("dedup", "duplicates"):
+        assert len(got["dask"][folder]) == len(got["direct"][folder]), folder
+        for row, reference in zip(got["dask"][folder], got["direct"][folder], strict=True):
+            assert same(row, reference), (folder, row["id"])
+    for key in ("input_rows", "output_rows", "error_rows", "exact_duplicates", "against_removed"):
+        assert got["dask-summary"][key] == got["direct-summary"][key], key

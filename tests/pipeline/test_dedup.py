@@ -370,17 +370,3 @@ def test_against_of_another_dimension_is_a_launch_error(tmp_path):
     with pytest.raises(LaunchError, match=r"dimension 4, the --input embeddings have dimension 8"):
         run([*argv, "--against", str(tmp_path / "eval.parquet")])
     assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("runner", [["--runner", "dask"], ["--runner=DaskRunner"]])
-def test_dask_runner_is_refused_at_launch(tmp_path, runner, monkeypatch):
-    from clipbeam.pipeline import beam_options
-
-    # Importing the DaskRunner adds its options to Beam's for the rest of the session.
-    monkeypatch.setattr(beam_options, "_import_dask_runner", lambda: None)
-    ids, x, _, _ = planted(20, 8)
-    write(tmp_path / "in" / "a.parquet", ids, x)
-    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *runner]
-    with pytest.raises(LaunchError, match="clipbeam dedup does not run on Beam's DaskRunner"):
-        run(args)
-    assert not (tmp_path / "out").exists()
