@@ -7,9 +7,12 @@ import pyarrow as pa
 import pytest
 
 from tests.datasets import FAULTS, build_dataset
+from tests.pipeline import test_heads
 from tests.pipeline.jobtools import join, read_folder, read_json, run_job
+from tests.pipeline.test_heads import head_args
 
 distributed = pytest.importorskip("distributed")
+heads = test_heads.heads  # the fixture: heads of the published layouts
 
 ALL_FAULTS = dict.fromkeys(FAULTS, 1)
 # Floats may differ in the last bits: torch sums in another order with the workers' one thread.
@@ -187,6 +190,28 @@ def test_filter_top_fraction(clip_checkpoint, cluster_address, tmp_path):
         "--id-column", "id", "--top-fraction", "0.3",
     )  # fmt: skip
     assert summary["kept"] > 0 and summary["rejected"] > 0
+
+
+def test_filter_on_heads(clip_checkpoint, heads, cluster_address, tmp_path):
+    """Learned heads (LAION and Curator layouts, and clipbeam's own) as columns and as filter
+    rules, on top of --top-fraction: the DaskRunner's rows and counts per rule are the
+    DirectRunner's."""
+    import numpy as np
+
+    root, _ = heads
+    data = build_dataset(
+        tmp_path / "in", num_files=2, rows_per_file=8, row_group_size=3,
+        plant={"corrupt_image": 1}, seed=17,
+    )  # fmt: skip
+    probe = run_job("score", data.pattern, str(tmp_path / "probe"), clip_checkpoint,
+                    "--id-column", "id", *head_args(root))  # fmt: skip
+    median = float(np.median(probe.table("scores").column("aesthetic").to_numpy()))
+    summary = check_same_as_direct(
+        "filter", data, tmp_path, clip_checkpoint, cluster_address, ["kept", "rejected"],
+        "--id-column", "id", *head_args(root), "--min-head", f"aesthetic={median}",
+        "--top-fraction", "0.7",
+    )  # fmt: skip
+    assert summary["rejected_by_rule"]["min_head:aesthetic"] >= 1
 
 
 def test_a_killed_worker_loses_and_duplicates_nothing(clip_checkpoint, tmp_path):
