@@ -21,7 +21,8 @@ tiles. A cluster over ``--max-cluster-rows`` is split by a second-level k-means,
 ordinary large clusters but not a cluster of near copies of one image; a part still over the
 bound is dealt into chunks whose pairs are tiles on workers of their own
 (:mod:`clipbeam.transforms.dedup.tiles`), counted in ``groups_over_bound``. ``--against``: the
-reference set is a side input (:mod:`clipbeam.transforms.dedup.reference`). ``--model``: the
+reference set (embeddings, or images embedded with ``--model``) is a side input
+(:mod:`clipbeam.transforms.dedup.reference`). ``--model``: the
 input is raw images, embedded in the reading step (:mod:`clipbeam.transforms.dedup.embed`).
 Arguments and launch checks: :mod:`clipbeam.pipeline.dedup_launch`.
 """
@@ -78,7 +79,7 @@ class _WriteSummary(beam.DoFn):
     def __init__(self, spec: DedupSpec, schema: pa.Schema, inputs: Sequence[str], started: float):
         self.spec, self.schema, self.inputs, self.started = spec, schema, list(inputs), started
 
-    def process(self, stats: DedupStats, model, counts) -> Any:
+    def process(self, stats: DedupStats, model, counts, reference=None) -> Any:
         from clipbeam.transforms.process import EMPTY_ERRORS_FILE
         from clipbeam.transforms.redact import redact
 
@@ -137,6 +138,8 @@ class _WriteSummary(beam.DoFn):
         }
         if spec.model is not None:  # raw images, embedded by this model
             summary["model"] = redact(spec.model)
+        if reference is not None:  # (rows used, rows skipped: no usable embedding or image)
+            summary["reference"] = {"rows": reference[0], "skipped_rows": reference[1]}
         path = storage.join(spec.output, "summary.json")
         storage.write_atomic(path, (json.dumps(summary, indent=2, default=str) + "\n").encode())
         yield path
@@ -183,6 +186,13 @@ def build_dedup(
             | "WholeReference" >> beam.CombineGlobally(CombineReference())
         )
         sides.append(beam.pvalue.AsSingleton(reference))
+        reference_counts = [
+            beam.pvalue.AsSingleton(
+                reference | "ReferenceRows" >> beam.Map(lambda r: (len(r.ids), r.skipped))
+            )
+        ]
+    else:
+        reference_counts = []
     assigned = read[BATCHES_TAG] | "Assign" >> beam.Map(stages.assign_batch, *sides)
     counts = stages.cluster_counts(assigned, beam.pvalue.AsSingleton(model))
     final = model | "FitSplits" >> beam.ParDo(
@@ -221,6 +231,7 @@ def build_dedup(
         _WriteSummary(spec, schema, inputs, started_at),
         beam.pvalue.AsSingleton(final),
         beam.pvalue.AsSingleton(counts),
+        *reference_counts,
     )
 
 

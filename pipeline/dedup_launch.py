@@ -220,6 +220,15 @@ def build_parser(prog: str = "clipbeam dedup") -> _Parser:
         metavar="NAME",
         help="the reference set's embedding column",
     )
+    _add(
+        against,
+        "against-image-column",
+        type=_column_name,
+        default=None,
+        metavar="NAME",
+        help="the reference set's image column instead, embedded with --model as the --input "
+        "images are",
+    )
     return parser
 
 
@@ -249,6 +258,7 @@ def parse(argv: Sequence[str]) -> tuple[DedupSpec, list[str], list[str]]:
             against_eps=values["against_eps"],
             against_id_column=values["against_id_column"],
             against_embedding_column=values["against_embedding_column"],
+            against_image_column=values["against_image_column"],
             model=values["model"],
             device=values["device"],
             dtype=values["dtype"],
@@ -359,6 +369,8 @@ def _check_against(spec: DedupSpec) -> list[WorkUnit]:
         id_column=spec.against_id_column,
         image_column=None,
         keep_columns=(),
+        model=None,
+        against_image_column=None,
     )
     seen = set()
     for unit in units:
@@ -367,6 +379,9 @@ def _check_against(spec: DedupSpec) -> list[WorkUnit]:
         seen.add(unit.path)
         with storage.open_input(unit.path) as f:
             schema = pq.ParquetFile(f).schema_arrow
+        if spec.against_image_column is not None:
+            _check_reference_images(spec, schema, unit.path)
+            continue
         dim = check_schema(as_input, schema, unit.path, unit)
         if dim != spec.dim:
             raise LaunchError(
@@ -374,6 +389,27 @@ def _check_against(spec: DedupSpec) -> list[WorkUnit]:
                 f"embeddings have dimension {spec.dim}: both must come from one model"
             )
     return units
+
+
+def _check_reference_images(spec: DedupSpec, schema: pa.Schema, path: str) -> None:
+    """A reference file of images (``--against-image-column``): its id and image columns."""
+    from clipbeam.transforms.images import resolve_image_format
+
+    for option, name in (
+        ("--against-id-column", spec.against_id_column),
+        ("--against-image-column", spec.against_image_column),
+    ):
+        if name is not None and name not in schema.names:
+            raise LaunchError(
+                f"{option} {name!r} is not a column of {path} (its columns: "
+                f"{', '.join(schema.names)})"
+            )
+    try:
+        resolve_image_format(
+            spec.against_image_column, schema.field(spec.against_image_column).type
+        )
+    except ValueError as exc:
+        raise LaunchError(f"--against-image-column of {path}: {exc}") from None
 
 
 def _model_dim(spec: DedupSpec) -> int:

@@ -397,7 +397,8 @@ _TEMPLATE_HELP = {
     "keep_from": "Parquet on Cloud Storage the keep_columns are joined from by id (default: "
     "the input), e.g. the dataset embed read.",
     "against": "Embeddings of a reference set (an evaluation set) on Cloud Storage, e.g. "
-    "gs://bucket/eval/embeddings/*.parquet: rows near one of them are removed.",
+    "gs://bucket/eval/embeddings/*.parquet, or its images with against_image_column: rows near "
+    "one of them are removed.",
 }
 
 _DESCRIPTION = (

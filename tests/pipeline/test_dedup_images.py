@@ -3,7 +3,9 @@
 import json
 import pickle
 
+import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
 from clipbeam.pipeline.dedup import run
@@ -120,3 +122,64 @@ def test_model_without_image_column_and_a_bad_model_are_launch_errors(images):
                 "image",
             ]
         )
+
+
+def test_reference_images_equal_their_embed_output(images):
+    """--against-image-column: the reference set's images (here the input's first file, its
+    broken images included) are embedded with --model in the job. Every row's nearest reference
+    row and similarity equal those of --against over the `clipbeam embed` output of the same
+    images, and a reference image that fails is a skipped reference row."""
+    root, data = images
+    model = ("--model", "demo-clip", "--dtype", "float32", "--device", "cpu")
+    common = ["--image-column", "image", *model, *SEMDEDUP, "--against-eps", "0.01"]
+    reference = data.files[0]
+    run(
+        ["--input", data.pattern, "--output", str(root / "ref-raw"), *common,
+         "--against", reference, "--against-image-column", "image"]
+    )  # fmt: skip
+    embedded = str(root / "ref-embedded")
+    run_job(
+        "embed", reference, embedded, "demo-clip", "--id-column", "id", "--text-column", "none",
+        "--device", "cpu",
+    )  # fmt: skip
+    run(
+        ["--input", data.pattern, "--output", str(root / "ref-embeddings"), *common,
+         "--against", f"{embedded}/embeddings"]
+    )  # fmt: skip
+
+    raw = ds.dataset(root / "ref-raw" / "dedup").to_table().sort_by("id")
+    want = ds.dataset(root / "ref-embeddings" / "dedup").to_table().sort_by("id")
+    for name in ("id", "nearest_reference", "keep_against"):
+        assert raw.column(name).to_pylist() == want.column(name).to_pylist(), name
+    got = raw.column("max_reference_similarity").to_pylist()
+    for a, b in zip(got, want.column("max_reference_similarity").to_pylist(), strict=True):
+        assert abs(a - b) < 1e-5
+    in_reference = {r.id for r in data.good_rows if r.file_index == 0}
+    rows = {r["id"]: r for r in raw.to_pylist()}
+    assert len(in_reference) >= 5
+    for row_id in in_reference:  # an image of the reference set is its own nearest row
+        assert rows[row_id]["max_reference_similarity"] > 0.999
+        assert rows[row_id]["keep_against"] is False
+    summary = json.loads((root / "ref-raw" / "summary.json").read_text())
+    bad = sum(1 for r in data.bad_rows if r.file_index == 0)
+    assert bad >= 1
+    assert summary["reference"] == {"rows": len(in_reference), "skipped_rows": bad}
+    assert summary["against_removed"] >= len(in_reference)
+
+
+def test_reference_image_errors_are_launch_errors(images, tmp_path):
+    _, data = images
+    argv = ["--input", data.pattern, "--against", data.files[0]]
+    model = ["--model", "demo-clip", "--image-column", "image"]
+    with pytest.raises(LaunchError, match="embed the reference set with clipbeam embed"):
+        run([*argv, "--output", str(tmp_path / "a"), "--against-image-column", "image"])
+    with pytest.raises(LaunchError, match="--against-image-column 'picture' is not a column"):
+        run([*argv, "--output", str(tmp_path / "b"), *model, "--against-image-column", "picture"])
+    pq.write_table(pa.table({"id": ["e0"], "n": [1]}), tmp_path / "numbers.parquet")
+    numbers = ["--input", data.pattern, "--against", str(tmp_path / "numbers.parquet")]
+    with pytest.raises(LaunchError, match=r"--against-image-column of .*numbers\.parquet: "):
+        run([*numbers, "--output", str(tmp_path / "c"), *model, "--against-image-column", "n"])
+    with pytest.raises(LaunchError, match="give the reference set with --against"):
+        run(["--input", data.pattern, "--output", str(tmp_path / "d"), *model,
+             "--against-image-column", "image"])  # fmt: skip
+    assert not any((tmp_path / d).exists() for d in "abcd")

@@ -488,6 +488,9 @@ DEDUP_IMAGES = {
     "batch_size": ("7", "batch_size", 7),
     "device": ("cuda", "device", "cuda"),
     "dtype": ("float16", "dtype", "float16"),
+    # the reference set's images, embedded by the same model
+    "against": ("{root}/in", "against", ("{root}/in",)),
+    "against_image_column": ("image", "against_image_column", "image"),
 }
 
 

@@ -143,6 +143,11 @@ WITH = {
     "min_image_side": ["--min_score=0.1"],
     "min_head": ["--head=a=gs://bucket-a/heads/a"],
     "max_head": ["--head=a=gs://bucket-a/heads/a"],
+    "against_image_column": [
+        "--against=gs://bucket-a/ref/*.parquet",
+        "--model=gs://bucket-a/models/clip",
+        "--image_column=image",
+    ],
 }
 
 

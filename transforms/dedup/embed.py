@@ -1,4 +1,5 @@
-"""Raw images embedded in the reading step of dedup and search (``--model``).
+"""Raw images embedded in the reading step of dedup and search (``--model``), and the images of
+dedup's reference set (``--against-image-column``).
 
 The reader (:class:`clipbeam.transforms.dedup.read.ReadUnit`) takes either a column of
 embeddings or a column of images. With images, every record batch goes through the same
@@ -10,6 +11,7 @@ validation, decoding and model as ``clipbeam embed``
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 
 import numpy as np
@@ -23,7 +25,7 @@ from clipbeam.transforms.rows import encode_window
 from clipbeam.transforms.spec import JobSpec
 from clipbeam.transforms.units import WorkUnit, plain_batch
 
-__all__ = ["acquire", "embed_record", "image_job"]
+__all__ = ["acquire", "embed_record", "image_job", "reference_image_job"]
 
 
 def image_job(spec: DedupSpec) -> JobSpec:
@@ -41,6 +43,16 @@ def image_job(spec: DedupSpec) -> JobSpec:
         batch_size=spec.batch_size,
         device=spec.device,
         dtype=spec.dtype,
+    )
+
+
+def reference_image_job(spec: DedupSpec) -> JobSpec:
+    """The embed job of the reference set's images (``--against-image-column``): the input's
+    model and settings, the reference set's image and id columns."""
+    if spec.against_image_column is None:
+        raise ValueError("the reference set holds embeddings, not images")
+    return dataclasses.replace(
+        image_job(spec), image_column=spec.against_image_column, id_column=spec.against_id_column
     )
 
 

@@ -6,12 +6,17 @@ fit sample and one cluster group a worker holds (1M x 512 float32 is 2 GB). Each
 compared with it in blocks of reference rows (:func:`nearest_reference`): its largest cosine and
 that row's id. A row is removed (``keep_against`` false) when ``max_reference_similarity >=
 1 - against_eps``. Reference rows without a usable embedding are skipped and counted.
+
+With ``--against-image-column`` the reference set holds images: each record batch is embedded
+with the job's ``--model`` as the input's images are (:mod:`clipbeam.transforms.dedup.embed`),
+and a reference image that fails to decode is a skipped row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -39,18 +44,37 @@ class ReadReference(beam.DoFn):
 
     def __init__(self, spec: DedupSpec):
         self.spec = spec
+        self._job = None
+        self._encoder = None
+        if spec.against_image_column is not None:
+            from clipbeam.transforms.dedup import embed
+
+            self._job = embed.reference_image_job(spec)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_encoder": None}  # a copy loads its own model
+
+    def setup(self) -> None:
+        if self._job is not None and self._encoder is None:
+            from clipbeam.transforms.dedup import embed
+
+            self._encoder = embed.acquire(self.spec)
 
     def process(self, unit: WorkUnit) -> Iterator[Reference]:
         spec = self.spec
         id_column = spec.against_id_column
-        columns = [c for c in (id_column, spec.against_embedding_column) if c is not None]
+        vectors_column = spec.against_image_column or spec.against_embedding_column
+        columns = [c for c in (id_column, vectors_column) if c is not None]
         ids: list = []
         parts = []
         skipped, start = 0, 0
-        for record in iter_batches(unit, dict.fromkeys(columns), batch_size=4096):
-            matrix, rejected = embedding_matrix(
-                record.column(spec.against_embedding_column), spec.dim
-            )
+        for record in iter_batches(unit, dict.fromkeys(columns), batch_size=self._batch_rows()):
+            if self._job is not None:
+                from clipbeam.transforms.dedup import embed
+
+                matrix, rejected = embed.embed_record(record, self._job, self._encoder, unit)
+            else:
+                matrix, rejected = embedding_matrix(record.column(vectors_column), spec.dim)
             vectors, zero, _ = l2_normalize(matrix)
             bad = {r.index for r in rejected} | {int(i) for i in np.flatnonzero(zero)}
             good = [i for i in range(record.num_rows) if i not in bad]
@@ -64,6 +88,11 @@ class ReadReference(beam.DoFn):
             start += record.num_rows
         vectors = np.concatenate(parts) if parts else np.zeros((0, spec.dim), np.float32)
         yield Reference(ids, vectors, skipped)
+
+    def _batch_rows(self) -> int:
+        # Images: a few model batches per record (decoded one batch ahead of the model), not
+        # thousands of encoded images at once.
+        return 8 * self.spec.batch_size if self._job is not None else 4096
 
 
 class CombineReference(beam.CombineFn):

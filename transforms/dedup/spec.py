@@ -48,6 +48,8 @@ class DedupSpec:
         against_eps: a row is removed when ``max_reference_similarity >= 1 - against_eps``.
         against_id_column: the reference set's id column (``None``: ``"<file>:<row>"``).
         against_embedding_column: the reference set's embedding column.
+        against_image_column: the reference set's image column, embedded with ``model`` in the
+            job (then ``against_embedding_column`` is not read); ``None``: embeddings.
         model: with raw images as input, the checkpoint that embeds ``image_column`` in the
             reading step (``embedding_column`` is then not read); ``None``: embeddings as input.
         device: the device that model runs on (``"auto"``, ``"cpu"``, ``"cuda"``).
@@ -74,6 +76,7 @@ class DedupSpec:
     against_eps: float = 0.05
     against_id_column: str | None = "id"
     against_embedding_column: str = "image_embedding"
+    against_image_column: str | None = None
     model: str | None = None
     device: str = "auto"
     dtype: str = "float32"
@@ -95,6 +98,17 @@ class DedupSpec:
             problems.append(f"eps thresholds must differ (got {list(self.eps)})")
         if self.model is not None and self.image_column is None:
             problems.append("a model embeds images: name their column (--image-column)")
+        if self.against_image_column is not None and not self.against:
+            problems.append(
+                "--against-image-column names the reference set's image column: give the "
+                "reference set with --against"
+            )
+        elif self.against_image_column is not None and self.model is None:
+            problems.append(
+                "--against-image-column: the reference images are embedded with --model, the "
+                "model that embeds the --input images (--image-column); with an --input of "
+                "embeddings, embed the reference set with clipbeam embed and pass its embeddings"
+            )
         for name in (
             "clusters",
             "fit_rows",
