@@ -6,6 +6,11 @@ likes. :class:`FetchDeadline` gives urllib connections that draw their connect t
 time left, and a watchdog that shuts every socket of the fetch down when the time is up, so any
 read blocked in ``http.client`` (status line, headers, body, the next hop's handshake) returns at
 once. The caller then reports the row as timed out (:attr:`FetchDeadline.expired`).
+
+Resolving a host name is a wait of its own that no socket timeout covers (``getaddrinfo`` asks
+the system resolver, whose retries can take tens of seconds): it runs on a thread of its own, and
+the fetch waits for it only as long as the time left (:meth:`FetchDeadline.resolve`). A
+connection then goes to each resolved address in turn, as ``socket.create_connection`` does.
 """
 
 from __future__ import annotations
@@ -71,6 +76,53 @@ class FetchDeadline:
         sock.close()
         raise TimeoutError(f"the fetch took more than {self.seconds:g} s")
 
+    def resolve(self, host: str, port: int) -> list[tuple]:
+        """``getaddrinfo(host, port)`` for a stream socket, within the time left.
+
+        Raises:
+            TimeoutError: the resolver did not answer in time (its thread is left to finish).
+            OSError: the resolver's own failure (``socket.gaierror``).
+        """
+        answer: dict[str, Any] = {}
+        done = threading.Event()
+
+        def ask() -> None:
+            try:
+                answer["addresses"] = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+            except OSError as exc:
+                answer["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=ask, name="clipbeam-resolve", daemon=True).start()
+        if not done.wait(self.remaining()):
+            self.expired = True
+            raise TimeoutError(f"the fetch took more than {self.seconds:g} s")
+        if "error" in answer:
+            raise answer["error"]
+        return answer["addresses"]
+
+    def connect(self, address: tuple[str, int], source: Any = None) -> socket.socket:
+        """A connection to ``address`` (host, port), resolved and connected within the time
+        left, registered with :meth:`watch`."""
+        host, port = address
+        failure: OSError | None = None
+        for family, kind, proto, _, target in self.resolve(host, port):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(self.remaining())
+                if source is not None:
+                    sock.bind(source)
+                sock.connect(target)
+            except OSError as exc:
+                sock.close()
+                if isinstance(exc, TimeoutError) or self.expired:
+                    raise
+                failure = exc
+                continue
+            return self.watch(sock)
+        raise failure if failure is not None else OSError("the host name resolved to nothing")
+
     def _expire(self) -> None:
         with self._lock:
             self.expired = True
@@ -93,7 +145,7 @@ def _connection(base: type[http.client.HTTPConnection], deadline: FetchDeadline)
             self.timeout = deadline.remaining()  # the connect (and each wait) gets what is left
 
             def create(address: Any, timeout: Any = None, source: Any = None) -> socket.socket:
-                return deadline.watch(socket.create_connection(address, timeout, source))
+                return deadline.connect(address, source)
 
             self._create_connection = create
             super().connect()

@@ -23,6 +23,10 @@ Which promise each test holds:
 - ``test_one_deadline_covers_status_line_headers_and_redirects``: ``--http-timeout`` bounds the
   whole fetch: a status line or headers trickled a byte at a time, and 9 slow redirects, are cut
   off at the deadline (loopback servers).
+- ``test_the_deadline_covers_resolving_the_host_name``: A resolver answering after 5 s is cut off
+  at a 1 s ``--http-timeout``; one answering in time fetches.
+- ``test_each_resolved_address_is_tried_in_turn``: An address refusing the connection is followed
+  by the next one the host name resolved to.
 - ``test_fetches_within_the_deadline_still_work``: Redirect chains within the deadline still fetch;
   no watchdog thread outlives its fetch.
 - ``test_absurd_model_sizes_are_refused_before_anything_is_built``, ``test_real_model_sizes_pass``:
@@ -38,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import io
+import socket
 import struct
 import threading
 import time
@@ -359,6 +364,54 @@ def test_fetches_within_the_deadline_still_work(slow_server):
     for _ in range(20):  # the watchdog of each fetch is gone with the fetch
         read_limited(slow_server + "/hop/0", Limits(fetch_timeout=5.0))
     assert threading.active_count() <= threads + 1
+
+
+@pytest.fixture
+def resolver(monkeypatch):
+    """The system resolver, with host names of this test's own: ``slow.test`` answers after
+    ``delay`` seconds, ``fallback.test`` first with a loopback port nobody listens on;
+    both then with the port asked for on 127.0.0.1. Every other name is resolved as usual."""
+    real = socket.getaddrinfo
+    state = {"delay": 0.0, "closed_port": None}
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host == "slow.test":
+            time.sleep(state["delay"])
+            return real("127.0.0.1", port, *args, **kwargs)
+        if host == "fallback.test":
+            closed = real("127.0.0.1", state["closed_port"], *args, **kwargs)
+            return closed + real("127.0.0.1", port, *args, **kwargs)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return state
+
+
+def test_the_deadline_covers_resolving_the_host_name(slow_server, resolver):
+    """A resolver that answers late (the system's retries take tens of seconds) is cut off at
+    the fetch's deadline, like any other wait; one that answers in time fetches."""
+    port = slow_server.rsplit(":", 1)[1]
+    resolver["delay"] = 5.0
+    start = time.monotonic()
+    with pytest.raises(RowError) as info:
+        read_limited(f"http://slow.test:{port}/hop/0", Limits(fetch_timeout=1.0))
+    elapsed = time.monotonic() - start
+    assert "took more than --http-timeout 1 s" in info.value.message
+    assert elapsed < 1.8, elapsed  # without the bound: 5 s
+    resolver["delay"] = 0.2
+    data = read_limited(f"http://slow.test:{port}/hop/0", Limits(fetch_timeout=5.0))
+    assert decode_image(data).size == (5, 5)
+
+
+def test_each_resolved_address_is_tried_in_turn(slow_server, resolver):
+    """As socket.create_connection does: an address that refuses the connection is followed by
+    the next one the name resolved to."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        resolver["closed_port"] = probe.getsockname()[1]  # bound, not listening: refused
+        port = slow_server.rsplit(":", 1)[1]
+        data = read_limited(f"http://fallback.test:{port}/hop/0", Limits(fetch_timeout=5.0))
+    assert decode_image(data).size == (5, 5)
 
 
 # -- sizes in config.json and preprocessor_config.json ---------------------------------------------
