@@ -11,7 +11,11 @@
 3. ``job``: ``clipbeam dedup`` on the DirectRunner over ``--rows`` embeddings of which 30% sit in
    one hot cluster (near copies of one direction): rows/s, the largest cluster, how it was
    split, the largest group written, the k-means fit time and inertia.
-4. ``rss``: the same job in a fresh process for each of ``--rss-rows``: its peak RSS.
+4. ``rss``: the same job in a fresh process for each of ``--rss-rows``: the peak RSS of the
+   in-memory DirectRunner's one process, and in multi_processing mode of its runner process
+   (which holds every grouped row) and of its largest worker process (which also queues what
+   the runner streams to it), and of each step that holds rows, traced (the fit, a cluster
+   group, a tile).
 
 ``python -m benchmarks.bench_dedup --only cluster,fit`` runs some of them; each prints the
 machine first. The job's rows/s feed ``python -m templates.plan --dedup-rows-per-core``.
@@ -139,21 +143,26 @@ def _write_input(folder: Path, rows: int, dim: int) -> None:
         )
 
 
-def bench_job(rows: int, dim: int, clusters: int, bound: int) -> None:
+def _run_job(folder: Path, out: Path, rows: int, clusters: int, bound: int, *beam: str) -> float:
+    """``clipbeam dedup`` over ``folder``; its seconds."""
     from clipbeam.pipeline.dedup import run
 
+    start = time.perf_counter()
+    run(
+        [
+            "--input", str(folder), "--output", str(out), "--clusters", str(clusters),
+            "--max-cluster-rows", str(bound), "--fit-rows", str(min(rows, 100_000)), *beam,
+        ]
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
+def bench_job(rows: int, dim: int, clusters: int, bound: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
         _write_input(folder, rows, dim)
         out = Path(tmp) / "out"
-        start = time.perf_counter()
-        run(
-            [
-                "--input", str(folder), "--output", str(out), "--clusters", str(clusters),
-                "--max-cluster-rows", str(bound), "--fit-rows", str(min(rows, 100_000)),
-            ]
-        )  # fmt: skip
-        seconds = time.perf_counter() - start
+        seconds = _run_job(folder, out, rows, clusters, bound)
         summary = json.loads((out / "summary.json").read_text())
     print(
         f"dedup job, {rows} x {dim}, 30% in one cluster, --clusters {clusters} "
@@ -165,25 +174,99 @@ def bench_job(rows: int, dim: int, clusters: int, bound: int) -> None:
     )
 
 
-def bench_rss(sizes: list[int], dim: int, clusters: int, bound: int) -> None:
-    """The job in a fresh process per size; each child's peak RSS (``ru_maxrss``)."""
-    peaks = []
+# The job's own processes: the DirectRunner's SDK workers, apart from the runner that holds
+# every grouped row (Dataflow's Shuffle service holds them there).
+_WORKERS = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+# The steps that hold rows: the fit (its sample), the second-level fits, a cluster group, a tile.
+_STEPS = (
+    ("clipbeam.transforms.dedup.stages", "Fit"),
+    ("clipbeam.transforms.dedup.stages", "FitSplits"),
+    ("clipbeam.transforms.dedup.stages", "DedupGroup"),
+    ("clipbeam.transforms.dedup.tiles", "Tile"),
+)
+
+
+def traced_steps() -> dict[str, float]:
+    """Wraps each step of ``_STEPS`` so that its calls record their peak of traced memory
+    (``tracemalloc``: Python and NumPy allocations made during the call, whatever it got as
+    input before); returns the dict of largest peaks in MiB, filled as the job runs."""
+    import importlib
+
+    peaks: dict[str, float] = {}
+    tracemalloc.start()
+
+    def wrap(name: str, process):
+        def traced(self, *args, **kwargs):
+            before, _ = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            yield from process(self, *args, **kwargs)
+            peak = (tracemalloc.get_traced_memory()[1] - before) / 2**20
+            peaks[name] = max(peaks.get(name, 0.0), peak)
+
+        return traced
+
+    for module, name in _STEPS:
+        step = getattr(importlib.import_module(module), name)
+        step.process = wrap(name, step.process)
+    return peaks
+
+
+_CHILD = """
+import json, resource
+from pathlib import Path
+from benchmarks.bench_dedup import _run_job, traced_steps
+peaks = traced_steps() if {traced} else {{}}
+seconds = _run_job(Path({folder!r}), Path({out!r}), {rows}, {clusters}, {bound}, *{beam!r})
+usage = resource.getrusage
+print("bench-result", json.dumps({{
+    "own": usage(resource.RUSAGE_SELF).ru_maxrss / 2**10,
+    "children": usage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**10,
+    "seconds": seconds, "steps": peaks,
+}}))
+"""
+
+
+def bench_rss(sizes: list[int], dim: int, clusters: int, bound: int, modes: list[str]) -> None:
+    """Per size, the job alone in a fresh process (its input written beforehand by this one).
+
+    Modes: ``in_memory``, the peak RSS of the in-memory DirectRunner's one process;
+    ``multi_processing``, of the runner process and of the largest worker process (``ru_maxrss``
+    of the process and of its children); ``traced``, the in-memory run with each row-holding
+    step's largest call peak (:func:`traced_steps`: what the job itself holds, apart from what
+    the runner buffers)."""
+    results: dict[str, list[float]] = {}
     for rows in sizes:
-        code = (
-            "import resource, sys; from benchmarks.bench_dedup import bench_job; "
-            f"bench_job({rows}, {dim}, {clusters}, {bound}); "
-            "print('peak-rss-kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp) / "in"
+            _write_input(folder, rows, dim)
+            for mode in modes:
+                beam = list(_WORKERS) if mode == "multi_processing" else []
+                code = _CHILD.format(
+                    traced=mode == "traced", folder=str(folder), out=str(Path(tmp) / mode),
+                    rows=rows, clusters=clusters, bound=bound, beam=beam,
+                )  # fmt: skip
+                done = subprocess.run(
+                    [sys.executable, "-c", code], capture_output=True, text=True, check=True
+                )
+                line = next(x for x in done.stdout.splitlines() if x.startswith("bench-result"))
+                got = json.loads(line.split(" ", 1)[1])
+                if mode == "in_memory":
+                    shown = {"in-memory DirectRunner process": got["own"]}
+                elif mode == "multi_processing":
+                    shown = {"runner process": got["own"], "largest worker": got["children"]}
+                else:
+                    shown = {f"step {k} (traced)": v for k, v in sorted(got["steps"].items())}
+                for name, mib in shown.items():
+                    results.setdefault(name, []).append(mib)
+                figures = ", ".join(f"{name} {mib:.0f} MiB" for name, mib in shown.items())
+                print(f"peak, {rows} x {dim}, {mode} ({got['seconds']:.0f} s): {figures}",
+                      flush=True)  # fmt: skip
+    for name, values in results.items():
+        ratio = values[-1] / values[0] if values[0] else float("inf")
+        print(
+            f"peak of the {name} from {sizes[0]} to {sizes[-1]} rows: {ratio:.2f}x "
+            f"({'flat within 10%' if ratio <= 1.1 else 'not flat'})"
         )
-        done = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, check=True
-        )
-        line = next(x for x in done.stdout.splitlines() if x.startswith("peak-rss-kib"))
-        peaks.append(int(line.split()[1]) / 2**10)
-        print(f"peak RSS, {rows} x {dim}: {peaks[-1]:.0f} MiB", flush=True)
-    print(
-        f"peak RSS from {sizes[0]} to {sizes[-1]} rows: {peaks[-1] / peaks[0]:.2f}x "
-        f"({'flat within 10%' if peaks[-1] <= 1.1 * peaks[0] else 'not flat'})"
-    )
 
 
 def _machine() -> str:
@@ -218,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clusters", type=int, default=50)
     parser.add_argument("--max-cluster-rows", type=int, default=10_000)
     parser.add_argument("--rss-rows", default="100000,250000", help="comma-separated sizes")
+    parser.add_argument(
+        "--rss-modes", default="in_memory,multi_processing,traced", help="see bench_rss"
+    )
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     print(_machine(), flush=True)
@@ -229,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_job(args.rows, args.job_dim, args.clusters, args.max_cluster_rows)
     if "rss" in only:
         sizes = [int(n) for n in args.rss_rows.split(",")]
-        bench_rss(sizes, args.job_dim, args.clusters, args.max_cluster_rows)
+        modes = args.rss_modes.split(",")
+        bench_rss(sizes, args.job_dim, args.clusters, args.max_cluster_rows, modes)
 
 
 if __name__ == "__main__":
