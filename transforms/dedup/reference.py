@@ -21,6 +21,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
+from clipbeam.transforms.dedup.read import record_rows
 from clipbeam.transforms.dedup.spec import DedupSpec
 from clipbeam.transforms.embeddings import embedding_matrix, l2_normalize
 from clipbeam.transforms.units import WorkUnit, iter_batches
@@ -68,7 +69,8 @@ class ReadReference(beam.DoFn):
         ids: list = []
         parts = []
         skipped, start = 0, 0
-        for record in iter_batches(unit, dict.fromkeys(columns), batch_size=self._batch_rows()):
+        rows = record_rows(spec.batch_size, self._job is not None)
+        for record in iter_batches(unit, dict.fromkeys(columns), batch_size=rows):
             if self._job is not None:
                 from clipbeam.transforms.dedup import embed
 
@@ -88,11 +90,6 @@ class ReadReference(beam.DoFn):
             start += record.num_rows
         vectors = np.concatenate(parts) if parts else np.zeros((0, spec.dim), np.float32)
         yield Reference(ids, vectors, skipped)
-
-    def _batch_rows(self) -> int:
-        # Images: a few model batches per record (decoded one batch ahead of the model), not
-        # thousands of encoded images at once.
-        return 8 * self.spec.batch_size if self._job is not None else 4096
 
 
 class CombineReference(beam.CombineFn):
