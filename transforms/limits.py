@@ -450,31 +450,21 @@ def _read_fsspec(location: str, limits: Limits) -> bytes:
     from clipbeam.transforms import storage
 
     shown = redact_url(location)
-    deadline = time.monotonic() + limits.fetch_timeout
     try:
-        with storage.open_input(location, timeout=limits.fetch_timeout) as f:
-            size = getattr(f, "size", None)
-            if isinstance(size, int) and size > limits.max_image_bytes:
-                raise _too_large(shown, limits, size)
-            chunks: list[bytes] = []
-            received = 0
-            while received <= limits.max_image_bytes:
-                if time.monotonic() > deadline:
-                    raise _timed_out(shown, limits)
-                chunk = f.read(min(_CHUNK_BYTES, limits.max_image_bytes + 1 - received))
-                if not chunk:
-                    break
-                received += len(chunk)
-                chunks.append(chunk)
+        size, data = storage.read_within(location, limits.max_image_bytes, limits.fetch_timeout)
     except FileNotFoundError:
         raise RowError("missing_image", f"no image at {shown}") from None
+    except TimeoutError:
+        raise _timed_out(shown, limits) from None
     except _remote_read_errors() as exc:
         raise RowError(
             "unreadable_image", f"reading {shown} failed: {_describe_failure(exc)}"
         ) from None
-    if received > limits.max_image_bytes:
+    if data is None:
+        raise _too_large(shown, limits, size)
+    if len(data) > limits.max_image_bytes:
         raise _too_large(shown, limits)
-    return b"".join(chunks)
+    return data
 
 
 @functools.cache

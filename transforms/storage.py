@@ -36,6 +36,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from typing import IO, Any
@@ -370,6 +371,52 @@ def file_version(f: IO[bytes], path: str) -> str:
         if details.get(key) not in (None, ""):
             return f"size={size},{key.lower()}={details[key]}"
     return f"size={size}"
+
+
+def read_within(path: str, limit: int, seconds: float) -> tuple[int | None, bytes | None]:
+    """A remote object's first ``limit + 1`` bytes, all requests (retries included) within one
+    deadline of ``seconds``.
+
+    Returns ``(size, data)``: the object's size as listed (``None`` where the store does not
+    say), and its bytes, or ``None`` when the listed size is already over ``limit`` (nothing is
+    downloaded). On an asynchronous filesystem (gcsfs, HTTP) the whole read is one task that is
+    cancelled at the deadline; other filesystems read in chunks, checking the deadline between
+    them.
+
+    Raises:
+        TimeoutError: the deadline passed (fsspec's ``FSTimeoutError`` is one).
+        FileNotFoundError: there is no such object.
+    """
+    from fsspec.asyn import AsyncFileSystem, sync
+
+    fs = _fsspec_filesystem(path, seconds)
+    if isinstance(fs, AsyncFileSystem):
+
+        async def read() -> tuple[int | None, bytes | None]:
+            size = (await fs._info(path)).get("size")
+            if isinstance(size, int) and size > limit:
+                return size, None
+            return size, await fs._cat_file(path, start=0, end=limit + 1)
+
+        return sync(fs.loop, read, timeout=seconds)
+    expires = time.monotonic() + seconds
+    with fs.open(path, "rb") as f:
+        size = getattr(f, "size", None)
+        if isinstance(size, int) and size > limit:
+            return size, None
+        chunks, received = [], 0
+        while received <= limit:
+            if time.monotonic() > expires:
+                raise TimeoutError(f"reading took more than {seconds:g} s")
+            chunk = f.read(min(_READ_CHUNK, limit + 1 - received))
+            if not chunk:
+                break
+            received += len(chunk)
+            chunks.append(chunk)
+    return size, b"".join(chunks)
+
+
+_READ_CHUNK = 1024 * 1024
 
 
 def read_bytes(path: str, *, timeout: float | None = None) -> bytes:

@@ -27,6 +27,9 @@ Which promise each test holds:
   at a 1 s ``--http-timeout``; one answering in time fetches.
 - ``test_each_resolved_address_is_tried_in_turn``: An address refusing the connection is followed
   by the next one the host name resolved to.
+- ``test_one_deadline_covers_every_request_of_a_gs_read``: A gs:// read whose two requests are
+  each answered just inside ``--http-timeout`` is cut off at it (one cancelled task for all of
+  them, on a loopback server speaking GCS's JSON API).
 - ``test_fetches_within_the_deadline_still_work``: Redirect chains within the deadline still fetch;
   no watchdog thread outlives its fetch.
 - ``test_absurd_model_sizes_are_refused_before_anything_is_built``, ``test_real_model_sizes_pass``:
@@ -42,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import io
+import json
 import socket
 import struct
 import threading
@@ -412,6 +416,57 @@ def test_each_resolved_address_is_tried_in_turn(slow_server, resolver):
         port = slow_server.rsplit(":", 1)[1]
         data = read_limited(f"http://fallback.test:{port}/hop/0", Limits(fetch_timeout=5.0))
     assert decode_image(data).size == (5, 5)
+
+
+@pytest.fixture
+def slow_gcs(monkeypatch):
+    """A loopback server answering the two GCS JSON API requests of an object read (its
+    metadata, then its bytes), each after ``delay`` seconds; ``STORAGE_EMULATOR_HOST`` sends
+    gcsfs there for the test."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (5, 5), (0, 90, 0)).save(buffer, "PNG")
+    body = buffer.getvalue()
+    state = {"delay": 0.0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            time.sleep(state["delay"])
+            if "alt=media" in self.path:
+                data, kind = body, "application/octet-stream"
+            else:
+                meta = {"kind": "storage#object", "bucket": "b", "name": "img.png",
+                        "size": str(len(body)), "generation": "1", "contentType": "image/png",
+                        "updated": "2026-01-01T00:00:00Z"}  # fmt: skip
+                data, kind = json.dumps(meta).encode(), "application/json"
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    with serve_http(Handler) as url:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+        yield state
+
+
+def test_one_deadline_covers_every_request_of_a_gs_read(slow_gcs):
+    """A gs:// image is read within one --http-timeout for all its requests (metadata, bytes,
+    gcsfs's retries): two requests each answered just inside the timeout overran it before."""
+    data = read_limited("gs://b/img.png", Limits(fetch_timeout=5.0))
+    assert decode_image(data).size == (5, 5)
+    slow_gcs["delay"] = 0.85
+    start = time.monotonic()
+    with pytest.raises(RowError) as info:
+        read_limited("gs://b/img.png", Limits(fetch_timeout=1.0))
+    elapsed = time.monotonic() - start
+    assert "took more than --http-timeout 1 s" in info.value.message
+    assert elapsed < 1.4, elapsed  # without the one deadline: 1.7 s (two requests of 0.85 s)
 
 
 # -- sizes in config.json and preprocessor_config.json ---------------------------------------------
