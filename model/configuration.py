@@ -217,6 +217,13 @@ class BaseConfig:
 
     # -- serialisation --------------------------------------------------------------------------
 
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> Any:
+        """The text tower's config: ``text_config`` of a two-tower config, else this config (as
+        transformers' ``get_text_config``; ``decoder`` / ``encoder`` are accepted, and change
+        nothing for these encoder-only models)."""
+        text = self.__dict__.get("text_config")
+        return text if isinstance(text, BaseConfig) else self
+
     def to_dict(self) -> dict[str, Any]:
         """The ``config.json`` content: every field, the kept unknown keys and ``model_type``."""
         out: dict[str, Any] = dict(self.extra)

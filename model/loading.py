@@ -70,6 +70,15 @@ class PreTrainedModel(EmbeddingsMixin):
     ignored_checkpoint_keys: ClassVar[tuple[str, ...]] = ()
     # The family's renaming table: (regular expression, replacement) for legacy key names.
     checkpoint_renames: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # transformers' class attributes that code written for it reads: the input a model is
+    # called with first, and the family's name for its base model.
+    main_input_name: ClassVar[str] = "input_ids"
+    base_model_prefix: ClassVar[str] = "clip"
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """Whether the model generates text (``model.generate``): never, for these encoders."""
+        return False
 
     @classmethod
     def explain_missing(cls, missing: list[str]) -> str:

@@ -10,6 +10,8 @@ layers run the attention and layer loop shared with CLIP (:mod:`clipbeam.model.a
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -242,6 +244,8 @@ class ChineseCLIPTextPooler(nn.Module):
 class ChineseCLIPTextModel(PreTrainedModel):
     """The BERT text tower of Chinese-CLIP, without projection."""
 
+    base_model_prefix: ClassVar[str] = "chinese_clip"
+
     config_class = ChineseCLIPTextConfig
     checkpoint_prefix = "text_model."
     input_embeddings_name = "embeddings.word_embeddings"
@@ -343,11 +347,15 @@ class ChineseCLIPTextModel(PreTrainedModel):
 class ChineseCLIPVisionModel(CLIPVisionModel):
     """The ViT image tower of Chinese-CLIP: CLIP's, with its own config class."""
 
+    base_model_prefix: ClassVar[str] = "chinese_clip"
+
     config_class = ChineseCLIPVisionConfig
 
 
 class ChineseCLIPModel(PreTrainedModel):
     """BERT text tower and ViT image tower projected into one space, with a logit scale."""
+
+    base_model_prefix: ClassVar[str] = "chinese_clip"
 
     config_class = ChineseCLIPConfig
     # Hub checkpoints carry the BERT pooler the original training code had; this model pools

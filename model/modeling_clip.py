@@ -16,7 +16,7 @@ The image tower and the two-tower scoring here are shared with Chinese-CLIP
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -257,6 +257,8 @@ class CLIPVisionEmbeddings(nn.Module):
 class CLIPVisionModel(PreTrainedModel):
     """The ViT image tower, pooled at the class token after ``post_layernorm``."""
 
+    main_input_name: ClassVar[str] = "pixel_values"
+
     config_class = CLIPVisionConfig
     checkpoint_prefix = "vision_model."
     input_embeddings_name = "embeddings.patch_embedding"
@@ -317,6 +319,8 @@ class CLIPVisionModel(PreTrainedModel):
 class CLIPTextModelWithProjection(PreTrainedModel):
     """The text tower plus ``text_projection``: unnormalized text embeddings."""
 
+    base_model_prefix: ClassVar[str] = "text_model"
+
     config_class = CLIPTextConfig
     embeddings_owner = "text_model"
     ignored_checkpoint_keys = (r"vision_model\..*", r"visual_projection\.weight", "logit_scale")
@@ -357,6 +361,9 @@ class CLIPTextModelWithProjection(PreTrainedModel):
 
 class CLIPVisionModelWithProjection(PreTrainedModel):
     """The image tower plus ``visual_projection``: unnormalized image embeddings."""
+
+    main_input_name: ClassVar[str] = "pixel_values"
+    base_model_prefix: ClassVar[str] = "vision_model"
 
     config_class = CLIPVisionConfig
     embeddings_owner = "vision_model"

@@ -174,3 +174,37 @@ def test_get_text_features_honours_config_return_dict(hf_checkpoint, variant):
     assert isinstance(got, tuple) and len(got) == len(expected)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b)
+
+
+MODEL_CLASSES = [
+    "CLIPTextModel",
+    "CLIPVisionModel",
+    "CLIPTextModelWithProjection",
+    "CLIPVisionModelWithProjection",
+    "CLIPModel",
+    "ChineseCLIPTextModel",
+    "ChineseCLIPVisionModel",
+    "ChineseCLIPModel",
+]
+
+
+@pytest.mark.parametrize("name", MODEL_CLASSES)
+def test_class_attributes_that_ported_code_reads(name):
+    """``main_input_name``, ``base_model_prefix`` and ``can_generate()`` (what generic code such
+    as transformers' own common tests and trainers ask a model class), on the class and on an
+    instance, as transformers gives them."""
+    ref, ours = getattr(transformers, name), getattr(cm, name)
+    assert ours.main_input_name == ref.main_input_name
+    assert ours.base_model_prefix == ref.base_model_prefix
+    assert ours.can_generate() is ref.can_generate() is False
+
+
+@pytest.mark.parametrize("name", CONFIG_CLASSES)
+def test_get_text_config(name):
+    """A two-tower config gives its text config; a tower's config gives itself."""
+    ref, ours = getattr(transformers, name)(), getattr(cm, name)()
+    got, expected = ours.get_text_config(), ref.get_text_config()
+    assert type(got).__name__ == type(expected).__name__
+    assert (got is ours) == (expected is ref)
+    assert got.to_dict() == {k: v for k, v in expected.to_dict().items() if k in got.to_dict()}
+    assert ours.get_text_config(decoder=False) is got
