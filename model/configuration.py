@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import field, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -93,6 +93,16 @@ class BaseConfig:
         if name in _TRANSFORMERS_DEFAULTS:
             return _TRANSFORMERS_DEFAULTS[name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __iter__(self) -> Iterator[str]:
+        """The config's attribute names (``for key in config``, ``"key" in config``), as
+        transformers iterates a config: its fields, the kept unknown keys, and the attributes
+        every transformers config has (``return_dict``, ``id2label``...)."""
+        names = [f.name for f in fields(self) if f.name != "extra"]
+        yield from dict.fromkeys([*names, *self.extra, *_TRANSFORMERS_DEFAULTS])
+
+    def __contains__(self, name: object) -> bool:
+        return name in set(self)
 
     @property
     def num_labels(self) -> int:

@@ -208,3 +208,20 @@ def test_get_text_config(name):
     assert (got is ours) == (expected is ref)
     assert got.to_dict() == {k: v for k, v in expected.to_dict().items() if k in got.to_dict()}
     assert ours.get_text_config(decoder=False) is got
+
+
+@pytest.mark.parametrize("name", CONFIG_CLASSES)
+def test_a_config_iterates_over_its_attribute_names(name):
+    """``for key in config`` and ``"key" in config``, as generic code walks a config (to zero
+    every ``*_range`` initializer, say): every public name transformers yields that clipbeam's
+    config has is yielded too, and setting each through the loop works."""
+    ref, ours = getattr(transformers, name)(my_setting=1), getattr(cm, name)(my_setting=1)
+    public = {k for k in ref if not k.startswith("_")}
+    assert {k for k in public if hasattr(ours, k)} <= set(ours)
+    assert "my_setting" in ours and "my_setting" in ref
+    assert "no_such_key" not in ours and "no_such_key" not in ref
+    for key in list(ours):
+        if "_range" in key or "initializer_factor" in key:
+            setattr(ours, key, 1e-10)
+            setattr(ref, key, 1e-10)
+            assert getattr(ours, key) == getattr(ref, key) == 1e-10
