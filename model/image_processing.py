@@ -342,6 +342,12 @@ class CLIPImageProcessor:
             PROCESSOR_CONFIG,
         )
 
+    @classmethod
+    def from_json_file(cls, json_file: str | os.PathLike) -> CLIPImageProcessor:
+        """Builds a processor from a JSON file of options (what :meth:`to_json_file` or
+        transformers' ``to_json_file`` writes)."""
+        return cls.from_dict(_read_json(Path(json_file)))
+
     def to_dict(self) -> dict[str, Any]:
         """The options as a ``preprocessor_config.json`` dict (dict layout for sizes)."""
         out: dict[str, Any] = dict(self.extra_config)

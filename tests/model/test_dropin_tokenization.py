@@ -171,6 +171,12 @@ def test_processor_component_replaced_and_serialised(request, family, tmp_path):
     assert again.to_dict() == default.image_processor.to_dict()
     ref_again = transformers.AutoImageProcessor.from_pretrained(tmp_path)
     assert ref_again.crop_size.height == default.image_processor.crop_size["height"]
+    # from_json_file reads what either library's to_json_file wrote
+    ours_file = type(default.image_processor).from_json_file(target)
+    assert ours_file.to_dict() == default.image_processor.to_dict()
+    ref.image_processor.to_json_file(tmp_path / "theirs.json")
+    theirs = type(default.image_processor).from_json_file(tmp_path / "theirs.json")
+    assert theirs.to_dict() == default.image_processor.to_dict()
 
 
 def test_four_channel_images_match_transformers():
