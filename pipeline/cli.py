@@ -9,6 +9,7 @@ it turns a :class:`~clipbeam.pipeline.options.LaunchError` into one line on stde
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -16,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from clipbeam.pipeline.arguments import parse_args
@@ -197,24 +198,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(sys.argv[1:] if argv is None else list(argv))
 
 
-class _progress_lines:
+@contextlib.contextmanager
+def _progress_lines() -> Iterator[None]:
     """Gives the clipbeam logger a handler on this call's stderr while ``main`` runs (Beam
     configures the root logger itself), and takes it away again: a caller that runs ``main``
     in its own process (a notebook, a test) keeps its logging as it was, and no handler is
     left writing to a stream that was since closed."""
-
-    def __enter__(self) -> None:
-        self._saved = (list(_log.handlers), _log.level, _log.propagate)
-        if not _log.handlers:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("clipbeam: %(message)s"))
-            _log.addHandler(handler)
-            _log.setLevel(logging.INFO)
-            _log.propagate = False
-
-    def __exit__(self, *exc: object) -> None:
-        _log.handlers[:], saved_level, _log.propagate = self._saved
-        _log.setLevel(saved_level)
+    saved = (list(_log.handlers), _log.level, _log.propagate)
+    if not _log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("clipbeam: %(message)s"))
+        _log.addHandler(handler)
+        _log.setLevel(logging.INFO)
+        _log.propagate = False
+    try:
+        yield
+    finally:
+        _log.handlers[:], level, _log.propagate = saved
+        _log.setLevel(level)
 
 
 def _main(args: list[str]) -> int:

@@ -273,16 +273,13 @@ def parse(argv: Sequence[str]) -> tuple[DedupSpec, list[str], list[str]]:
 
 def check_schema(spec: DedupSpec, schema: pa.Schema, path: str, unit: WorkUnit) -> int:
     """The embedding dimension of one file; every other column checked."""
-    for option, name in (
+    _check_columns(
+        schema,
+        path,
         ("--id-column", spec.id_column),
         ("--image-column", spec.image_column),
         *(("--keep-columns", k) for k in spec.keep_columns),
-    ):
-        if name is not None and name not in schema.names:
-            raise LaunchError(
-                f"{option} {name!r} is not a column of {path} (its columns: "
-                f"{', '.join(schema.names)})"
-            )
+    )
     if spec.model is not None:
         from clipbeam.transforms.images import resolve_image_format
 
@@ -391,19 +388,26 @@ def _check_against(spec: DedupSpec) -> list[WorkUnit]:
     return units
 
 
-def _check_reference_images(spec: DedupSpec, schema: pa.Schema, path: str) -> None:
-    """A reference file of images (``--against-image-column``): its id and image columns."""
-    from clipbeam.transforms.images import resolve_image_format
-
-    for option, name in (
-        ("--against-id-column", spec.against_id_column),
-        ("--against-image-column", spec.against_image_column),
-    ):
+def _check_columns(schema: pa.Schema, path: str, *named: tuple[str, str | None]) -> None:
+    """Each ``(option, column)`` with a column is a column of the file at ``path``."""
+    for option, name in named:
         if name is not None and name not in schema.names:
             raise LaunchError(
                 f"{option} {name!r} is not a column of {path} (its columns: "
                 f"{', '.join(schema.names)})"
             )
+
+
+def _check_reference_images(spec: DedupSpec, schema: pa.Schema, path: str) -> None:
+    """A reference file of images (``--against-image-column``): its id and image columns."""
+    from clipbeam.transforms.images import resolve_image_format
+
+    _check_columns(
+        schema,
+        path,
+        ("--against-id-column", spec.against_id_column),
+        ("--against-image-column", spec.against_image_column),
+    )
     try:
         resolve_image_format(
             spec.against_image_column, schema.field(spec.against_image_column).type

@@ -69,11 +69,11 @@ class ReadReference(beam.DoFn):
         ids: list = []
         parts = []
         skipped, start = 0, 0
+        if self._job is not None:
+            from clipbeam.transforms.dedup import embed
         rows = record_rows(spec.batch_size, self._job is not None)
         for record in iter_batches(unit, dict.fromkeys(columns), batch_size=rows):
             if self._job is not None:
-                from clipbeam.transforms.dedup import embed
-
                 matrix, rejected = embed.embed_record(record, self._job, self._encoder, unit)
             else:
                 matrix, rejected = embedding_matrix(record.column(vectors_column), spec.dim)
