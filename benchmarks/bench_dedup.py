@@ -12,10 +12,11 @@
    one hot cluster (near copies of one direction): rows/s, the largest cluster, how it was
    split, the largest group written, the k-means fit time and inertia.
 4. ``rss``: the same job in a fresh process for each of ``--rss-rows``: the peak RSS of the
-   in-memory DirectRunner's one process, and in multi_processing mode of its runner process
-   (which holds every grouped row) and of its largest worker process (which also queues what
-   the runner streams to it), and of each step that holds rows, traced (the fit, a cluster
-   group, a tile).
+   in-memory DirectRunner's one process (``--shuffle auto``: the rows cross its step
+   boundaries as files), the same with ``--shuffle runner`` (the runner holds every grouped
+   row: the comparison), in multi_processing mode of its runner process and of its largest
+   worker process, and of each step that holds rows, traced (the fit, a cluster group, a
+   tile).
 
 ``python -m benchmarks.bench_dedup --only cluster,fit`` runs some of them; each prints the
 machine first. The job's rows/s feed ``python -m templates.plan --dedup-rows-per-core``.
@@ -174,9 +175,15 @@ def bench_job(rows: int, dim: int, clusters: int, bound: int) -> None:
     )
 
 
-# The job's own processes: the DirectRunner's SDK workers, apart from the runner that holds
-# every grouped row (Dataflow's Shuffle service holds them there).
+# The job's own processes: the DirectRunner's runner process and its SDK workers.
 _WORKERS = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+# Extra arguments of each mode of bench_rss.
+_MODES = {
+    "in_memory": [],
+    "runner_shuffle": ["--shuffle", "runner"],
+    "multi_processing": list(_WORKERS),
+    "traced": [],
+}
 # The steps that hold rows: the fit (its sample), the second-level fits, a cluster group, a tile.
 _STEPS = (
     ("clipbeam.transforms.dedup.stages", "Fit"),
@@ -229,18 +236,22 @@ print("bench-result", json.dumps({{
 def bench_rss(sizes: list[int], dim: int, clusters: int, bound: int, modes: list[str]) -> None:
     """Per size, the job alone in a fresh process (its input written beforehand by this one).
 
-    Modes: ``in_memory``, the peak RSS of the in-memory DirectRunner's one process;
-    ``multi_processing``, of the runner process and of the largest worker process (``ru_maxrss``
-    of the process and of its children); ``traced``, the in-memory run with each row-holding
-    step's largest call peak (:func:`traced_steps`: what the job itself holds, apart from what
-    the runner buffers)."""
+    Modes: ``in_memory``, the peak RSS of the in-memory DirectRunner's one process (the
+    job's default ``--shuffle auto``: files); ``runner_shuffle``, the same with ``--shuffle
+    runner`` (every grouped row held by the runner); ``multi_processing``, of the runner
+    process and of the largest worker process (``ru_maxrss`` of the process and of its
+    children); ``traced``, the in-memory run with each row-holding step's largest call peak
+    (:func:`traced_steps`: what the job itself holds, apart from what the runner buffers)."""
+    unknown = sorted(set(modes) - set(_MODES))
+    if unknown:
+        raise SystemExit(f"unknown --rss-modes {unknown}: choose from {sorted(_MODES)}")
     results: dict[str, list[float]] = {}
     for rows in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "in"
             _write_input(folder, rows, dim)
             for mode in modes:
-                beam = list(_WORKERS) if mode == "multi_processing" else []
+                beam = _MODES[mode]
                 code = _CHILD.format(
                     traced=mode == "traced", folder=str(folder), out=str(Path(tmp) / mode),
                     rows=rows, clusters=clusters, bound=bound, beam=beam,
@@ -252,6 +263,8 @@ def bench_rss(sizes: list[int], dim: int, clusters: int, bound: int, modes: list
                 got = json.loads(line.split(" ", 1)[1])
                 if mode == "in_memory":
                     shown = {"in-memory DirectRunner process": got["own"]}
+                elif mode == "runner_shuffle":
+                    shown = {"in-memory DirectRunner process, --shuffle runner": got["own"]}
                 elif mode == "multi_processing":
                     shown = {"runner process": got["own"], "largest worker": got["children"]}
                 else:
@@ -302,7 +315,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-cluster-rows", type=int, default=10_000)
     parser.add_argument("--rss-rows", default="100000,250000", help="comma-separated sizes")
     parser.add_argument(
-        "--rss-modes", default="in_memory,multi_processing,traced", help="see bench_rss"
+        "--rss-modes",
+        default="in_memory,runner_shuffle,multi_processing,traced",
+        help="see bench_rss",
     )
     args = parser.parse_args(argv)
     only = set(args.only.split(","))

@@ -9,9 +9,14 @@ is a duplicate at ``eps`` when ``max_similarity >= 1 - eps``. Rows with byte-ide
 
 ::
 
-    units -> ReadUnit -> sample -> Top -> Fit (one worker) -> centroids (side input)
+    units -> ReadUnit -> sample -> Smallest -> Fit (one worker) -> centroids (side input)
                  \\-> batches -> Assign -> split (second-level k-means) -> GroupByKey(cluster)
                                         -> blocked pairwise -> dedup/, duplicates/ -> summary.json
+
+Grouping (``--shuffle``): on Dataflow and Dask the runner's shuffle; on the DirectRunner, whose
+every step boundary is held in its own memory, the batches and the grouped rows go through files
+under ``OUTPUT/_staging/`` (:mod:`clipbeam.transforms.dedup.file_shuffle`), so that memory stays
+flat with the rows; the result is the same either way.
 
 Output: ``dedup/`` (one row per input row), ``duplicates/`` (the ids removed at the first
 ``--eps``), ``errors/`` (rows without a usable embedding), ``summary.json``.
@@ -29,6 +34,7 @@ Arguments and launch checks: :mod:`clipbeam.pipeline.dedup_launch`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -43,7 +49,7 @@ import pyarrow as pa
 from clipbeam.pipeline.dedup_launch import build_parser, parse, validate_dedup
 from clipbeam.pipeline.options import LaunchError
 from clipbeam.transforms import storage
-from clipbeam.transforms.dedup import stages, tiles
+from clipbeam.transforms.dedup import file_shuffle, stages, tiles
 from clipbeam.transforms.dedup.read import (
     BATCHES_TAG,
     SAMPLE_TAG,
@@ -52,12 +58,20 @@ from clipbeam.transforms.dedup.read import (
     error_schema,
 )
 from clipbeam.transforms.dedup.reference import CombineReference, ReadReference
+from clipbeam.transforms.dedup.sample import SmallestCandidates
 from clipbeam.transforms.dedup.spec import DedupSpec, DedupStats, eps_column
 from clipbeam.transforms.units import WorkUnit
 
 __all__ = ["build_dedup", "build_parser", "main", "parse", "run", "validate_dedup"]
 
 _log = logging.getLogger("clipbeam")
+
+# Runners whose shuffle (and every step boundary) is held in the launching machine's memory:
+# ``--shuffle auto`` routes the rows through files there.
+IN_MEMORY_RUNNERS = frozenset(
+    {"DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "FnApiRunner",
+     "PrismRunner"}
+)  # fmt: skip
 
 
 def _metadata(spec: DedupSpec) -> dict[str, str]:
@@ -127,6 +141,7 @@ class _WriteSummary(beam.DoFn):
                 "implementation": "faiss spherical k-means",
             },
             "units": stats.units,
+            "shuffle": spec.shuffle,
             "timings": {
                 "started_at": _iso(self.started),
                 "finished_at": _iso(finished),
@@ -142,16 +157,24 @@ class _WriteSummary(beam.DoFn):
             summary["reference"] = {"rows": reference[0], "skipped_rows": reference[1]}
         path = storage.join(spec.output, "summary.json")
         storage.write_atomic(path, (json.dumps(summary, indent=2, default=str) + "\n").encode())
+        if spec.shuffle == "files":  # every group is written: nothing reads the rows again
+            storage.delete_folder(spec.staging_dir)
         yield path
-
-
-def _sample_order(candidate: tuple) -> tuple:
-    """A fit-sample candidate's rank: its priority, then its id as text."""
-    return candidate[0], candidate[1]
 
 
 def _sum(stats) -> DedupStats:
     return sum(stats, DedupStats())
+
+
+def _co_group(
+    spec: DedupSpec, label: str, inputs: dict, buckets: int | None = None
+) -> beam.PCollection:
+    """``beam.CoGroupByKey`` of ``inputs``, or its file-backed equal with ``--shuffle files``
+    (``buckets``: see :class:`~clipbeam.transforms.dedup.file_shuffle.CoGroupByKeyInFiles`)."""
+    if spec.shuffle != "files":
+        return inputs | label >> beam.CoGroupByKey()
+    folder = storage.join(spec.staging_dir, label)
+    return inputs | label >> file_shuffle.CoGroupByKeyInFiles(folder, buckets)
 
 
 def build_dedup(
@@ -172,8 +195,8 @@ def build_dedup(
         | "SpreadUnits" >> beam.Reshuffle()
         | "Read" >> ReadUnits(spec, schema)
     )
-    sample = read[SAMPLE_TAG] | "Sample" >> beam.combiners.Top.Smallest(
-        spec.fit_rows, key=_sample_order
+    sample = read[SAMPLE_TAG] | "Sample" >> beam.CombineGlobally(
+        SmallestCandidates(spec.fit_rows, spec.dim)
     )
     model = sample | "Fit" >> beam.ParDo(stages.Fit(spec))
     sides = [beam.pvalue.AsSingleton(model)]
@@ -193,38 +216,42 @@ def build_dedup(
         ]
     else:
         reference_counts = []
-    assigned = read[BATCHES_TAG] | "Assign" >> beam.Map(stages.assign_batch, *sides)
+    batches = read[BATCHES_TAG]
+    if spec.shuffle == "files":  # the runner holds file names, not rows
+        staged = storage.join(spec.staging_dir, "batches")
+        batches = batches | "StageBatches" >> beam.Map(file_shuffle.stage_batch, staged)
+    assigned = batches | "Assign" >> beam.Map(stages.assign_batch, *sides)
     counts = stages.cluster_counts(assigned, beam.pvalue.AsSingleton(model))
     final = model | "FitSplits" >> beam.ParDo(
         stages.FitSplits(spec), beam.pvalue.AsSingleton(sample), beam.pvalue.AsSingleton(counts)
     )
-    rows = assigned | "KeyRows" >> beam.FlatMap(stages.key_rows, beam.pvalue.AsSingleton(final))
     sizes = beam.pvalue.AsDict(
-        rows
-        | "GroupKey" >> beam.Map(lambda kv: (kv[0], 1))
+        assigned
+        | "PartSizes" >> beam.FlatMap(stages.part_sizes, beam.pvalue.AsSingleton(final))
         | "GroupSizes" >> beam.CombinePerKey(sum)
     )
-    rows = rows | "Chunk" >> beam.Map(tiles.add_chunk, sizes, spec)
-    notices = (
-        rows
-        | "Hashes" >> beam.FlatMap(stages.hash_keys)
-        | "ByHash" >> beam.GroupByKey()
-        | "ExactCopies" >> beam.FlatMap(stages.exact_notices)
+    rows = assigned | "KeyRows" >> beam.FlatMap(
+        stages.key_rows, beam.pvalue.AsSingleton(final), sizes, spec
     )
+    notices = _co_group(
+        spec,
+        "ByHash",
+        {"rows": rows | "Hashes" >> beam.FlatMap(stages.hash_keys)},
+        # many small keys: hashed into buckets of about 100,000 rows
+        buckets=max(1, sum(u.num_rows for u in units) // 100_000),
+    ) | "ExactCopies" >> beam.FlatMap(stages.exact_notices)
     # Groups over the bound: every pair of their chunks is a tile of its own.
-    partials = (
+    partials = _co_group(
+        spec,
+        "ByTile",
         {
             "rows": rows | "RowTiles" >> beam.FlatMap(tiles.to_tiles, sizes, spec),
             "exact": notices | "CopyTiles" >> beam.FlatMap(tiles.to_tiles, sizes, spec),
-        }
-        | "ByTile" >> beam.CoGroupByKey()
-        | "Tiles" >> beam.ParDo(tiles.Tile(spec))
-    )
-    groups = (
-        {"rows": rows, "exact": notices, "partials": partials}
-        | "ByCluster" >> beam.CoGroupByKey()
-        | "SemDeDup" >> beam.ParDo(stages.DedupGroup(spec, schema, _metadata(spec)), sizes)
-    )
+        },
+    ) | "Tiles" >> beam.ParDo(tiles.Tile(spec))
+    groups = _co_group(
+        spec, "ByCluster", {"rows": rows, "exact": notices, "partials": partials}
+    ) | "SemDeDup" >> beam.ParDo(stages.DedupGroup(spec, schema, _metadata(spec)), sizes)
     stats = (read[STATS_TAG], groups) | "AllStats" >> beam.Flatten()
     total = stats | "Sum" >> beam.CombineGlobally(_sum)
     return total | "Summary" >> beam.ParDo(
@@ -245,7 +272,7 @@ def run(argv: Sequence[str], test_pipeline: beam.Pipeline | None = None, *, wait
     """
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-    from clipbeam.pipeline.validate import check_remote, is_dataflow
+    from clipbeam.pipeline.validate import check_remote, is_dataflow, runner_class
 
     started_at = time.time()
     spec, inputs, beam_args = parse(argv)
@@ -254,6 +281,12 @@ def run(argv: Sequence[str], test_pipeline: beam.Pipeline | None = None, *, wait
     if is_dataflow(runner if isinstance(runner, str) else None):
         check_remote(spec, inputs)  # every worker is another machine: no launcher-local paths
     spec, units, schema, against_units = validate_dedup(spec, inputs)
+    if spec.shuffle == "auto":
+        name = runner if isinstance(runner, str | None) else type(runner).__name__
+        shuffle = "files" if runner_class(name) in IN_MEMORY_RUNNERS else "runner"
+        spec = dataclasses.replace(spec, shuffle=shuffle)
+    if spec.shuffle == "files":  # what a killed run left there
+        storage.delete_folder(spec.staging_dir)
     _log.info(
         "dedup: %d rows in %d work units, dimension %d -> %s",
         sum(u.num_rows for u in units),

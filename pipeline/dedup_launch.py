@@ -31,7 +31,7 @@ from clipbeam.pipeline.options import (
 from clipbeam.pipeline.validate import JOB_FILE, plan
 from clipbeam.transforms import storage
 from clipbeam.transforms.dedup import stages
-from clipbeam.transforms.dedup.spec import DEFAULT_EPS, DedupSpec
+from clipbeam.transforms.dedup.spec import DEFAULT_EPS, SHUFFLES, DedupSpec
 from clipbeam.transforms.embeddings import EmbeddingTypeError, embedding_dim, l2_normalize
 from clipbeam.transforms.units import WorkUnit, iter_batches
 
@@ -45,7 +45,7 @@ __all__ = [
 
 _log = logging.getLogger("clipbeam")
 # Spec fields a resumed run may change: they do not change any output row.
-_RESUMABLE = frozenset({"resume", "block_rows", "options"})
+_RESUMABLE = frozenset({"resume", "block_rows", "shuffle", "options"})
 
 
 def _eps_list(text: str) -> list[float]:
@@ -186,6 +186,15 @@ def build_parser(prog: str = "clipbeam dedup") -> _Parser:
         metavar="N",
         help="rows per tile of the pairwise similarities",
     )
+    _add(
+        semantic,
+        "shuffle",
+        choices=SHUFFLES,
+        default="auto",
+        help="how rows reach their cluster group: the runner's shuffle, or files under "
+        "OUTPUT/_staging/ read back group by group, so that memory stays flat "
+        "with the rows (auto: files on the DirectRunner, whose shuffle is in memory)",
+    )
     against = parser.add_argument_group("decontamination")
     _add(
         against,
@@ -263,6 +272,7 @@ def parse(argv: Sequence[str]) -> tuple[DedupSpec, list[str], list[str]]:
             device=values["device"],
             dtype=values["dtype"],
             batch_size=values["batch_size"],
+            shuffle=values["shuffle"],
             resume=values["resume"],
             options=options,
         )

@@ -327,7 +327,7 @@ def check_device(spec: JobSpec, runner: str | None) -> None:
         raise LaunchError(problem)
     if not spec.device.startswith("cuda"):
         return
-    if _runner_class(runner) not in LOCAL_RUNNERS:
+    if runner_class(runner) not in LOCAL_RUNNERS:
         return  # workers check their own GPU when they load the model
     from clipbeam.transforms.encoder import resolve_device
 
@@ -337,7 +337,7 @@ def check_device(spec: JobSpec, runner: str | None) -> None:
         raise LaunchError(str(exc)) from None
 
 
-def _runner_class(runner: str | None) -> str:
+def runner_class(runner: str | None) -> str:
     """The runner's class name (``dataflow`` -> ``DataflowRunner``); any name Beam does not know
     (a runner class of a test pipeline) is returned as it is."""
     try:
@@ -348,7 +348,7 @@ def _runner_class(runner: str | None) -> str:
 
 def is_dataflow(runner: str | None) -> bool:
     """Whether ``runner`` (any spelling Beam accepts) runs the job on Dataflow workers."""
-    return _runner_class(runner) in DATAFLOW_RUNNERS
+    return runner_class(runner) in DATAFLOW_RUNNERS
 
 
 def check_remote(

@@ -124,8 +124,16 @@ def test_setup_file_packaging_carries_the_namespace(tmp_path):
     assert any(n.endswith("pipeline/report/page.html.j2") for n in names)
     target = tmp_path / "site"
     install = run_python(
-        "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-        "--target", str(target), tarball, cwd=tmp_path,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-build-isolation",
+        "--target",
+        str(target),
+        tarball,
+        cwd=tmp_path,
     )
     assert install.returncode == 0, install.stderr[-3000:]
     assert not (target / "model").exists() and not (target / "pipeline").exists()

@@ -214,7 +214,8 @@ def test_oversized_clusters_are_split_and_recorded(tmp_path):
         assert summary["largest_group"] < max(sizes.values())
 
 
-def test_a_group_of_near_copies_is_tiled_and_equals_all_pairs(tmp_path):
+@pytest.mark.parametrize("shuffle", ["files", "runner"])
+def test_a_group_of_near_copies_is_tiled_and_equals_all_pairs(tmp_path, shuffle):
     rng = np.random.default_rng(6)
     hot = rng.normal(size=(1, 16)) + 0.003 * rng.normal(size=(150, 16))  # near copies of one
     x = np.concatenate([hot, rng.normal(size=(30, 16))]).astype(np.float32)
@@ -224,7 +225,9 @@ def test_a_group_of_near_copies_is_tiled_and_equals_all_pairs(tmp_path):
         tmp_path,
         [tmp_path / "in.parquet"],
         "--clusters", "2", "--max-cluster-rows", "40", "--eps", "0.0001,0.01", "--block-rows", "16",
+        "--shuffle", shuffle,
     )  # fmt: skip
+    assert summary["shuffle"] == shuffle
     assert summary["groups_over_bound"] >= 1
     assert summary["largest_group"] < 150  # no worker held the whole hot group
     assert sorted(table["id"].to_pylist()) == ids
@@ -320,6 +323,41 @@ def test_resume_after_lost_groups_gives_the_same_result(planted_run, tmp_path):
     resumed = json.loads((copy / "summary.json").read_text())
     assert resumed["resumed_groups"] == summary["cluster_groups"] - 2
     assert resumed["eps"] == summary["eps"]
+
+
+def test_the_runners_shuffle_and_files_give_the_same_rows(planted_run, tmp_path):
+    """auto is files on the DirectRunner (its shuffle is memory); both give one result, and
+    the files are gone when the job ends, and when a run starts (a killed run's)."""
+    base, *_, table, summary = planted_run
+    assert summary["shuffle"] == "files"
+    assert not (base / "out" / "_staging").exists()
+    out = tmp_path / "out"
+    leftover = out / "_staging" / "ByCluster" / "killed.records"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"from a killed run")
+    run(
+        [
+            "--input", str(base / "in"), "--output", str(out), "--clusters", "6",
+            "--fit-rows", "100", "--eps", "0.01,0.05", "--image-column", "image", "--seed", "7",
+            "--keep-columns", "image", "--shuffle", "runner",
+        ]
+    )  # fmt: skip
+    assert ds.dataset(out / "dedup").to_table().sort_by("id").equals(table)
+    assert json.loads((out / "summary.json").read_text())["shuffle"] == "runner"
+    assert leftover.exists()  # the runner's shuffle writes no staging: it is not touched
+    again = tmp_path / "again"
+    leftover = again / "_staging" / "ByCluster" / "killed.records"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"from a killed run")
+    run(
+        [
+            "--input", str(base / "in"), "--output", str(again), "--clusters", "6",
+            "--fit-rows", "100", "--eps", "0.01,0.05", "--image-column", "image", "--seed", "7",
+            "--keep-columns", "image", "--shuffle", "files",
+        ]
+    )  # fmt: skip
+    assert ds.dataset(again / "dedup").to_table().sort_by("id").equals(table)
+    assert not (again / "_staging").exists()
 
 
 def test_multi_processing_gives_the_same_rows(planted_run, tmp_path):

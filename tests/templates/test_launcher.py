@@ -477,6 +477,7 @@ DEDUP_FULL = {
     "niter": ("5", "niter", 5),
     "max_cluster_rows": ("100", "max_cluster_rows", 100),
     "block_rows": ("64", "block_rows", 64),
+    "shuffle": ("files", "shuffle", "files"),
     "against": ("{root}/dedup-ref/r.parquet", "against", ("{root}/dedup-ref/r.parquet",)),
     "against_eps": ("0.1", "against_eps", 0.1),
     "against_id_column": ("rid", "against_id_column", "rid"),

@@ -5,10 +5,8 @@ The embeddings come from an embedding column, or, with a model in the spec, from
 embedded here (:mod:`clipbeam.transforms.dedup.embed`: one model per worker process, the DoFn
 pickles without it). Rows without a usable embedding (or whose image fails) go to
 ``errors/<unit>.parquet``. Each unit also proposes its part
-of the k-means fit sample: every row gets a priority from a hash of ``(seed, id)``; the rows of
-smallest priority over the whole dataset form the sample (``beam.combiners.Top``), so the sample is
-drawn across all units, does not depend on how units are spread over workers, and is the same on
-every run with one ``--seed``. A unit sends at most ``fit_rows`` candidates.
+of the k-means fit sample (:mod:`~clipbeam.transforms.dedup.sample`): its ``fit_rows`` rows of
+smallest priority, as one element of arrays.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from clipbeam.transforms import storage
+from clipbeam.transforms.dedup.sample import Candidates
 from clipbeam.transforms.dedup.spec import DedupSpec, DedupStats
 from clipbeam.transforms.embeddings import Rejected, embedding_matrix, l2_normalize
 from clipbeam.transforms.rows import ERROR_FIELDS
@@ -91,20 +90,17 @@ class Batch:
     distance: np.ndarray | None = None
     reference: tuple | None = None
 
+    # The interface it shares with a batch staged in a file
+    # (:class:`~clipbeam.transforms.dedup.file_shuffle.StagedBatch`).
+    def load(self) -> Batch:
+        return self
 
-def priorities(seed: int, ids: list) -> np.ndarray:
-    """Sampling priority of each row: 63 bits of blake2b over ``seed`` and the id."""
-    key = str(seed).encode("ascii")
-    return np.array(
-        [
-            int.from_bytes(
-                hashlib.blake2b(str(i).encode("utf-8"), digest_size=8, key=key).digest(), "big"
-            )
-            >> 1
-            for i in ids
-        ],
-        dtype=np.int64,
-    )
+    def with_assignment(self, batch: Batch) -> Batch:
+        return batch
+
+    def cluster_counts(self, k: int) -> np.ndarray:
+        """Rows per cluster, ``(k,)`` (once assigned)."""
+        return np.bincount(self.cluster, minlength=k).astype(np.int64)
 
 
 def _image_bytes(column: pa.Array) -> list:
@@ -120,8 +116,8 @@ def _image_bytes(column: pa.Array) -> list:
 
 
 class ReadUnit(beam.DoFn):
-    """Work unit -> ``(tag, value)`` pairs: ``("batches", Batch)``, ``("sample", candidate)``
-    and one ``("stats", DedupStats)``; :class:`ReadUnits` splits them.
+    """Work unit -> ``(tag, value)`` pairs: ``("batches", Batch)``, at most one ``("sample",
+    Candidates)`` and one ``("stats", DedupStats)``; :class:`ReadUnits` splits them.
 
     Args:
         spec: the job.
@@ -163,9 +159,7 @@ class ReadUnit(beam.DoFn):
         columns = list(dict.fromkeys(c for c in columns if c is not None))
         errors_path = storage.join(spec.output, "errors", f"{unit.name}.parquet")
         stats = DedupStats(units=1)
-        sample_p = np.zeros(0, dtype=np.int64)
-        sample_ids: list = []
-        sample_x = np.zeros((0, spec.dim), dtype=np.float32)
+        sample = Candidates.empty(spec.dim)
         start = 0
         with contextlib.ExitStack() as stack:
             errors = stack.enter_context(ParquetSpool(errors_path, error_schema(spec, self.schema)))
@@ -184,26 +178,15 @@ class ReadUnit(beam.DoFn):
                 yield BATCHES_TAG, batch
                 if not self.sample:
                     continue
-                p = priorities(spec.seed, batch.ids)
-                sample_p = np.concatenate([sample_p, p])
-                sample_ids += batch.ids
-                sample_x = np.concatenate([sample_x, batch.vectors])
-                if len(sample_p) > 2 * spec.fit_rows:
-                    keep = np.argpartition(sample_p, spec.fit_rows)[: spec.fit_rows]
-                    sample_p, sample_x = sample_p[keep], sample_x[keep]
-                    sample_ids = [sample_ids[i] for i in keep]
+                candidates = Candidates.of(spec.seed, batch.ids, batch.vectors)
+                sample = (sample + candidates).bounded(spec.fit_rows)
             if errors.rows:
                 errors.commit()
             else:
                 errors.discard()
                 storage.delete(errors_path, missing_ok=True)
-        if len(sample_p) > spec.fit_rows:
-            keep = np.argpartition(sample_p, spec.fit_rows)[: spec.fit_rows]
-            sample_p, sample_x = sample_p[keep], sample_x[keep]
-            sample_ids = [sample_ids[i] for i in keep]
-        for p, i, x in zip(sample_p.tolist(), sample_ids, sample_x, strict=True):
-            # (priority, id as text) orders the candidates; ties on the hash fall back to the id.
-            yield SAMPLE_TAG, (p, str(i), x)
+        if len(sample):
+            yield SAMPLE_TAG, sample.smallest(spec.fit_rows)
         for name, counter in self._counters.items():
             counter.inc(getattr(stats, name))
         yield STATS_TAG, stats

@@ -7,7 +7,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_EPS", "DedupSpec", "DedupStats", "eps_column"]
+__all__ = ["DEFAULT_EPS", "SHUFFLES", "STAGING_DIR", "DedupSpec", "DedupStats", "eps_column"]
+
+SHUFFLES = ("auto", "runner", "files")
+STAGING_DIR = "_staging"
 
 # The first threshold is the one duplicates/ lists. 0.03 (cosine 0.97) and not NeMo Curator's
 # 0.01: on planted copies of generated scenes with the bundled demo-clip (JPEG quality 40, half
@@ -55,6 +58,11 @@ class DedupSpec:
         device: the device that model runs on (``"auto"``, ``"cpu"``, ``"cuda"``).
         dtype: the dtype it computes in (as ``clipbeam embed --dtype``).
         batch_size: images per model call.
+        shuffle: how rows reach their cluster group: ``"runner"``, the runner's GroupByKey
+            (Dataflow Shuffle, Dask); ``"files"``, through files under ``staging_dir`` that
+            are read back group by group (:mod:`~clipbeam.transforms.dedup.file_shuffle`), so
+            that the runner holds file offsets, not rows (the DirectRunner holds every grouped
+            row in memory); ``"auto"``, resolved by the launcher (files on the DirectRunner).
         options: the options as given (recorded in metadata and the summary).
     """
 
@@ -81,6 +89,7 @@ class DedupSpec:
     device: str = "auto"
     dtype: str = "float32"
     batch_size: int = 32
+    shuffle: str = "runner"
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,6 +105,8 @@ class DedupSpec:
             problems.append(f"against_eps must be in [0, 1) (got {self.against_eps})")
         if len(set(self.eps)) != len(self.eps):
             problems.append(f"eps thresholds must differ (got {list(self.eps)})")
+        if self.shuffle not in SHUFFLES:
+            problems.append(f"shuffle must be one of {', '.join(SHUFFLES)} (got {self.shuffle!r})")
         if self.model is not None and self.image_column is None:
             problems.append("a model embeds images: name their column (--image-column)")
         if self.against_image_column is not None and not self.against:
@@ -127,6 +138,13 @@ class DedupSpec:
     @property
     def kind(self) -> str:
         return "dedup"
+
+    @property
+    def staging_dir(self) -> str:
+        """Where ``shuffle="files"`` writes the rows it groups (deleted when the job ends)."""
+        from clipbeam.transforms import storage
+
+        return storage.join(self.output, STAGING_DIR)
 
     def to_json(self) -> str:
         record = asdict(self)

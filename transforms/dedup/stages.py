@@ -3,7 +3,7 @@
 ::
 
     units -> ReadUnit -> batches ------------------> Assign -> KeyRows -> (cluster, part), row --+
-               |  \\-> sample -> Top.Smallest -> Fit (one worker) --^  ^          \\-> sha -> GBK |
+               |  \\-> sample -> Smallest     -> Fit (one worker) --^  ^          \\-> sha -> GBK |
                |                     \\--------> FitSplits <- counts --+      -> exact notices --+
                \\-> stats                                                CoGroupByKey(cluster) <-+
                                                                             -> DedupGroup -> stats
@@ -12,7 +12,11 @@ Fitted centroids reach the workers as side inputs. A cluster group holds only it
 a cluster larger than ``max_cluster_rows`` is split by a second-level k-means fitted on the
 sample's rows of that cluster. The fitted model is stored in ``_kmeans.npz`` (and the splits in
 ``_kmeans_splits.npz``) before any group is written; a resumed run reads them back instead of
-fitting again, so that every group of one output comes from one assignment.
+fitting again, so that every group of one output comes from one assignment. The group sizes
+(``PartSizes``) are counted from the assigned batches, so that ``KeyRows`` keys each row with its
+chunk in one pass. A batch is a :class:`~clipbeam.transforms.dedup.read.Batch`, or with
+``--shuffle files`` a :class:`~clipbeam.transforms.dedup.file_shuffle.StagedBatch` (its
+``load()``): the steps take either.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from clipbeam.transforms import storage
 from clipbeam.transforms.dedup import kmeans, semdedup, tiles
 from clipbeam.transforms.dedup.read import Batch, dedup_id_field
 from clipbeam.transforms.dedup.reference import Reference, nearest_reference
+from clipbeam.transforms.dedup.sample import Candidates
 from clipbeam.transforms.dedup.spec import DedupSpec, DedupStats, eps_column
 from clipbeam.transforms.writer import COMPRESSION, ParquetSpool
 
@@ -48,6 +53,7 @@ __all__ = [
     "hash_keys",
     "key_rows",
     "output_schema",
+    "part_sizes",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -83,21 +89,13 @@ def output_schema(spec: DedupSpec, schema: pa.Schema, metadata: dict[str, str]) 
     return pa.schema(fields, metadata=metadata)
 
 
-def _sample_matrix(sample: list) -> np.ndarray:
-    """The fit sample, in priority order, as one ``(n, d)`` matrix."""
-    ordered = sorted(sample, key=lambda c: (c[0], c[1]))
-    if not ordered:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.stack([c[2] for c in ordered]).astype(np.float32)
-
-
 class Fit(beam.DoFn):
     """The whole sample (one element) -> the k-means model, stored or read back (``--resume``)."""
 
     def __init__(self, spec: DedupSpec):
         self.spec = spec
 
-    def process(self, sample: list) -> Iterator[kmeans.KMeansModel]:
+    def process(self, sample: Candidates) -> Iterator[kmeans.KMeansModel]:
         spec = self.spec
         path = storage.join(spec.output, MODEL_FILE)
         if spec.resume and storage.exists(path):
@@ -106,9 +104,7 @@ class Fit(beam.DoFn):
             yield model
             return
         if sample:
-            model = kmeans.fit(
-                _sample_matrix(sample), spec.clusters, seed=spec.seed, niter=spec.niter
-            )
+            model = kmeans.fit(sample.vectors, spec.clusters, seed=spec.seed, niter=spec.niter)
         else:  # every row was an error row: one placeholder centroid, nothing is assigned
             centroid = np.eye(1, spec.dim, dtype=np.float32)
             model = kmeans.KMeansModel(centroid, 0.0, 0.0, 0, spec.clusters)
@@ -130,7 +126,7 @@ class FitSplits(beam.DoFn):
         self.spec = spec
 
     def process(
-        self, model: kmeans.KMeansModel, sample: list, counts: np.ndarray
+        self, model: kmeans.KMeansModel, sample: Candidates, counts: np.ndarray
     ) -> Iterator[kmeans.KMeansModel]:
         spec = self.spec
         path = storage.join(spec.output, SPLITS_FILE)
@@ -139,7 +135,7 @@ class FitSplits(beam.DoFn):
         else:
             model.splits = kmeans.fit_splits(
                 model,
-                _sample_matrix(sample),
+                sample.vectors,
                 np.zeros(model.k, np.int64) if counts is None else np.asarray(counts),
                 spec.max_cluster_rows,
                 seed=spec.seed,
@@ -149,20 +145,22 @@ class FitSplits(beam.DoFn):
         yield model
 
 
-def assign_batch(batch: Batch, model: kmeans.KMeansModel, ref: Reference | None = None) -> Batch:
+def assign_batch(item, model: kmeans.KMeansModel, ref: Reference | None = None):
     """Sets each row's nearest centroid and cosine distance to it (and, with a reference set,
-    its nearest reference row)."""
+    its nearest reference row). ``item``: a :class:`Batch` or a staged one (returned with its
+    assignment written beside it)."""
+    batch = item.load()
     batch.distance, batch.cluster = kmeans.assign(batch.vectors, model.centroids)
     if ref is not None:
         batch.reference = nearest_reference(batch.vectors, ref)
-    return batch
+    return item.with_assignment(batch)
 
 
 def cluster_counts(batches: beam.PCollection, model) -> beam.PCollection:
     """Rows per cluster over the whole dataset: one ``(k,)`` int64 array."""
 
-    def count(batch: Batch, m: kmeans.KMeansModel) -> np.ndarray:
-        return np.bincount(batch.cluster, minlength=m.k).astype(np.int64)
+    def count(item, m: kmeans.KMeansModel) -> np.ndarray:
+        return item.cluster_counts(m.k)
 
     def total(arrays: Iterable[np.ndarray]) -> np.ndarray | None:
         result = None
@@ -179,22 +177,42 @@ def cluster_counts(batches: beam.PCollection, model) -> beam.PCollection:
     )
 
 
-def key_rows(batch: Batch, model: kmeans.KMeansModel) -> Iterator[tuple]:
-    """``((cluster, part), (id, vector, distance, sha, keep values))`` for every row; ``part``
-    is the second-level centroid of a split cluster (0 otherwise)."""
+def _parts(batch: Batch, model: kmeans.KMeansModel) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's part (its second-level centroid in a split cluster, 0 otherwise) and its
+    distance to the centroid it is ranked by."""
     part = np.zeros(len(batch.ids), dtype=np.int64)
     distance = batch.distance.copy()
     for c, sub in model.splits.items():
         rows = np.flatnonzero(batch.cluster == c)
         if len(rows):
             distance[rows], part[rows] = kmeans.assign(batch.vectors[rows], sub)
+    return part, distance
+
+
+def part_sizes(item, model: kmeans.KMeansModel) -> Iterator[tuple]:
+    """``((cluster, part), rows)`` for every group of an assigned batch."""
+    batch = item.load()
+    part, _ = _parts(batch, model)
+    pairs = np.stack([batch.cluster.astype(np.int64), part], axis=1)
+    groups, counts = np.unique(pairs, axis=0, return_counts=True)
+    # a tuple key: NumPy's rows come as lists
+    yield from (((c, p), n) for (c, p), n in zip(groups.tolist(), counts.tolist(), strict=True))
+
+
+def key_rows(item, model: kmeans.KMeansModel, sizes: dict, spec: DedupSpec) -> Iterator[tuple]:
+    """``((cluster, part, chunk), (id, vector, distance, sha, keep values, reference))`` for
+    every row of an assigned batch; ``part`` is the second-level centroid of a split cluster (0
+    otherwise), ``chunk`` its share of a part over the bound (:mod:`tiles`; 0 otherwise)."""
+    batch = item.load()
+    part, distance = _parts(batch, model)
     keep = batch.keep.to_pylist()
     for i, row_id in enumerate(batch.ids):
         key = (int(batch.cluster[i]), int(part[i]))
         ref = None
         if batch.reference is not None:
             ref = (float(batch.reference[0][i]), batch.reference[1][i])
-        yield key, (row_id, batch.vectors[i], float(distance[i]), batch.sha[i], keep[i], ref)
+        row = (row_id, batch.vectors[i], float(distance[i]), batch.sha[i], keep[i], ref)
+        yield tiles.add_chunk((key, row), sizes, spec)
 
 
 def hash_keys(keyed: tuple) -> Iterator[tuple]:
@@ -206,11 +224,12 @@ def hash_keys(keyed: tuple) -> Iterator[tuple]:
 
 
 def exact_notices(group: tuple) -> Iterator[tuple]:
-    """One sha256 and its rows -> ``(cluster key, (id, kept id))`` for every copy but one.
+    """One sha256 and its rows (grouped as ``{"rows": [...]}``) -> ``(cluster key, (id, kept
+    id))`` for every copy but one.
 
     The copy kept is the one with the smallest id."""
-    _, rows = group
-    rows = sorted(rows, key=lambda r: r[0])
+    _, joined = group
+    rows = sorted(joined["rows"], key=lambda r: r[0])
     kept = rows[0][0]
     for row_id, key in rows[1:]:
         yield key, (row_id, kept)

@@ -20,7 +20,7 @@ import apache_beam as beam
 import numpy as np
 
 from clipbeam.transforms.dedup import semdedup
-from clipbeam.transforms.dedup.read import priorities
+from clipbeam.transforms.dedup.sample import priorities
 from clipbeam.transforms.dedup.spec import DedupSpec
 
 __all__ = ["Tile", "add_chunk", "chunk_count", "merge_partials", "to_tiles"]
