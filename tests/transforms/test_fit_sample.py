@@ -1,5 +1,7 @@
 """The k-means fit sample: candidates as arrays, combined on the real DirectRunner."""
 
+import itertools
+
 import apache_beam as beam
 import numpy as np
 import pytest
@@ -48,7 +50,7 @@ def test_the_combine_takes_the_n_smallest_whatever_the_split_into_units(parts):
     ids, x = _rows(600, seed=parts)
     n = 80
     bounds = np.linspace(0, len(ids), parts + 1).astype(int)
-    units = [(ids[a:b], x[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    units = [(ids[a:b], x[a:b]) for a, b in itertools.pairwise(bounds)]
     expected = _brute(ids, x, n, seed=3)
     by_id = dict(zip(ids, x.tolist(), strict=True))
 
