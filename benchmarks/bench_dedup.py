@@ -218,29 +218,43 @@ def traced_steps() -> dict[str, float]:
     return peaks
 
 
+def own_peak_mib() -> float:
+    """This process's peak RSS since it started its program (``VmHWM``; ``ru_maxrss`` would
+    also count what the parent held when it forked this process)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 2**10
+
+
 _CHILD = """
 import json, resource
 from pathlib import Path
-from benchmarks.bench_dedup import _run_job, traced_steps
+from benchmarks.bench_dedup import _run_job, own_peak_mib, traced_steps
 peaks = traced_steps() if {traced} else {{}}
 seconds = _run_job(Path({folder!r}), Path({out!r}), {rows}, {clusters}, {bound}, *{beam!r})
-usage = resource.getrusage
 print("bench-result", json.dumps({{
-    "own": usage(resource.RUSAGE_SELF).ru_maxrss / 2**10,
-    "children": usage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**10,
+    "own": own_peak_mib(),
+    "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**10,
     "seconds": seconds, "steps": peaks,
 }}))
+"""
+_WRITER = """
+from pathlib import Path
+from benchmarks.bench_dedup import _write_input
+_write_input(Path({folder!r}), {rows}, {dim})
 """
 
 
 def bench_rss(sizes: list[int], dim: int, clusters: int, bound: int, modes: list[str]) -> None:
-    """Per size, the job alone in a fresh process (its input written beforehand by this one).
+    """Per size, the job alone in a fresh process (its input written beforehand by another
+    one: this process stays small, so that what a child inherits when it forks is not counted).
 
     Modes: ``in_memory``, the peak RSS of the in-memory DirectRunner's one process (the
     job's default ``--shuffle auto``: files); ``runner_shuffle``, the same with ``--shuffle
     runner`` (every grouped row held by the runner); ``multi_processing``, of the runner
-    process and of the largest worker process (``ru_maxrss`` of the process and of its
-    children); ``traced``, the in-memory run with each row-holding step's largest call peak
+    process and of the largest worker process (:func:`own_peak_mib` of the process,
+    ``ru_maxrss`` of its children: a worker's also counts what the runner held when it forked
+    the worker);
+    ``traced``, the in-memory run with each row-holding step's largest call peak
     (:func:`traced_steps`: what the job itself holds, apart from what the runner buffers)."""
     unknown = sorted(set(modes) - set(_MODES))
     if unknown:
@@ -249,7 +263,8 @@ def bench_rss(sizes: list[int], dim: int, clusters: int, bound: int, modes: list
     for rows in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp) / "in"
-            _write_input(folder, rows, dim)
+            writer = _WRITER.format(folder=str(folder), rows=rows, dim=dim)
+            subprocess.run([sys.executable, "-c", writer], check=True)
             for mode in modes:
                 beam = _MODES[mode]
                 code = _CHILD.format(
