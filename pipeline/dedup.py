@@ -66,13 +66,6 @@ __all__ = ["build_dedup", "build_parser", "main", "parse", "run", "validate_dedu
 
 _log = logging.getLogger("clipbeam")
 
-# Runners whose shuffle (and every step boundary) is held in the launching machine's memory:
-# ``--shuffle auto`` routes the rows through files there.
-IN_MEMORY_RUNNERS = frozenset(
-    {"DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "FnApiRunner",
-     "PrismRunner"}
-)  # fmt: skip
-
 
 def _metadata(spec: DedupSpec) -> dict[str, str]:
     from clipbeam.transforms.encoder import clipbeam_version
@@ -272,7 +265,7 @@ def run(argv: Sequence[str], test_pipeline: beam.Pipeline | None = None, *, wait
     """
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-    from clipbeam.pipeline.validate import check_remote, is_dataflow, runner_class
+    from clipbeam.pipeline.validate import LOCAL_RUNNERS, check_remote, is_dataflow, runner_class
 
     started_at = time.time()
     spec, inputs, beam_args = parse(argv)
@@ -283,7 +276,8 @@ def run(argv: Sequence[str], test_pipeline: beam.Pipeline | None = None, *, wait
     spec, units, schema, against_units = validate_dedup(spec, inputs)
     if spec.shuffle == "auto":
         name = runner if isinstance(runner, str | None) else type(runner).__name__
-        shuffle = "files" if runner_class(name) in IN_MEMORY_RUNNERS else "runner"
+        # a local runner holds its shuffle (and every step boundary) in its own memory
+        shuffle = "files" if runner_class(name) in LOCAL_RUNNERS else "runner"
         spec = dataclasses.replace(spec, shuffle=shuffle)
     if spec.shuffle == "files":  # what a killed run left there
         storage.delete_folder(spec.staging_dir)

@@ -58,10 +58,12 @@ JOB_FILE = "_job.json"
 
 # Runners that execute on this machine: a --device cuda job must find a GPU here. Other runners
 # (Dataflow, Flink, Spark...) run on workers whose GPUs the launcher cannot see; the workers
-# refuse CUDA without a GPU themselves.
+# refuse CUDA without a GPU themselves. They also hold their shuffle in this machine's memory
+# (dedup's ``--shuffle auto`` goes through files there).
 LOCAL_RUNNERS = frozenset(
-    {"DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "PrismRunner"}
-)
+    {"DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner", "FnApiRunner",
+     "PrismRunner"}
+)  # fmt: skip
 # Runners whose workers are Google Cloud VMs: they read and write only what a URL reaches.
 DATAFLOW_RUNNERS = frozenset({"DataflowRunner", "TestDataflowRunner"})
 

@@ -1,6 +1,7 @@
 """`clipbeam dedup` on the real DirectRunner, checked against a brute-force SemDeDup."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -331,33 +332,27 @@ def test_the_runners_shuffle_and_files_give_the_same_rows(planted_run, tmp_path)
     base, *_, table, summary = planted_run
     assert summary["shuffle"] == "files"
     assert not (base / "out" / "_staging").exists()
-    out = tmp_path / "out"
-    leftover = out / "_staging" / "ByCluster" / "killed.records"
-    leftover.parent.mkdir(parents=True)
-    leftover.write_bytes(b"from a killed run")
-    run(
-        [
-            "--input", str(base / "in"), "--output", str(out), "--clusters", "6",
-            "--fit-rows", "100", "--eps", "0.01,0.05", "--image-column", "image", "--seed", "7",
-            "--keep-columns", "image", "--shuffle", "runner",
-        ]
-    )  # fmt: skip
-    assert ds.dataset(out / "dedup").to_table().sort_by("id").equals(table)
-    assert json.loads((out / "summary.json").read_text())["shuffle"] == "runner"
+
+    def run_with(shuffle: str) -> tuple[Path, Path]:
+        out = tmp_path / shuffle
+        leftover = out / "_staging" / "ByCluster" / "killed.records"
+        leftover.parent.mkdir(parents=True)
+        leftover.write_bytes(b"from a killed run")
+        run(
+            [
+                "--input", str(base / "in"), "--output", str(out), "--clusters", "6",
+                "--fit-rows", "100", "--eps", "0.01,0.05", "--image-column", "image",
+                "--seed", "7", "--keep-columns", "image", "--shuffle", shuffle,
+            ]
+        )  # fmt: skip
+        assert ds.dataset(out / "dedup").to_table().sort_by("id").equals(table)
+        assert json.loads((out / "summary.json").read_text())["shuffle"] == shuffle
+        return out, leftover
+
+    _, leftover = run_with("runner")
     assert leftover.exists()  # the runner's shuffle writes no staging: it is not touched
-    again = tmp_path / "again"
-    leftover = again / "_staging" / "ByCluster" / "killed.records"
-    leftover.parent.mkdir(parents=True)
-    leftover.write_bytes(b"from a killed run")
-    run(
-        [
-            "--input", str(base / "in"), "--output", str(again), "--clusters", "6",
-            "--fit-rows", "100", "--eps", "0.01,0.05", "--image-column", "image", "--seed", "7",
-            "--keep-columns", "image", "--shuffle", "files",
-        ]
-    )  # fmt: skip
-    assert ds.dataset(again / "dedup").to_table().sort_by("id").equals(table)
-    assert not (again / "_staging").exists()
+    out, _ = run_with("files")
+    assert not (out / "_staging").exists()
 
 
 def test_multi_processing_gives_the_same_rows(planted_run, tmp_path):

@@ -35,14 +35,16 @@ def test_smallest_orders_by_priority_then_id_and_copies_the_rows():
     assert c.vectors.min() >= 0
 
 
-def test_bounded_holds_at_most_twice_n_and_keeps_the_smallest():
+def test_adding_holds_at_most_twice_n_and_keeps_the_smallest():
     ids, x = _rows(1000)
     n = 50
-    held = Candidates.empty(DIM)
+    selection = SmallestCandidates(n, DIM)
+    held = selection.create_accumulator()
     for start in range(0, 1000, 37):
-        held = (held + Candidates.of(7, ids[start : start + 37], x[start : start + 37])).bounded(n)
-        assert len(held) <= 2 * n
-    assert held.smallest(n).ids.tolist() == _brute(ids, x, n, seed=7)
+        part = Candidates.of(7, ids[start : start + 37], x[start : start + 37])
+        held = selection.add_input(held, part)
+        assert sum(len(c) for c in held) <= 2 * n
+    assert selection.extract_output(held).ids.tolist() == _brute(ids, x, n, seed=7)
 
 
 @pytest.mark.parametrize("parts", [1, 3, 10])

@@ -23,7 +23,7 @@ import pyarrow as pa
 from apache_beam.metrics import Metrics
 
 from clipbeam.transforms import storage
-from clipbeam.transforms.dedup.sample import Candidates
+from clipbeam.transforms.dedup.sample import Candidates, SmallestCandidates
 from clipbeam.transforms.dedup.spec import DedupSpec, DedupStats
 from clipbeam.transforms.embeddings import Rejected, embedding_matrix, l2_normalize
 from clipbeam.transforms.rows import ERROR_FIELDS
@@ -159,7 +159,8 @@ class ReadUnit(beam.DoFn):
         columns = list(dict.fromkeys(c for c in columns if c is not None))
         errors_path = storage.join(spec.output, "errors", f"{unit.name}.parquet")
         stats = DedupStats(units=1)
-        sample = Candidates.empty(spec.dim)
+        selection = SmallestCandidates(spec.fit_rows, spec.dim)
+        sample = selection.create_accumulator()
         start = 0
         with contextlib.ExitStack() as stack:
             errors = stack.enter_context(ParquetSpool(errors_path, error_schema(spec, self.schema)))
@@ -179,14 +180,14 @@ class ReadUnit(beam.DoFn):
                 if not self.sample:
                     continue
                 candidates = Candidates.of(spec.seed, batch.ids, batch.vectors)
-                sample = (sample + candidates).bounded(spec.fit_rows)
+                sample = selection.add_input(sample, candidates)
             if errors.rows:
                 errors.commit()
             else:
                 errors.discard()
                 storage.delete(errors_path, missing_ok=True)
-        if len(sample):
-            yield SAMPLE_TAG, sample.smallest(spec.fit_rows)
+        if sample:
+            yield SAMPLE_TAG, selection.extract_output(sample)
         for name, counter in self._counters.items():
             counter.inc(getattr(stats, name))
         yield STATS_TAG, stats

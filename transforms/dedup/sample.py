@@ -5,8 +5,9 @@ rows of smallest ``(priority, id as text)``, so it is drawn across all units, do
 how units are spread over workers, and is the same on every run with one ``--seed``.
 
 Candidates travel as arrays (:class:`Candidates`: one element per work unit, not one per row),
-and :class:`SmallestCandidates` combines them keeping at most twice ``fit_rows`` rows at any
-time: what the sample costs is bounded by ``fit_rows``, whatever the number of rows and units.
+and :class:`SmallestCandidates` selects them (within a unit, then over units) holding at most
+twice ``fit_rows`` rows after each step: what the sample costs is bounded by ``fit_rows``,
+whatever the number of rows and units.
 """
 
 from __future__ import annotations
@@ -54,49 +55,53 @@ class Candidates:
         text = np.array([str(i) for i in ids], dtype=np.str_)
         return cls(priorities(seed, ids), text, np.asarray(vectors, np.float32))
 
+    @classmethod
+    def concat(cls, parts: list[Candidates], dim: int) -> Candidates:
+        if not parts:
+            return cls.empty(dim)
+        return cls(
+            np.concatenate([c.priority for c in parts]),
+            np.concatenate([c.ids for c in parts]),
+            np.concatenate([c.vectors for c in parts]),
+        )
+
     def __len__(self) -> int:
         return len(self.priority)
-
-    def __add__(self, other: Candidates) -> Candidates:
-        return Candidates(
-            np.concatenate([self.priority, other.priority]),
-            np.concatenate([self.ids, other.ids]),
-            np.concatenate([self.vectors, other.vectors]),
-        )
 
     def smallest(self, n: int) -> Candidates:
         """The ``n`` candidates of smallest ``(priority, id)``, in that order (copies)."""
         order = np.lexsort((self.ids, self.priority))[:n]
         return Candidates(self.priority[order], self.ids[order], self.vectors[order])
 
-    def bounded(self, n: int) -> Candidates:
-        """Itself while it holds at most ``2 n`` rows, else its ``n`` smallest: a running
-        selection that sorts once per ``n`` rows added."""
-        return self if len(self) <= 2 * n else self.smallest(n)
-
 
 class SmallestCandidates(beam.CombineFn):
     """:class:`Candidates` -> the ``n`` of smallest ``(priority, id)`` over all of them, in that
-    order (``dim``: the vectors' width, for an empty result)."""
+    order (``dim``: the vectors' width, for an empty result).
+
+    The accumulator is a list of parts, selected down to ``n`` rows (one sort, one copy) only
+    once they hold more than ``2 n``: adding a batch copies nothing."""
 
     def __init__(self, n: int, dim: int):
         super().__init__()
         self.n, self.dim = n, dim
 
-    def create_accumulator(self) -> Candidates:
-        return Candidates.empty(self.dim)
+    def create_accumulator(self) -> list[Candidates]:
+        return []
 
-    def add_input(self, accumulator: Candidates, element: Candidates) -> Candidates:
-        return (accumulator + element).bounded(self.n)
+    def add_input(self, accumulator: list[Candidates], element: Candidates) -> list[Candidates]:
+        accumulator.append(element)
+        return self._bounded(accumulator)
 
-    def merge_accumulators(self, accumulators) -> Candidates:
-        merged = self.create_accumulator()
-        for accumulator in accumulators:
-            merged = (merged + accumulator).bounded(self.n)
-        return merged
+    def merge_accumulators(self, accumulators) -> list[Candidates]:
+        return self._bounded([part for accumulator in accumulators for part in accumulator])
 
-    def compact(self, accumulator: Candidates) -> Candidates:
-        return accumulator.smallest(self.n)
+    def compact(self, accumulator: list[Candidates]) -> list[Candidates]:
+        return [self.extract_output(accumulator)] if len(accumulator) > 1 else accumulator
 
-    def extract_output(self, accumulator: Candidates) -> Candidates:
-        return accumulator.smallest(self.n)
+    def extract_output(self, accumulator: list[Candidates]) -> Candidates:
+        return Candidates.concat(accumulator, self.dim).smallest(self.n)
+
+    def _bounded(self, accumulator: list[Candidates]) -> list[Candidates]:
+        if sum(len(part) for part in accumulator) <= 2 * self.n:
+            return accumulator
+        return [self.extract_output(accumulator)]
